@@ -1,0 +1,67 @@
+//! The contracts of millrace, generated from `proto/*.proto`.
+//!
+//! - [`v1`]: the pipeline's own messages and the ingest, feature-state and monitor APIs.
+//! - [`inference`]: the Open Inference Protocol V2 (KServe's `grpc_predict_v2.proto`).
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("millrace.v1");
+}
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+pub use v1::*;
+
+impl v1::Value {
+    pub fn double(v: f64) -> Self {
+        Self {
+            kind: Some(v1::value::Kind::DoubleValue(v)),
+        }
+    }
+    pub fn int(v: i64) -> Self {
+        Self {
+            kind: Some(v1::value::Kind::IntValue(v)),
+        }
+    }
+    pub fn string(v: impl Into<String>) -> Self {
+        Self {
+            kind: Some(v1::value::Kind::StringValue(v.into())),
+        }
+    }
+    pub fn bool(v: bool) -> Self {
+        Self {
+            kind: Some(v1::value::Kind::BoolValue(v)),
+        }
+    }
+    pub fn timestamp_us(v: i64) -> Self {
+        Self {
+            kind: Some(v1::value::Kind::TimestampUs(v)),
+        }
+    }
+
+    /// The value as a number when it has a numeric reading (bools as 0/1).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self.kind.as_ref()? {
+            v1::value::Kind::DoubleValue(v) => Some(*v),
+            v1::value::Kind::IntValue(v) => Some(*v as f64),
+            v1::value::Kind::BoolValue(v) => Some(f64::from(u8::from(*v))),
+            v1::value::Kind::TimestampUs(v) => Some(*v as f64),
+            v1::value::Kind::StringValue(_) => None,
+        }
+    }
+
+    /// The type name used in schemas and error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            Some(v1::value::Kind::DoubleValue(_)) => "double",
+            Some(v1::value::Kind::IntValue(_)) => "int",
+            Some(v1::value::Kind::StringValue(_)) => "string",
+            Some(v1::value::Kind::BoolValue(_)) => "bool",
+            Some(v1::value::Kind::TimestampUs(_)) => "timestamp",
+            None => "null",
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! The NATS side of every service: connect (retrying until the server
+//! answers), provision the JetStream streams of DESIGN.md idempotently, publish
+//! protobuf messages with a deterministic `Nats-Msg-Id` and the event's
+//! `traceparent`, and open durable consumers positioned right after the last
+//! sequence a snapshot covers.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
+use bytes::Bytes;
+use opentelemetry::Context;
+
+use crate::config::{NatsSettings, StreamSettings};
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+use crate::ChassisError;
+
+/// The streams of the pipeline; each owns the subjects under its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Events,
+    Enriched,
+    Features,
+    Predictions,
+    Labels,
+    Dlq,
+    Alerts,
+}
+
+impl StreamKind {
+    pub const ALL: [StreamKind; 7] = [
+        Self::Events,
+        Self::Enriched,
+        Self::Features,
+        Self::Predictions,
+        Self::Labels,
+        Self::Dlq,
+        Self::Alerts,
+    ];
+
+    /// The first subject token of every message in the stream.
+    pub fn subject_prefix(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Enriched => "enriched",
+            Self::Features => "features",
+            Self::Predictions => "predictions",
+            Self::Labels => "labels",
+            Self::Dlq => "dlq",
+            Self::Alerts => "alerts",
+        }
+    }
+
+    pub fn stream_name(self, names: &StreamSettings) -> &str {
+        match self {
+            Self::Events => &names.events,
+            Self::Enriched => &names.enriched,
+            Self::Features => &names.features,
+            Self::Predictions => &names.predictions,
+            Self::Labels => &names.labels,
+            Self::Dlq => &names.dlq,
+            Self::Alerts => &names.alerts,
+        }
+    }
+}
+
+/// Subjects, built in one place so every stage spells them the same way.
+pub mod subject {
+    pub fn events(event_type: &str, partition: u32) -> String {
+        format!("events.{event_type}.{partition}")
+    }
+    pub fn enriched(partition: u32) -> String {
+        format!("enriched.{partition}")
+    }
+    pub fn features(partition: u32) -> String {
+        format!("features.{partition}")
+    }
+    pub fn predictions(model: &str) -> String {
+        format!("predictions.{model}")
+    }
+    pub fn labels(event_type: &str) -> String {
+        format!("labels.{event_type}")
+    }
+    pub fn dlq(stage: &str) -> String {
+        format!("dlq.{stage}")
+    }
+    pub fn alerts(kind: &str) -> String {
+        format!("alerts.{kind}")
+    }
+}
+
+/// The header JetStream deduplicates on.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// A message ready to publish: where, under which deduplication id, and in which trace.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    /// Deterministic: the same input always yields the same id, so a replay is dropped by the server.
+    pub msg_id: String,
+    pub payload: Bytes,
+    pub trace: Context,
+}
+
+impl Outgoing {
+    pub fn new(
+        subject: String,
+        msg_id: String,
+        message: &impl prost::Message,
+        trace: Context,
+    ) -> Self {
+        Self {
+            subject,
+            msg_id,
+            payload: Bytes::from(message.encode_to_vec()),
+            trace,
+        }
+    }
+
+    fn headers(&self) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, self.msg_id.as_str());
+        telemetry::inject_into_headers(&self.trace, &mut headers);
+        headers
+    }
+}
+
+/// What JetStream said about a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub sequence: u64,
+    /// The server had this `Nats-Msg-Id` already and kept the first copy.
+    pub duplicate: bool,
+}
+
+/// A connected client with its JetStream context and the stream names in use.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    streams: StreamSettings,
+}
+
+impl Bus {
+    /// Connects, retrying with backoff until the server answers or shutdown.
+    pub async fn connect(
+        settings: &NatsSettings,
+        client_name: &str,
+        streams: StreamSettings,
+        shutdown: &Shutdown,
+    ) -> Result<Self, ChassisError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match try_connect(settings, client_name).await {
+                Ok(client) => {
+                    tracing::info!(url = %settings.url, "connected to NATS");
+                    let js = jetstream::ContextBuilder::new()
+                        .timeout(Duration::from_secs(10))
+                        .max_ack_inflight(4096)
+                        .backpressure_on_inflight(true)
+                        .build(client.clone());
+                    return Ok(Self {
+                        client,
+                        js,
+                        streams,
+                    });
+                }
+                Err(message) if !shutdown.is_shutdown() => {
+                    tracing::warn!(url = %settings.url, "NATS not reachable yet, retrying in {delay:?}: {message}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(message) => {
+                    return Err(ChassisError::Connect {
+                        url: settings.url.clone(),
+                        message,
+                    })
+                }
+            }
+        }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn streams(&self) -> &StreamSettings {
+        &self.streams
+    }
+
+    pub fn stream_name(&self, kind: StreamKind) -> &str {
+        kind.stream_name(&self.streams)
+    }
+
+    /// Creates or updates the given streams: file storage, S2 compression, the
+    /// configured dedup window, and discard-new so a full stream refuses rather
+    /// than silently drops.
+    pub async fn provision(&self, kinds: &[StreamKind]) -> Result<(), ChassisError> {
+        for &kind in kinds {
+            let name = self.stream_name(kind).to_string();
+            let config = stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{}.>", kind.subject_prefix())],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: Duration::from_secs(self.streams.duplicate_window_secs),
+                num_replicas: self.streams.replicas,
+                compression: Some(stream::Compression::S2),
+                ..Default::default()
+            };
+            self.js
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| ChassisError::Provision {
+                    what: format!("stream {name}"),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one message and waits until JetStream stored it (or recognised it as a duplicate).
+    pub async fn publish_stored(&self, out: &Outgoing) -> Result<Stored, ChassisError> {
+        let ack = self
+            .send(out)
+            .await?
+            .await
+            .map_err(|e| ChassisError::Publish {
+                subject: out.subject.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Stored {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Sends without waiting for the ack; await the returned future for it.
+    pub async fn send(&self, out: &Outgoing) -> Result<PublishAckFuture, ChassisError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(out.payload.clone())
+            .headers(out.headers());
+        self.js
+            .send_publish(out.subject.clone(), publish)
+            .await
+            .map_err(|e| ChassisError::Publish {
+                subject: out.subject.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The durable consumer `durable` on `kind`, delivering (in order) every
+    /// message after `after_sequence`.
+    ///
+    /// Acks are ack-all and sent only once a snapshot covers them. When the
+    /// consumer has messages in flight that were never acked (the previous
+    /// process died before its snapshot) or is ahead of the snapshot (the state
+    /// was lost), it is recreated at `after_sequence + 1`, because JetStream
+    /// would otherwise redeliver those only after the ack wait, out of order.
+    pub async fn resume_consumer(
+        &self,
+        kind: StreamKind,
+        durable: &str,
+        filter_subjects: Vec<String>,
+        after_sequence: u64,
+    ) -> Result<consumer::PullConsumer, ChassisError> {
+        let stream_name = self.stream_name(kind).to_string();
+        let err = |message: String| ChassisError::Consume {
+            stream: stream_name.clone(),
+            consumer: durable.to_string(),
+            message,
+        };
+        let stream = self
+            .js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if let Ok(info) = stream.consumer_info(durable).await {
+            let in_step =
+                info.num_ack_pending == 0 && info.delivered.stream_sequence <= after_sequence;
+            if in_step {
+                return stream
+                    .get_consumer(durable)
+                    .await
+                    .map_err(|e| err(e.to_string()));
+            }
+            tracing::info!(
+                durable,
+                delivered = info.delivered.stream_sequence,
+                ack_floor = info.ack_floor.stream_sequence,
+                pending = info.num_ack_pending,
+                after_sequence,
+                "repositioning consumer at the snapshot"
+            );
+            stream
+                .delete_consumer(durable)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+        }
+        let deliver_policy = if after_sequence == 0 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after_sequence + 1,
+            }
+        };
+        let config = consumer::pull::Config {
+            durable_name: Some(durable.to_string()),
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(120),
+            max_ack_pending: 1_000_000,
+            filter_subjects,
+            ..Default::default()
+        };
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| err(e.to_string()))
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            bus: self.clone(),
+            in_flight: VecDeque::new(),
+            max_in_flight: 1024,
+            stored: None,
+        }
+    }
+}
+
+async fn try_connect(
+    settings: &NatsSettings,
+    client_name: &str,
+) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None);
+    if let Some(token) = &settings.token {
+        options = options.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(creds) = &settings.creds_file {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| format!("reading credentials {}: {e}", creds.display()))?;
+    }
+    if let Some(ca) = &settings.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if settings.tls_required {
+        options = options.require_tls(true);
+    }
+    options
+        .connect(&settings.url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Pipelined publishing for a stage: up to `max_in_flight` messages await their
+/// acks at once; a message whose ack fails is sent again with the same
+/// `Nats-Msg-Id` (so the server stores it once) until it is stored.
+pub struct Publisher {
+    bus: Bus,
+    in_flight: VecDeque<(Outgoing, PublishAckFuture)>,
+    max_in_flight: usize,
+    stored: Option<prometheus::IntCounter>,
+}
+
+impl Publisher {
+    /// Counts every message once it is stored.
+    pub fn counting_into(mut self, counter: prometheus::IntCounter) -> Self {
+        self.stored = Some(counter);
+        self
+    }
+
+    pub async fn publish(&mut self, out: Outgoing) -> Result<(), ChassisError> {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.settle_oldest().await?;
+        }
+        let ack = self.send_until_sent(&out).await?;
+        self.in_flight.push_back((out, ack));
+        Ok(())
+    }
+
+    /// Waits until every published message is stored.
+    pub async fn flush(&mut self) -> Result<(), ChassisError> {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    async fn settle_oldest(&mut self) -> Result<(), ChassisError> {
+        let Some((out, ack)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        if let Err(e) = ack.await {
+            tracing::warn!(subject = %out.subject, msg_id = %out.msg_id, "publish not acknowledged, resending: {e}");
+            self.resend_until_stored(&out).await;
+        }
+        if let Some(counter) = &self.stored {
+            counter.inc();
+        }
+        Ok(())
+    }
+
+    async fn send_until_sent(&self, out: &Outgoing) -> Result<PublishAckFuture, ChassisError> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.bus.send(out).await {
+                Ok(ack) => return Ok(ack),
+                Err(e) => {
+                    tracing::warn!("{e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn resend_until_stored(&self, out: &Outgoing) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.bus.publish_stored(out).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!("{e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}

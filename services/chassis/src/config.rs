@@ -1,0 +1,490 @@
+//! Configuration: the pipeline file (what the pipeline computes) and the
+//! environment (where this process connects and listens). Each service reads
+//! the part of the pipeline it needs; nothing here is passed around as maps of
+//! strings.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ChassisError;
+
+/// The pipeline file: one TOML document shared by every service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub pipeline: PipelineMeta,
+    #[serde(default)]
+    pub streams: StreamSettings,
+    #[serde(default)]
+    pub events: BTreeMap<String, EventSchema>,
+    #[serde(default)]
+    pub features: Vec<FeatureDef>,
+    pub model: ModelDef,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineMeta {
+    pub name: String,
+    /// How many partitions keys hash into; see [`crate::partition`].
+    pub partitions: u32,
+}
+
+/// Stream names and the settings every stream shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSettings {
+    pub events: String,
+    pub enriched: String,
+    pub features: String,
+    pub predictions: String,
+    pub labels: String,
+    pub dlq: String,
+    pub alerts: String,
+    /// How long JetStream remembers a `Nats-Msg-Id`: a replay after a crash must
+    /// fall inside it to be deduplicated.
+    pub duplicate_window_secs: u64,
+    /// Stream replicas; 1 on a single node, 3 on a cluster.
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            events: "EVENTS".into(),
+            enriched: "ENRICHED".into(),
+            features: "FEATURES".into(),
+            predictions: "PREDICTIONS".into(),
+            labels: "LABELS".into(),
+            dlq: "DLQ".into(),
+            alerts: "ALERTS".into(),
+            duplicate_window_secs: 600,
+            replicas: 1,
+        }
+    }
+}
+
+/// The registered schema of one event type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSchema {
+    #[serde(default = "one")]
+    pub version: u32,
+    /// Field whose value becomes the event's key when the producer leaves `key` empty.
+    pub key_field: Option<String>,
+    /// Feature-state assembles a feature vector for every event of this type.
+    #[serde(default)]
+    pub score: bool,
+    /// Events of this type are labels: ingest routes them to LABELS.
+    #[serde(default)]
+    pub label: bool,
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldDef>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDef {
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    #[serde(default)]
+    pub required: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub allowed: Option<Vec<String>>,
+    pub max_len: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    Double,
+    Int,
+    String,
+    Bool,
+    Timestamp,
+}
+
+impl FieldType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Double => "double",
+            Self::Int => "int",
+            Self::String => "string",
+            Self::Bool => "bool",
+            Self::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// One feature feature-state maintains per entity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDef {
+    pub name: String,
+    /// Event type that updates it.
+    pub source: String,
+    /// Field of the source event whose value names the entity.
+    pub entity: String,
+    pub aggregation: Aggregation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Events seen for the entity since the pipeline started.
+    Count,
+}
+
+/// The model inference serves until a registry replaces it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDef {
+    pub name: String,
+    pub version: String,
+    #[serde(default = "half")]
+    pub threshold: f64,
+    #[serde(default)]
+    pub intercept: f64,
+    /// Inputs in the order the model reads them: OIP tensors follow this order.
+    pub inputs: Vec<ModelInput>,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInput {
+    pub name: String,
+    pub weight: f64,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Self, ChassisError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ChassisError::PipelineRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks cross-references; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ChassisError> {
+        let pipeline: Self = toml::from_str(text).map_err(|e| ChassisError::PipelineParse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        pipeline
+            .check()
+            .map_err(|message| ChassisError::PipelineInvalid {
+                path: origin.to_path_buf(),
+                message,
+            })?;
+        Ok(pipeline)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.pipeline.partitions == 0 {
+            return Err("pipeline.partitions must be at least 1".into());
+        }
+        for (name, schema) in &self.events {
+            if !is_subject_token(name) {
+                return Err(format!(
+                    "event type `{name}` must be letters, digits, `_` or `-`: it becomes a NATS subject token"
+                ));
+            }
+            if let Some(key) = &schema.key_field {
+                if !schema.fields.contains_key(key) {
+                    return Err(format!(
+                        "events.{name}: key_field `{key}` is not a declared field"
+                    ));
+                }
+            }
+        }
+        for f in &self.features {
+            let schema = self.events.get(&f.source).ok_or_else(|| {
+                format!(
+                    "feature {}: source event type `{}` is not declared",
+                    f.name, f.source
+                )
+            })?;
+            if !schema.fields.contains_key(&f.entity) {
+                return Err(format!(
+                    "feature {}: entity field `{}` is not a field of `{}`",
+                    f.name, f.entity, f.source
+                ));
+            }
+        }
+        if !is_subject_token(&self.model.name) {
+            return Err(format!(
+                "model name `{}` must be letters, digits, `_` or `-`",
+                self.model.name
+            ));
+        }
+        if self.model.inputs.is_empty() {
+            return Err(format!(
+                "model {}: needs at least one input",
+                self.model.name
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_secs(self.streams.duplicate_window_secs)
+    }
+}
+
+fn is_subject_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The five services, with the ports users and tools rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Ingest,
+    Enrich,
+    FeatureState,
+    Inference,
+    Monitor,
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Enrich => "enrich",
+            Self::FeatureState => "feature-state",
+            Self::Inference => "inference",
+            Self::Monitor => "monitor",
+        }
+    }
+
+    pub fn default_http_port(self) -> u16 {
+        match self {
+            Self::Ingest => 8081,
+            Self::Enrich => 8082,
+            Self::FeatureState => 8083,
+            Self::Inference => 8084,
+            Self::Monitor => 8085,
+        }
+    }
+
+    /// Enrich serves no gRPC API.
+    pub fn default_grpc_port(self) -> Option<u16> {
+        match self {
+            Self::Ingest => Some(50051),
+            Self::Enrich => None,
+            Self::FeatureState => Some(50053),
+            Self::Inference => Some(50054),
+            Self::Monitor => Some(50055),
+        }
+    }
+}
+
+/// How to reach NATS. TLS files and credentials are optional.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSettings {
+    pub url: String,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub creds_file: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_required: bool,
+}
+
+/// Everything a service takes from its environment.
+#[derive(Debug, Clone)]
+pub struct ServiceEnv {
+    pub service: Service,
+    pub pipeline_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: Option<SocketAddr>,
+    pub nats: NatsSettings,
+    /// Snapshot at least this often while events flow.
+    pub snapshot_interval: Duration,
+    /// ... and at least every this many applied events.
+    pub snapshot_every: u64,
+}
+
+impl ServiceEnv {
+    /// Reads `MILLRACE_*` and `NATS_*` variables, with the documented defaults.
+    /// (`OTEL_*` are read by [`crate::telemetry`].)
+    pub fn from_env(service: Service) -> Result<Self, ChassisError> {
+        Self::from_lookup(service, |k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(
+        service: Service,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ChassisError> {
+        let non_empty = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let addr = |name: &'static str, default: u16| -> Result<SocketAddr, ChassisError> {
+            match non_empty(name) {
+                Some(v) => v.parse().map_err(|e| ChassisError::Env {
+                    name,
+                    message: format!("`{v}` is not a socket address like 0.0.0.0:{default}: {e}"),
+                }),
+                None => Ok(SocketAddr::from(([0, 0, 0, 0], default))),
+            }
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, ChassisError> {
+            match non_empty(name) {
+                Some(v) => v.parse().map_err(|e| ChassisError::Env {
+                    name,
+                    message: format!("`{v}` is not a whole number: {e}"),
+                }),
+                None => Ok(default),
+            }
+        };
+        let grpc_addr = match service.default_grpc_port() {
+            Some(port) => Some(addr("MILLRACE_GRPC_ADDR", port)?),
+            None => None,
+        };
+        Ok(Self {
+            service,
+            pipeline_path: non_empty("MILLRACE_PIPELINE")
+                .unwrap_or_else(|| "examples/flights/pipeline.toml".into())
+                .into(),
+            data_dir: non_empty("MILLRACE_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("data").join(service.name())),
+            http_addr: addr("MILLRACE_HTTP_ADDR", service.default_http_port())?,
+            grpc_addr,
+            nats: NatsSettings {
+                url: non_empty("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                token: non_empty("NATS_TOKEN"),
+                user: non_empty("NATS_USER"),
+                password: non_empty("NATS_PASSWORD"),
+                creds_file: non_empty("NATS_CREDS").map(PathBuf::from),
+                tls_ca: non_empty("NATS_TLS_CA").map(PathBuf::from),
+                tls_cert: non_empty("NATS_TLS_CERT").map(PathBuf::from),
+                tls_key: non_empty("NATS_TLS_KEY").map(PathBuf::from),
+                tls_required: non_empty("NATS_TLS_REQUIRED")
+                    .is_some_and(|v| v == "true" || v == "1"),
+            },
+            snapshot_interval: Duration::from_millis(number(
+                "MILLRACE_SNAPSHOT_INTERVAL_MS",
+                1000,
+            )?),
+            snapshot_every: number("MILLRACE_SNAPSHOT_EVERY", 10_000)?.max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [pipeline]
+        name = "t"
+        partitions = 2
+        [events.ping]
+        key_field = "host"
+        score = true
+        [events.ping.fields.host]
+        type = "string"
+        required = true
+        [[features]]
+        name = "host_pings"
+        source = "ping"
+        entity = "host"
+        aggregation = "count"
+        [model]
+        name = "m"
+        version = "1"
+        inputs = [{ name = "host_pings", weight = 0.5 }]
+    "#;
+
+    #[test]
+    fn minimal_pipeline_parses_with_defaults() {
+        let p = Pipeline::parse(MINIMAL, Path::new("t.toml")).expect("parses");
+        assert_eq!(p.pipeline.partitions, 2);
+        assert_eq!(p.streams.events, "EVENTS");
+        assert_eq!(p.events["ping"].version, 1);
+        assert_eq!(p.model.threshold, 0.5);
+    }
+
+    #[test]
+    fn invalid_pipelines_are_refused_with_the_reason() {
+        let cases = [
+            (
+                MINIMAL.replace("partitions = 2", "partitions = 0"),
+                "partitions must be at least 1",
+            ),
+            (
+                MINIMAL.replace("entity = \"host\"", "entity = \"nope\""),
+                "entity field `nope`",
+            ),
+            (
+                MINIMAL.replace("source = \"ping\"", "source = \"pong\""),
+                "`pong` is not declared",
+            ),
+            (
+                MINIMAL.replace("key_field = \"host\"", "key_field = \"k\""),
+                "key_field `k`",
+            ),
+            (
+                MINIMAL.replace("\"count\"", "\"median\""),
+                "unknown variant `median`",
+            ),
+            (
+                MINIMAL
+                    .replace("[events.ping", "[events.\"a.b\"")
+                    .replace("\"ping\"", "\"a.b\""),
+                "event type `a.b`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Pipeline::parse(&text, Path::new("t.toml"))
+                .expect_err(expected)
+                .to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+            assert!(err.contains("t.toml"), "{err} should name the file");
+        }
+    }
+
+    #[test]
+    fn env_defaults_and_overrides() {
+        let env = ServiceEnv::from_lookup(Service::Inference, |_| None).expect("defaults");
+        assert_eq!(env.http_addr.port(), 8084);
+        assert_eq!(env.grpc_addr.map(|a| a.port()), Some(50054));
+        assert_eq!(env.nats.url, "nats://127.0.0.1:4222");
+        assert!(ServiceEnv::from_lookup(Service::Enrich, |_| None)
+            .expect("defaults")
+            .grpc_addr
+            .is_none());
+
+        let env = ServiceEnv::from_lookup(Service::Monitor, |k| match k {
+            "MILLRACE_HTTP_ADDR" => Some("127.0.0.1:9000".into()),
+            "NATS_URL" => Some("nats://h:1".into()),
+            _ => None,
+        })
+        .expect("overrides");
+        assert_eq!(env.http_addr.port(), 9000);
+        assert_eq!(env.nats.url, "nats://h:1");
+
+        let err = ServiceEnv::from_lookup(Service::Monitor, |k| {
+            (k == "MILLRACE_GRPC_ADDR").then(|| "nowhere".into())
+        })
+        .expect_err("bad address");
+        assert!(err.to_string().contains("MILLRACE_GRPC_ADDR"));
+    }
+}

@@ -1,0 +1,31 @@
+//! What every millrace service runs on.
+//!
+//! # Layout
+//! - [`config`]: the pipeline TOML and the environment (`NATS_URL`, `OTEL_*`, ports, data dir).
+//! - [`bus`]: the NATS connection, stream provisioning, typed publish with `Nats-Msg-Id`
+//!   and `traceparent`, and durable consumers that resume where a snapshot left off.
+//! - [`stage`]: the one loop every consuming service runs: consume, apply in an actor,
+//!   publish, snapshot, ack.
+//! - [`snapshot`]: actor state plus its last applied stream sequence, stored in sled with a
+//!   format version and a checksum.
+//! - [`telemetry`]: `tracing` logs, OTLP span export, W3C trace context in NATS headers.
+//! - [`metrics`], [`http`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` server.
+//! - [`shutdown`]: SIGTERM/SIGINT as a value every task can wait on.
+//! - [`partition`]: the stable key hash every stage agrees on.
+//! - [`runtime`]: the actix system on a multi-threaded tokio runtime.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod partition;
+pub mod runtime;
+pub mod shutdown;
+pub mod snapshot;
+pub mod stage;
+pub mod telemetry;
+pub mod time;
+
+pub use error::ChassisError;

@@ -1,0 +1,225 @@
+//! Actor snapshots in sled: the state an actor hands over plus the last stream
+//! sequence it had applied, written as one value so they can never disagree.
+//!
+//! Record layout (little-endian):
+//! `b"MRSN"` | format version u16 | stream sequence u64 | payload length u64 |
+//! CRC-32 of everything after the magic except the checksum itself | payload.
+//! A record that fails any check is refused with the reason; it is never
+//! loaded as if it were state.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ChassisError;
+
+const MAGIC: &[u8; 4] = b"MRSN";
+const FORMAT_VERSION: u16 = 1;
+const HEADER_LEN: usize = 4 + 2 + 8 + 8 + 4;
+
+/// A loaded snapshot: the state and the last stream sequence applied to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot<T> {
+    pub sequence: u64,
+    pub state: T,
+}
+
+#[derive(Clone)]
+pub struct SnapshotStore {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl SnapshotStore {
+    /// Opens (creating) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, ChassisError> {
+        let path = dir.join("snapshots");
+        let db = sled::open(&path).map_err(|e| ChassisError::SnapshotStore {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { db, path })
+    }
+
+    /// Writes `state` with `sequence` under `key` and waits until it is on disk.
+    pub fn save<T: Serialize>(
+        &self,
+        key: &str,
+        sequence: u64,
+        state: &T,
+    ) -> Result<usize, ChassisError> {
+        let payload = postcard::to_stdvec(state).map_err(|e| ChassisError::SnapshotEncode {
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        let record = encode_record(sequence, &payload);
+        let len = record.len();
+        self.db
+            .insert(key, record)
+            .map_err(|e| self.store_error(e))?;
+        self.db.flush().map_err(|e| self.store_error(e))?;
+        Ok(len)
+    }
+
+    /// The snapshot under `key`, `None` if there never was one.
+    pub fn load<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Snapshot<T>>, ChassisError> {
+        let Some(record) = self.db.get(key).map_err(|e| self.store_error(e))? else {
+            return Ok(None);
+        };
+        let (sequence, payload) =
+            decode_record(&record).map_err(|message| ChassisError::SnapshotCorrupt {
+                key: key.into(),
+                message,
+            })?;
+        let state = postcard::from_bytes(payload).map_err(|e| ChassisError::SnapshotCorrupt {
+            key: key.into(),
+            message: format!("state does not decode: {e}"),
+        })?;
+        Ok(Some(Snapshot { sequence, state }))
+    }
+
+    /// Stores raw bytes under `key`, bypassing the format (tests of corruption use it).
+    pub fn put_raw(&self, key: &str, bytes: &[u8]) -> Result<(), ChassisError> {
+        self.db
+            .insert(key, bytes)
+            .map_err(|e| self.store_error(e))?;
+        self.db.flush().map_err(|e| self.store_error(e))?;
+        Ok(())
+    }
+
+    fn store_error(&self, e: sled::Error) -> ChassisError {
+        ChassisError::SnapshotStore {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn encode_record(sequence: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let crc = checksum(&out[4..], payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header);
+    h.update(payload);
+    h.finalize()
+}
+
+fn decode_record(record: &[u8]) -> Result<(u64, &[u8]), String> {
+    if record.len() < HEADER_LEN {
+        return Err(format!(
+            "record is {} bytes, shorter than its {HEADER_LEN}-byte header",
+            record.len()
+        ));
+    }
+    let (header, payload) = record.split_at(HEADER_LEN);
+    if &header[0..4] != MAGIC {
+        return Err("not a millrace snapshot (bad magic)".into());
+    }
+    let le_u64 = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        u64::from_le_bytes(a)
+    };
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, this build reads {FORMAT_VERSION}"
+        ));
+    }
+    let sequence = le_u64(&header[6..14]);
+    let len = le_u64(&header[14..22]);
+    if len != payload.len() as u64 {
+        return Err(format!(
+            "payload is {} bytes, header says {len}",
+            payload.len()
+        ));
+    }
+    let stored = u32::from_le_bytes([header[22], header[23], header[24], header[25]]);
+    let actual = checksum(&header[4..22], payload);
+    if stored != actual {
+        return Err(format!(
+            "checksum mismatch: stored {stored:08x}, computed {actual:08x}"
+        ));
+    }
+    Ok((sequence, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn store() -> (tempfile::TempDir, SnapshotStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn state_and_sequence_round_trip_and_survive_reopen() {
+        let (dir, s) = store();
+        let state: BTreeMap<String, u64> = [("EWR".to_string(), 3), ("JFK".to_string(), 7)].into();
+        s.save("counts", 42, &state).expect("save");
+        drop(s);
+        let s = SnapshotStore::open(dir.path()).expect("reopen");
+        let snap = s
+            .load::<BTreeMap<String, u64>>("counts")
+            .expect("load")
+            .expect("present");
+        assert_eq!(
+            snap,
+            Snapshot {
+                sequence: 42,
+                state
+            }
+        );
+        assert!(s.load::<u64>("absent").expect("load").is_none());
+    }
+
+    #[test]
+    fn corrupt_records_are_refused_with_the_reason() {
+        let good = encode_record(9, &postcard::to_stdvec(&7u64).expect("encode"));
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        let mut bad_version = good.clone();
+        bad_version[4] = 9;
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        let cases: [(&str, Vec<u8>, &str); 5] = [
+            ("truncated_header", good[..10].to_vec(), "shorter than"),
+            (
+                "truncated_payload",
+                good[..good.len() - 1].to_vec(),
+                "payload is",
+            ),
+            ("flipped_payload_bit", flipped, "checksum mismatch"),
+            ("unknown_format_version", bad_version, "format version 9"),
+            ("not_a_snapshot", bad_magic, "bad magic"),
+        ];
+        let (_dir, s) = store();
+        for (name, bytes, expected) in cases {
+            s.put_raw(name, &bytes).expect("put");
+            let err = s.load::<u64>(name).expect_err(name).to_string();
+            assert!(err.contains(expected), "{name}: {err}");
+            assert!(
+                err.contains(name),
+                "{name}: error names the snapshot: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! millrace-enrich: reads EVENTS, joins reference data onto each event and
+//! publishes it to ENRICHED.
+//!
+//! # Layout
+//! - [`join`]: the `Enricher` actor: turns events into enriched events and
+//!   keeps the counts it snapshots.
+//! - `main` wires config, NATS, the actor, the stage loop and the HTTP server.
+
+mod join;
+
+use anyhow::Context as _;
+use millrace_chassis::bus::{Bus, StreamKind};
+use millrace_chassis::config::{Pipeline, Service, ServiceEnv};
+use millrace_chassis::http::{self, Readiness};
+use millrace_chassis::metrics::{Metrics, StageMetrics};
+use millrace_chassis::shutdown::Shutdown;
+use millrace_chassis::snapshot::SnapshotStore;
+use millrace_chassis::stage::{self, StageSpec};
+use millrace_chassis::{runtime, telemetry};
+
+use actix::Actor;
+
+fn main() -> anyhow::Result<()> {
+    runtime::block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let env = ServiceEnv::from_env(Service::Enrich)?;
+    let telemetry = telemetry::init(env.service)?;
+    let pipeline = Pipeline::load(&env.pipeline_path)?;
+    let (shutdown, _trigger) = Shutdown::on_signals();
+    let metrics = Metrics::new();
+
+    let bus = Bus::connect(
+        &env.nats,
+        "millrace-enrich",
+        pipeline.streams.clone(),
+        &shutdown,
+    )
+    .await?;
+    bus.provision(&[StreamKind::Events, StreamKind::Enriched, StreamKind::Dlq])
+        .await?;
+    let store = SnapshotStore::open(&env.data_dir)?;
+
+    let spec = StageSpec {
+        stage: "enrich",
+        source: StreamKind::Events,
+        filter_subjects: vec![],
+        durable: "enrich".into(),
+        batch_size: 512,
+        snapshot_interval: env.snapshot_interval,
+        snapshot_every: env.snapshot_every,
+        span_name: "enrich",
+    };
+    let (state, resume_after) = stage::load_state::<join::EnrichState>(&store, &spec)?;
+    let enricher = join::Enricher::new(state, &metrics).start();
+
+    let readiness = Readiness::new(Some(bus.client().clone()));
+    let http = tokio::spawn(http::serve(
+        env.http_addr,
+        metrics.clone(),
+        readiness.clone(),
+        axum::Router::new(),
+        shutdown.clone(),
+    ));
+    readiness.set_started();
+    let result = stage::run(
+        bus,
+        store,
+        spec,
+        enricher,
+        resume_after,
+        StageMetrics::new(&metrics),
+        shutdown,
+    )
+    .await
+    .context("enrich stage");
+    http.abort();
+    telemetry.shutdown();
+    result
+}

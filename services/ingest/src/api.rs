@@ -1,0 +1,130 @@
+//! The ingest gRPC API: a unary batch and a bidirectional stream, both thin
+//! adapters onto [`Ingestor`], answering every record in order.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use millrace_chassis::telemetry;
+use millrace_proto::ingest_server::Ingest;
+use millrace_proto::{AckStatus, Event, EventAck, PublishBatchRequest, PublishBatchResponse};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::publish::{Ingestor, Pending, Record, MAX_BATCH_RECORDS, MAX_PENDING_RECORDS};
+
+/// Records a stream may have sent and not yet been answered for.
+const STREAM_WINDOW: usize = 1024;
+
+pub struct IngestApi {
+    pub ingestor: Ingestor,
+}
+
+fn full() -> Status {
+    Status::resource_exhausted(format!(
+        "ingest has {MAX_PENDING_RECORDS} records waiting for JetStream; retry with backoff"
+    ))
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestApi {
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let parent = telemetry::context_from_grpc(request.metadata());
+        let PublishBatchRequest {
+            events,
+            encoded_events,
+        } = request.into_inner();
+        let n = events.len() + encoded_events.len();
+        if n == 0 {
+            return Err(Status::invalid_argument(
+                "batch is empty: send at least one event",
+            ));
+        }
+        if n > MAX_BATCH_RECORDS {
+            return Err(Status::invalid_argument(format!(
+                "batch has {n} records, at most {MAX_BATCH_RECORDS} per call"
+            )));
+        }
+        let _room = self.ingestor.reserve(n).ok_or_else(full)?;
+        let records = events.into_iter().map(Record::Decoded).chain(
+            encoded_events
+                .into_iter()
+                .map(|b| Record::Encoded(b.into())),
+        );
+        let mut pending = Vec::with_capacity(n);
+        for (index, record) in (0u32..).zip(records) {
+            pending.push(self.ingestor.submit(index, record, &parent).await);
+        }
+        let mut response = PublishBatchResponse {
+            acks: Vec::with_capacity(n),
+            ..Default::default()
+        };
+        for p in pending {
+            let ack = self.ingestor.settle(p).await;
+            match AckStatus::try_from(ack.status) {
+                Ok(AckStatus::Accepted) => response.accepted += 1,
+                Ok(AckStatus::Duplicate) => response.duplicates += 1,
+                _ => response.rejected += 1,
+            }
+            response.acks.push(ack);
+        }
+        Ok(Response::new(response))
+    }
+
+    type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<EventAck, Status>> + Send>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<Event>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let parent = telemetry::context_from_grpc(request.metadata());
+        let mut inbound = request.into_inner();
+        let (steps, mut steps_rx) = mpsc::channel::<Step>(STREAM_WINDOW);
+        let (answers, answers_rx) = mpsc::channel(STREAM_WINDOW);
+
+        let reader = self.ingestor.clone();
+        tokio::spawn(async move {
+            let mut index = 0u32;
+            while let Some(item) = inbound.next().await {
+                let step = match item {
+                    Err(status) => Step::Fail(status),
+                    Ok(event) => match reader.reserve(1) {
+                        None => Step::Fail(full()),
+                        Some(room) => Step::Record(
+                            reader.submit(index, Record::Decoded(event), &parent).await,
+                            room,
+                        ),
+                    },
+                };
+                let stop = matches!(step, Step::Fail(_));
+                if steps.send(step).await.is_err() || stop {
+                    break;
+                }
+                index = index.wrapping_add(1);
+            }
+        });
+
+        let answerer = self.ingestor.clone();
+        tokio::spawn(async move {
+            while let Some(step) = steps_rx.recv().await {
+                let answer = match step {
+                    Step::Record(pending, _room) => Ok(answerer.settle(pending).await),
+                    Step::Fail(status) => Err(status),
+                };
+                let stop = answer.is_err();
+                if answers.send(answer).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(answers_rx))))
+    }
+}
+
+enum Step {
+    Record(Pending, OwnedSemaphorePermit),
+    Fail(Status),
+}

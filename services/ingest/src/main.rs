@@ -1,0 +1,98 @@
+//! millrace-ingest: takes events from producers over gRPC, validates them
+//! against the registered schemas, and answers each one only after JetStream
+//! stored it in EVENTS (or LABELS); refused records go to the DLQ.
+//!
+//! # Layout
+//! - [`schema`]: validation rules and their error codes.
+//! - [`registry`]: the `SchemaBook` actor that owns and snapshots the schemas.
+//! - [`publish`]: the record's path to JetStream and its answer.
+//! - [`api`]: the gRPC adapter (batch and stream).
+
+mod api;
+mod publish;
+mod registry;
+mod schema;
+
+use actix::Actor;
+use anyhow::Context as _;
+use millrace_chassis::bus::{Bus, StreamKind};
+use millrace_chassis::config::{Pipeline, Service, ServiceEnv};
+use millrace_chassis::http::{self, Readiness};
+use millrace_chassis::metrics::Metrics;
+use millrace_chassis::shutdown::Shutdown;
+use millrace_chassis::snapshot::SnapshotStore;
+use millrace_chassis::{grpc, runtime, telemetry};
+use millrace_proto::ingest_server::IngestServer;
+
+/// Snapshot key of the schema book.
+const SCHEMAS_KEY: &str = "schemas";
+
+fn main() -> anyhow::Result<()> {
+    runtime::block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let env = ServiceEnv::from_env(Service::Ingest)?;
+    let telemetry = telemetry::init(env.service)?;
+    let pipeline = Pipeline::load(&env.pipeline_path)?;
+    let (mut shutdown, _trigger) = Shutdown::on_signals();
+    let metrics = Metrics::new();
+
+    let bus = Bus::connect(
+        &env.nats,
+        "millrace-ingest",
+        pipeline.streams.clone(),
+        &shutdown,
+    )
+    .await?;
+    bus.provision(&[StreamKind::Events, StreamKind::Labels, StreamKind::Dlq])
+        .await?;
+    let store = SnapshotStore::open(&env.data_dir)?;
+
+    let registered = store
+        .load(SCHEMAS_KEY)?
+        .map(|s| s.state)
+        .unwrap_or_default();
+    let book = registry::SchemaBook::new(&pipeline.events, registered).start();
+    store.save(SCHEMAS_KEY, 0, &book.send(registry::ExportSchemas).await?)?;
+    let schemas = book.send(registry::CurrentSchemas).await?;
+
+    let ingestor = publish::Ingestor::new(
+        bus.clone(),
+        schemas,
+        pipeline.pipeline.partitions,
+        publish::IngestMetrics::new(&metrics),
+    );
+    let grpc_addr = env.grpc_addr.context("ingest needs a gRPC address")?;
+    let api = IngestServer::new(api::IngestApi { ingestor })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let grpc = grpc::spawn(
+        grpc_addr,
+        tonic::transport::Server::builder().add_service(api),
+        shutdown.clone(),
+    )?;
+
+    let readiness = Readiness::new(Some(bus.client().clone()));
+    let http = tokio::spawn(http::serve(
+        env.http_addr,
+        metrics.clone(),
+        readiness.clone(),
+        axum::Router::new(),
+        shutdown.clone(),
+    ));
+    readiness.set_started();
+
+    shutdown.recv().await;
+    // The gRPC server stops taking requests and finishes those in flight,
+    // whose answers already wait on JetStream's acks.
+    match grpc.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("gRPC server: {e}"),
+        Err(e) => tracing::error!("gRPC server task: {e}"),
+    }
+    store.save(SCHEMAS_KEY, 0, &book.send(registry::ExportSchemas).await?)?;
+    http.abort();
+    telemetry.shutdown();
+    Ok(())
+}

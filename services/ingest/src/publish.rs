@@ -1,0 +1,310 @@
+//! The path of one record from the producer to JetStream: decode, validate,
+//! stamp (ingest time, key, partition), publish with `Nats-Msg-Id = event_id`,
+//! and answer only once JetStream has stored it. Refused records go to the DLQ
+//! with their original bytes before they are answered.
+//!
+//! Records are sent without waiting for each ack (JetStream acks are
+//! pipelined, bounded by the client's in-flight limit) and answered in order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use bytes::Bytes;
+use millrace_chassis::bus::{subject, Bus, Outgoing};
+use millrace_chassis::metrics::{latency_buckets, Metrics};
+use millrace_chassis::partition::{fnv1a64, partition_of};
+use millrace_chassis::telemetry;
+use millrace_proto::{AckStatus, DeadLetter, Event, EventAck};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::Context;
+use prometheus::{Histogram, IntCounterVec, IntGauge};
+use prost::Message as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::schema::{Rejection, SchemaRegistry};
+
+/// Largest encoded record ingest accepts.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Records a single gRPC batch may carry.
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+/// Records accepted but not yet answered, across all producers: beyond this,
+/// producers are told to back off instead of queueing without bound.
+pub const MAX_PENDING_RECORDS: usize = 100_000;
+
+/// One record as the producer sent it.
+pub enum Record {
+    Decoded(Event),
+    Encoded(Bytes),
+}
+
+#[derive(Clone)]
+pub struct IngestMetrics {
+    events: IntCounterVec,
+    ack_seconds: Histogram,
+    pending: IntGauge,
+}
+
+impl IngestMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            events: metrics.counter_vec(
+                "ingest_events_total",
+                "Records answered, by event type, outcome (accepted, duplicate, rejected) and reason.",
+                &["event_type", "outcome", "reason"],
+            ),
+            ack_seconds: metrics.histogram(
+                "ingest_publish_ack_seconds",
+                "Time from publishing a record to JetStream's acknowledgement.",
+                latency_buckets(),
+            ),
+            pending: metrics.gauge("ingest_pending_records", "Records taken in and not yet answered."),
+        }
+    }
+}
+
+/// A record on its way: already answered, or waiting for JetStream.
+pub struct Pending {
+    ack: EventAck,
+    event_type: String,
+    wait: Wait,
+    _span: Context,
+}
+
+enum Wait {
+    Nothing,
+    Stored {
+        ack: PublishAckFuture,
+        sent: Instant,
+    },
+    DeadLettered(PublishAckFuture),
+}
+
+#[derive(Clone)]
+pub struct Ingestor {
+    bus: Bus,
+    schemas: Arc<SchemaRegistry>,
+    partitions: u32,
+    metrics: IngestMetrics,
+    capacity: Arc<Semaphore>,
+}
+
+impl Ingestor {
+    pub fn new(
+        bus: Bus,
+        schemas: Arc<SchemaRegistry>,
+        partitions: u32,
+        metrics: IngestMetrics,
+    ) -> Self {
+        Self {
+            bus,
+            schemas,
+            partitions,
+            metrics,
+            capacity: Arc::new(Semaphore::new(MAX_PENDING_RECORDS)),
+        }
+    }
+
+    /// Reserves room for `n` records, or says the pipeline is full.
+    pub fn reserve(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(n).ok()?;
+        self.capacity.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// Validates and sends one record; the answer comes from [`Ingestor::settle`].
+    pub async fn submit(&self, index: u32, record: Record, parent: &Context) -> Pending {
+        self.metrics.pending.inc();
+        let (mut event, raw) = match record {
+            Record::Decoded(event) => (event, None),
+            Record::Encoded(bytes) => match decode(&bytes, index) {
+                Ok(event) => (event, Some(bytes)),
+                Err(rejection) => {
+                    let id = format!("malformed-{:016x}", fnv1a64(&bytes));
+                    return self
+                        .reject(index, &id, "", rejection, bytes.to_vec(), parent.clone())
+                        .await;
+                }
+            },
+        };
+        let span = telemetry::event_span("ingest", SpanKind::Producer, parent, &event.event_id);
+        let too_big =
+            raw.as_ref().map_or_else(|| event.encoded_len(), Bytes::len) > MAX_RECORD_BYTES;
+        let checked = if too_big {
+            Err(Rejection {
+                code: "too_large",
+                message: format!(
+                    "event {}: record exceeds {MAX_RECORD_BYTES} bytes",
+                    event.event_id
+                ),
+            })
+        } else {
+            self.schemas.validate(&mut event)
+        };
+        let accepted = match checked {
+            Ok(accepted) => accepted,
+            Err(rejection) => {
+                let payload = raw.map_or_else(|| event.encode_to_vec(), |b| b.to_vec());
+                let (id, ty) = (event.event_id.clone(), event.r#type.clone());
+                return self.reject(index, &id, &ty, rejection, payload, span).await;
+            }
+        };
+        event.ingest_time_us = millrace_chassis::time::now_us();
+        if event.event_time_us == 0 {
+            event.event_time_us = event.ingest_time_us;
+        }
+        event.partition = partition_of(&event.key, self.partitions);
+        let subject = if accepted.is_label {
+            subject::labels(&event.r#type)
+        } else {
+            subject::events(&event.r#type, event.partition)
+        };
+        let out = Outgoing::new(subject, event.event_id.clone(), &event, span.clone());
+        let ack = EventAck {
+            index,
+            event_id: event.event_id.clone(),
+            ..Default::default()
+        };
+        let wait = match self.bus.send(&out).await {
+            Ok(ack) => Wait::Stored {
+                ack,
+                sent: Instant::now(),
+            },
+            Err(e) => {
+                let ack = unavailable(ack, &e.to_string());
+                return Pending {
+                    ack,
+                    event_type: event.r#type,
+                    wait: Wait::Nothing,
+                    _span: span,
+                };
+            }
+        };
+        Pending {
+            ack,
+            event_type: event.r#type,
+            wait,
+            _span: span,
+        }
+    }
+
+    async fn reject(
+        &self,
+        index: u32,
+        event_id: &str,
+        event_type: &str,
+        rejection: Rejection,
+        payload: Vec<u8>,
+        span: Context,
+    ) -> Pending {
+        tracing::debug!(
+            event_id,
+            code = rejection.code,
+            "rejected: {}",
+            rejection.message
+        );
+        let letter = DeadLetter {
+            stage: "ingest".into(),
+            reason: rejection.code.into(),
+            message: rejection.message.clone(),
+            event_id: event_id.into(),
+            event_type: event_type.into(),
+            payload,
+            time_us: millrace_chassis::time::now_us(),
+        };
+        let id = format!("dlq:ingest:{}:{event_id}", rejection.code);
+        let out = Outgoing::new(subject::dlq("ingest"), id, &letter, span.clone());
+        let wait = match self.bus.send(&out).await {
+            Ok(ack) => Wait::DeadLettered(ack),
+            Err(e) => {
+                tracing::error!(event_id, "could not send a rejected record to the DLQ: {e}");
+                Wait::Nothing
+            }
+        };
+        let ack = EventAck {
+            index,
+            event_id: event_id.into(),
+            status: AckStatus::Rejected as i32,
+            code: rejection.code.into(),
+            message: rejection.message,
+            stream_sequence: 0,
+        };
+        Pending {
+            ack,
+            event_type: event_type.into(),
+            wait,
+            _span: span,
+        }
+    }
+
+    /// Waits for JetStream and gives the producer its answer.
+    pub async fn settle(&self, pending: Pending) -> EventAck {
+        let Pending {
+            mut ack,
+            event_type,
+            wait,
+            _span,
+        } = pending;
+        match wait {
+            Wait::Nothing => {}
+            Wait::DeadLettered(fut) => {
+                if let Err(e) = fut.await {
+                    tracing::error!(event_id = %ack.event_id, "DLQ did not store a rejected record: {e}");
+                }
+            }
+            Wait::Stored { ack: fut, sent } => match fut.await {
+                Ok(stored) => {
+                    self.metrics
+                        .ack_seconds
+                        .observe(sent.elapsed().as_secs_f64());
+                    ack.stream_sequence = stored.sequence;
+                    ack.status = if stored.duplicate {
+                        AckStatus::Duplicate
+                    } else {
+                        AckStatus::Accepted
+                    } as i32;
+                }
+                Err(e) => ack = unavailable(ack, &e.to_string()),
+            },
+        }
+        let outcome = match AckStatus::try_from(ack.status) {
+            Ok(AckStatus::Accepted) => "accepted",
+            Ok(AckStatus::Duplicate) => "duplicate",
+            _ => "rejected",
+        };
+        // Label values stay bounded: types outside the registry count as `unknown`.
+        let event_type = if self.schemas.contains(&event_type) {
+            event_type.as_str()
+        } else {
+            "unknown"
+        };
+        self.metrics
+            .events
+            .with_label_values(&[event_type, outcome, ack.code.as_str()])
+            .inc();
+        self.metrics.pending.dec();
+        ack
+    }
+}
+
+fn decode(bytes: &[u8], index: u32) -> Result<Event, Rejection> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(Rejection {
+            code: "too_large",
+            message: format!(
+                "record {index}: {} bytes, at most {MAX_RECORD_BYTES}",
+                bytes.len()
+            ),
+        });
+    }
+    Event::decode(bytes).map_err(|e| Rejection {
+        code: "malformed",
+        message: format!("record {index}: not a protobuf millrace.v1.Event: {e}"),
+    })
+}
+
+fn unavailable(mut ack: EventAck, why: &str) -> EventAck {
+    ack.status = AckStatus::Rejected as i32;
+    ack.code = "unavailable".into();
+    ack.message = format!("event {}: not stored, retry: {why}", ack.event_id);
+    ack
+}
