@@ -198,9 +198,11 @@ millrace_weird{path="a\"b,c}",x="1"} +Inf
 process_open_fds 12
 "#;
 
+    type Labels = &'static [(&'static str, &'static str)];
+
     #[test]
     fn samples_are_found_by_name_and_label_subset() {
-        let cases: &[(&str, &[(&str, &str)], Option<f64>)] = &[
+        let cases: &[(&str, Labels, Option<f64>)] = &[
             (
                 "millrace_monitor_predictions_total",
                 &[("model", "fraud"), ("model_version", "1")],

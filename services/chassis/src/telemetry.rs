@@ -39,9 +39,11 @@ pub fn init(service: Service) -> Result<Telemetry, ChassisError> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second init (tests) keeps the first subscriber.
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 
     let endpoint_set = [

@@ -16,7 +16,11 @@ pub enum ModelError {
     #[error("model {model}: input `{input}` is listed twice")]
     DuplicateInput { model: String, input: String },
     #[error("model {model}: {what} is {value}, it must be a finite number")]
-    NotFinite { model: String, what: String, value: f64 },
+    NotFinite {
+        model: String,
+        what: String,
+        value: f64,
+    },
     #[error("model {model}: threshold is {value}, it must lie between 0 and 1")]
     Threshold { model: String, value: f64 },
     #[error("model {model}: needs at least one input")]
@@ -51,7 +55,11 @@ impl LogisticModel {
             if value.is_finite() {
                 Ok(())
             } else {
-                Err(ModelError::NotFinite { model: model(), what, value })
+                Err(ModelError::NotFinite {
+                    model: model(),
+                    what,
+                    value,
+                })
             }
         };
         if def.inputs.is_empty() {
@@ -59,13 +67,19 @@ impl LogisticModel {
         }
         finite("the intercept".into(), def.intercept)?;
         if !(0.0..=1.0).contains(&def.threshold) {
-            return Err(ModelError::Threshold { model: model(), value: def.threshold });
+            return Err(ModelError::Threshold {
+                model: model(),
+                value: def.threshold,
+            });
         }
         let mut column = HashMap::with_capacity(def.inputs.len());
         for (i, input) in def.inputs.iter().enumerate() {
             finite(format!("the weight of `{}`", input.name), input.weight)?;
             if column.insert(input.name.clone(), i).is_some() {
-                return Err(ModelError::DuplicateInput { model: model(), input: input.name.clone() });
+                return Err(ModelError::DuplicateInput {
+                    model: model(),
+                    input: input.name.clone(),
+                });
             }
         }
         Ok(Self {
@@ -87,10 +101,6 @@ impl LogisticModel {
         &self.version
     }
 
-    pub fn threshold(&self) -> f64 {
-        self.threshold
-    }
-
     /// Input names in column order.
     pub fn inputs(&self) -> &[String] {
         &self.inputs
@@ -108,8 +118,18 @@ impl LogisticModel {
     /// The probability for one row in column order. Callers pass exactly one
     /// value per input; a short row scores its missing columns as 0.0.
     pub fn score_row(&self, row: &[f64]) -> f64 {
-        debug_assert_eq!(row.len(), self.weights.len(), "row width must match the model's inputs");
-        let z = self.intercept + self.weights.iter().zip(row).map(|(w, x)| w * x).sum::<f64>();
+        debug_assert_eq!(
+            row.len(),
+            self.weights.len(),
+            "row width must match the model's inputs"
+        );
+        let z = self.intercept
+            + self
+                .weights
+                .iter()
+                .zip(row)
+                .map(|(w, x)| w * x)
+                .sum::<f64>();
         sigmoid(z)
     }
 
@@ -135,7 +155,10 @@ impl LogisticModel {
             .filter(|(_, &p)| !p)
             .map(|(name, _)| name.as_str())
             .collect();
-        VectorScore { score: self.score_row(&row), missing }
+        VectorScore {
+            score: self.score_row(&row),
+            missing,
+        }
     }
 }
 
@@ -161,7 +184,13 @@ mod tests {
             version: "v1".into(),
             threshold: 0.5,
             intercept,
-            inputs: inputs.iter().map(|&(name, weight)| ModelInput { name: name.into(), weight }).collect(),
+            inputs: inputs
+                .iter()
+                .map(|&(name, weight)| ModelInput {
+                    name: name.into(),
+                    weight,
+                })
+                .collect(),
         }
     }
 
@@ -191,7 +220,16 @@ mod tests {
             assert!(close(got, want), "sigmoid({z}) = {got}, want {want}");
             assert!(got.is_finite(), "sigmoid({z}) is not finite");
         }
-        assert!(sigmoid(-40.0) > 0.0, "tiny probabilities do not underflow to zero");
+        for z in [0.25, 1.0, 3.0, 10.0] {
+            assert!(
+                close(sigmoid(-z), 1.0 - sigmoid(z)),
+                "sigmoid(-{z}) = 1 - sigmoid({z})"
+            );
+        }
+        assert!(
+            sigmoid(-40.0) > 0.0,
+            "tiny probabilities do not underflow to zero"
+        );
     }
 
     #[test]
@@ -219,16 +257,50 @@ mod tests {
             ..Default::default()
         };
         let cases: [(&str, FeatureVector, f64, &[&str]); 6] = [
-            ("names in model order", vector(&["count", "amount"], &[2.0, 50.0]), 0.731_058_578_630_004_9, &[]),
-            ("names in any order, extras ignored", vector(&["x", "amount", "count"], &[9.0, 50.0, 2.0]), 0.731_058_578_630_004_9, &[]),
-            ("a missing input counts as zero", vector(&["count"], &[2.0]), 0.5, &["amount"]),
-            ("an empty vector leaves the intercept", vector(&[], &[]), sigmoid(-1.0), &["count", "amount"]),
-            ("a NaN value is treated as missing", vector(&["count", "amount"], &[f64::NAN, 50.0]), 0.5, &["count"]),
-            ("the first of repeated names wins", vector(&["count", "count", "amount"], &[2.0, 100.0, 0.0]), 0.5, &[]),
+            (
+                "names in model order",
+                vector(&["count", "amount"], &[2.0, 50.0]),
+                0.731_058_578_630_004_9,
+                &[],
+            ),
+            (
+                "names in any order, extras ignored",
+                vector(&["x", "amount", "count"], &[9.0, 50.0, 2.0]),
+                0.731_058_578_630_004_9,
+                &[],
+            ),
+            (
+                "a missing input counts as zero",
+                vector(&["count"], &[2.0]),
+                0.5,
+                &["amount"],
+            ),
+            (
+                "an empty vector leaves the intercept",
+                vector(&[], &[]),
+                sigmoid(-1.0),
+                &["count", "amount"],
+            ),
+            (
+                "a NaN value is treated as missing",
+                vector(&["count", "amount"], &[f64::NAN, 50.0]),
+                0.5,
+                &["count"],
+            ),
+            (
+                "the first of repeated names wins",
+                vector(&["count", "count", "amount"], &[2.0, 100.0, 0.0]),
+                0.5,
+                &[],
+            ),
         ];
         for (rule, v, want, missing) in cases {
             let got = m.score_vector(&v);
-            assert!(close(got.score, want), "{rule}: got {}, want {want}", got.score);
+            assert!(
+                close(got.score, want),
+                "{rule}: got {}, want {want}",
+                got.score
+            );
             assert_eq!(got.missing, missing, "{rule}");
         }
     }
@@ -257,22 +329,47 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_the_cause() {
-        let with_threshold = |t: f64| ModelDef { threshold: t, ..def(0.0, &[("a", 1.0)]) };
+        let with_threshold = |t: f64| ModelDef {
+            threshold: t,
+            ..def(0.0, &[("a", 1.0)])
+        };
         let cases = [
             (
                 def(0.0, &[("a", 1.0), ("a", 2.0)]),
-                ModelError::DuplicateInput { model: "orders".into(), input: "a".into() },
+                ModelError::DuplicateInput {
+                    model: "orders".into(),
+                    input: "a".into(),
+                },
             ),
             (
                 def(0.0, &[("a", f64::INFINITY)]),
-                ModelError::NotFinite { model: "orders".into(), what: "the weight of `a`".into(), value: f64::INFINITY },
+                ModelError::NotFinite {
+                    model: "orders".into(),
+                    what: "the weight of `a`".into(),
+                    value: f64::INFINITY,
+                },
             ),
             (
                 def(f64::NEG_INFINITY, &[("a", 1.0)]),
-                ModelError::NotFinite { model: "orders".into(), what: "the intercept".into(), value: f64::NEG_INFINITY },
+                ModelError::NotFinite {
+                    model: "orders".into(),
+                    what: "the intercept".into(),
+                    value: f64::NEG_INFINITY,
+                },
             ),
-            (with_threshold(1.5), ModelError::Threshold { model: "orders".into(), value: 1.5 }),
-            (def(0.0, &[]), ModelError::NoInputs { model: "orders".into() }),
+            (
+                with_threshold(1.5),
+                ModelError::Threshold {
+                    model: "orders".into(),
+                    value: 1.5,
+                },
+            ),
+            (
+                def(0.0, &[]),
+                ModelError::NoInputs {
+                    model: "orders".into(),
+                },
+            ),
         ];
         for (d, want) in cases {
             assert_eq!(LogisticModel::from_def(&d), Err(want));

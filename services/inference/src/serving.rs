@@ -77,8 +77,11 @@ impl ModelServer {
         );
         let score = metrics.register(
             HistogramVec::new(
-                HistogramOpts::new("inference_score", "Scores given to feature vectors, by model and version.")
-                    .buckets(score_buckets()),
+                HistogramOpts::new(
+                    "inference_score",
+                    "Scores given to feature vectors, by model and version.",
+                )
+                .buckets(score_buckets()),
                 &["model", "model_version"],
             )
             .unwrap_or_else(|e| panic!("metric inference_score: {e}")),
@@ -93,7 +96,12 @@ impl ModelServer {
             positive: positive.with_label_values(&labels),
             score: score.with_label_values(&labels),
         };
-        Self { model, state, active, missing_inputs }
+        Self {
+            model,
+            state,
+            active,
+            missing_inputs,
+        }
     }
 
     /// The prediction for one vector; updates the tallies and metrics.
@@ -128,8 +136,16 @@ impl ModelServer {
     /// Where a prediction goes and the id JetStream deduplicates it by: the
     /// same event scored by the same model version always gets the same id.
     fn outgoing(prediction: &Prediction, trace: opentelemetry::Context) -> Outgoing {
-        let id = format!("predict:{}:{}:{}", prediction.model, prediction.model_version, prediction.event_id);
-        Outgoing::new(subject::predictions(&prediction.model), id, prediction, trace)
+        let id = format!(
+            "predict:{}:{}:{}",
+            prediction.model, prediction.model_version, prediction.event_id
+        );
+        Outgoing::new(
+            subject::predictions(&prediction.model),
+            id,
+            prediction,
+            trace,
+        )
     }
 }
 
@@ -140,7 +156,11 @@ impl Actor for ModelServer {
 impl Handler<Apply<FeatureVector>> for ModelServer {
     type Result = Vec<Outgoing>;
 
-    fn handle(&mut self, Apply(batch): Apply<FeatureVector>, _: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        Apply(batch): Apply<FeatureVector>,
+        _: &mut Self::Context,
+    ) -> Self::Result {
         let now = millrace_chassis::time::now_us();
         batch
             .into_iter()
@@ -174,8 +194,14 @@ mod tests {
             threshold: 0.5,
             intercept: -1.0,
             inputs: vec![
-                ModelInput { name: "count".into(), weight: 0.5 },
-                ModelInput { name: "amount".into(), weight: 0.02 },
+                ModelInput {
+                    name: "count".into(),
+                    weight: 0.5,
+                },
+                ModelInput {
+                    name: "amount".into(),
+                    weight: 0.02,
+                },
             ],
         };
         Arc::new(LogisticModel::from_def(&def).unwrap())
@@ -206,24 +232,62 @@ mod tests {
         let metrics = Metrics::new();
         let mut server = ModelServer::new(model(), ServingState::default(), &metrics);
         let cases = [
-            ("z = 1 is positive", vector("e1", 2.0, Some(50.0)), 0.731_058_578_630_004_9, true),
-            ("z = 0 sits on the threshold: positive", vector("e2", 2.0, Some(0.0)), 0.5, true),
-            ("z = -1 is negative", vector("e3", 0.0, Some(0.0)), 0.268_941_421_369_995_1, false),
+            (
+                "z = 1 is positive",
+                vector("e1", 2.0, Some(50.0)),
+                0.731_058_578_630_004_9,
+                true,
+            ),
+            (
+                "z = 0 sits on the threshold: positive",
+                vector("e2", 2.0, Some(0.0)),
+                0.5,
+                true,
+            ),
+            (
+                "z = -1 is negative",
+                vector("e3", 0.0, Some(0.0)),
+                0.268_941_421_369_995_1,
+                false,
+            ),
         ];
         for (rule, v, score, positive) in cases {
             let p = server.predict(&v, 99);
             assert!((p.score - score).abs() < 1e-12, "{rule}: score {}", p.score);
             assert_eq!(p.predicted_positive, positive, "{rule}");
             assert_eq!(
-                (p.event_id.as_str(), p.model.as_str(), p.model_version.as_str()),
+                (
+                    p.event_id.as_str(),
+                    p.model.as_str(),
+                    p.model_version.as_str()
+                ),
                 (v.event_id.as_str(), "orders", "v1"),
                 "{rule}"
             );
-            assert_eq!((p.entity_key.as_str(), p.event_time_us, p.ingest_time_us, p.predict_time_us), ("c1", 10, 20, 99));
+            assert_eq!(
+                (
+                    p.entity_key.as_str(),
+                    p.event_time_us,
+                    p.ingest_time_us,
+                    p.predict_time_us
+                ),
+                ("c1", 10, 20, 99)
+            );
         }
-        assert_eq!(server.state.tallies["orders"]["v1"], VersionTally { predictions: 3, positive: 2 });
+        assert_eq!(
+            server.state.tallies["orders"]["v1"],
+            VersionTally {
+                predictions: 3,
+                positive: 2
+            }
+        );
         let text = metrics.render();
-        assert!(text.contains(r#"millrace_inference_predictions_total{model="orders",model_version="v1"} 3"#), "{text}");
+        assert!(
+            text.contains(
+                r#"millrace_inference_predictions_total{model="orders",model_version="v1"} 3"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -233,7 +297,10 @@ mod tests {
         server.predict(&vector("e1", 2.0, None), 0);
         server.predict(&vector("e2", 2.0, None), 0);
         let text = metrics.render();
-        assert!(text.contains(r#"millrace_inference_missing_inputs_total{input="amount"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"millrace_inference_missing_inputs_total{input="amount"} 2"#),
+            "{text}"
+        );
     }
 
     #[actix::test]
@@ -245,20 +312,47 @@ mod tests {
             message: vector(id, 2.0, Some(50.0)),
             trace: opentelemetry::Context::new(),
         };
-        let out = server.send(Apply(vec![delivered(1, "e1"), delivered(2, "e2")])).await.unwrap();
-        let ids: Vec<(&str, &str)> = out.iter().map(|o| (o.subject.as_str(), o.msg_id.as_str())).collect();
-        assert_eq!(ids, [("predictions.orders", "predict:orders:v1:e1"), ("predictions.orders", "predict:orders:v1:e2")]);
+        let out = server
+            .send(Apply(vec![delivered(1, "e1"), delivered(2, "e2")]))
+            .await
+            .unwrap();
+        let ids: Vec<(&str, &str)> = out
+            .iter()
+            .map(|o| (o.subject.as_str(), o.msg_id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("predictions.orders", "predict:orders:v1:e1"),
+                ("predictions.orders", "predict:orders:v1:e2")
+            ]
+        );
         let decoded = Prediction::decode(out[1].payload.clone()).unwrap();
         assert_eq!(decoded.event_id, "e2");
 
-        let state = server.send(TakeSnapshot::<ServingState>::default()).await.unwrap();
-        assert_eq!(state.tallies["orders"]["v1"], VersionTally { predictions: 2, positive: 2 });
+        let state = server
+            .send(TakeSnapshot::<ServingState>::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            state.tallies["orders"]["v1"],
+            VersionTally {
+                predictions: 2,
+                positive: 2
+            }
+        );
     }
 
     #[test]
     fn snapshot_state_round_trips_through_postcard() {
         let mut state = ServingState::default();
-        state.tallies.entry("orders".into()).or_default().insert("v1".into(), VersionTally { predictions: 7, positive: 3 });
+        state.tallies.entry("orders".into()).or_default().insert(
+            "v1".into(),
+            VersionTally {
+                predictions: 7,
+                positive: 3,
+            },
+        );
         let bytes = postcard::to_stdvec(&state).unwrap();
         let back: ServingState = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, state);
@@ -267,9 +361,21 @@ mod tests {
     #[test]
     fn restored_tallies_keep_counting() {
         let mut state = ServingState::default();
-        state.tallies.entry("orders".into()).or_default().insert("v1".into(), VersionTally { predictions: 7, positive: 3 });
+        state.tallies.entry("orders".into()).or_default().insert(
+            "v1".into(),
+            VersionTally {
+                predictions: 7,
+                positive: 3,
+            },
+        );
         let mut server = ModelServer::new(model(), state, &Metrics::new());
         server.predict(&vector("e8", 2.0, Some(50.0)), 0);
-        assert_eq!(server.state.tallies["orders"]["v1"], VersionTally { predictions: 8, positive: 4 });
+        assert_eq!(
+            server.state.tallies["orders"]["v1"],
+            VersionTally {
+                predictions: 8,
+                positive: 4
+            }
+        );
     }
 }

@@ -209,7 +209,9 @@ mod tests {
 
     #[test]
     fn model_param_is_found_and_percent_decoded() {
-        let cases: [(&str, &str, Result<Option<&str>, &str>); 7] = [
+        // (name, query string, the model found or a fragment of the error)
+        type Expected = Result<Option<&'static str>, &'static str>;
+        let cases: [(&str, &str, Expected); 7] = [
             ("no_query", "", Ok(None)),
             ("other_parameters_only", "verbose=1", Ok(None)),
             ("plain", "model=fraud", Ok(Some("fraud"))),

@@ -124,11 +124,33 @@ mod tests {
         }
     }
 
+    /// Record `predictions`, ask for `filter`, expect `expected`.
+    struct Case {
+        name: &'static str,
+        predictions: Vec<Prediction>,
+        filter: Option<&'static str>,
+        expected: Vec<ModelHealth>,
+    }
+
+    fn case(
+        name: &'static str,
+        predictions: Vec<Prediction>,
+        filter: Option<&'static str>,
+        expected: Vec<ModelHealth>,
+    ) -> Case {
+        Case {
+            name,
+            predictions,
+            filter,
+            expected,
+        }
+    }
+
     #[test]
     fn stats_follow_the_predictions_recorded() {
-        let cases: Vec<(&str, Vec<Prediction>, Option<&str>, Vec<ModelHealth>)> = vec![
-            ("no_predictions_no_models", vec![], None, vec![]),
-            (
+        let cases = [
+            case("no_predictions_no_models", vec![], None, vec![]),
+            case(
                 "mean_is_the_average_score_and_positives_are_counted",
                 vec![
                     prediction("fraud", "1", 0.2, false, 10),
@@ -138,7 +160,7 @@ mod tests {
                 None,
                 vec![health("fraud", "1", 3, 2, 0.6, 30)],
             ),
-            (
+            case(
                 "versions_of_one_model_are_kept_apart",
                 vec![
                     prediction("fraud", "2", 1.0, true, 5),
@@ -151,7 +173,7 @@ mod tests {
                     health("fraud", "2", 2, 1, 0.75, 6),
                 ],
             ),
-            (
+            case(
                 "a_model_filter_answers_only_that_model",
                 vec![
                     prediction("fraud", "1", 0.4, false, 1),
@@ -160,13 +182,13 @@ mod tests {
                 Some("delay"),
                 vec![health("delay", "3", 1, 1, 0.8, 2)],
             ),
-            (
+            case(
                 "an_unknown_model_answers_nothing",
                 vec![prediction("fraud", "1", 0.4, false, 1)],
                 Some("nope"),
                 vec![],
             ),
-            (
+            case(
                 "a_nan_score_is_counted_but_leaves_the_sum_alone",
                 vec![
                     prediction("fraud", "1", f64::NAN, true, 1),
@@ -176,7 +198,13 @@ mod tests {
                 vec![health("fraud", "1", 2, 1, 0.25, 2)],
             ),
         ];
-        for (name, predictions, filter, expected) in cases {
+        for Case {
+            name,
+            predictions,
+            filter,
+            expected,
+        } in cases
+        {
             let mut ledger = PredictionLedger::default();
             for p in &predictions {
                 ledger.record(p);
