@@ -12,7 +12,9 @@ use millrace_proto::inference::grpc_inference_service_client::GrpcInferenceServi
 use millrace_proto::inference::{ModelMetadataRequest, ServerLiveRequest, ServerMetadataRequest};
 use millrace_proto::ingest_client::IngestClient;
 use millrace_proto::monitor_client::MonitorClient;
-use millrace_proto::{AckStatus, Event, GetModelHealthRequest, GetOnlineFeaturesRequest, PublishBatchRequest, Value};
+use millrace_proto::{
+    AckStatus, Event, GetModelHealthRequest, GetOnlineFeaturesRequest, PublishBatchRequest, Value,
+};
 
 #[derive(Parser)]
 #[command(name = "millrace", about = "Talk to a running millrace pipeline")]
@@ -27,7 +29,11 @@ enum Command {
     Send {
         #[arg(long, default_value_t = 10)]
         count: u32,
-        #[arg(long, env = "MILLRACE_INGEST_URL", default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "MILLRACE_INGEST_URL",
+            default_value = "http://127.0.0.1:50051"
+        )]
         ingest: String,
         /// Prefix of the generated event ids; reuse it to see duplicates answered as such.
         #[arg(long, default_value_t = default_run_id())]
@@ -35,20 +41,32 @@ enum Command {
     },
     /// Show per-model health from monitor.
     Health {
-        #[arg(long, env = "MILLRACE_MONITOR_URL", default_value = "http://127.0.0.1:50055")]
+        #[arg(
+            long,
+            env = "MILLRACE_MONITOR_URL",
+            default_value = "http://127.0.0.1:50055"
+        )]
         monitor: String,
         #[arg(long, default_value = "")]
         model: String,
     },
     /// Show online features for entities (e.g. EWR JFK).
     Features {
-        #[arg(long, env = "MILLRACE_FEATURE_STATE_URL", default_value = "http://127.0.0.1:50053")]
+        #[arg(
+            long,
+            env = "MILLRACE_FEATURE_STATE_URL",
+            default_value = "http://127.0.0.1:50053"
+        )]
         feature_state: String,
         entities: Vec<String>,
     },
     /// Show whether inference is live and the model it serves.
     Model {
-        #[arg(long, env = "MILLRACE_INFERENCE_URL", default_value = "http://127.0.0.1:50054")]
+        #[arg(
+            long,
+            env = "MILLRACE_INFERENCE_URL",
+            default_value = "http://127.0.0.1:50054"
+        )]
         inference: String,
         #[arg(long, default_value = "flight_delay")]
         name: String,
@@ -66,12 +84,19 @@ fn default_run_id() -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Send { count, ingest, run_id } => send(&ingest, count, &run_id).await,
+        Command::Send {
+            count,
+            ingest,
+            run_id,
+        } => send(&ingest, count, &run_id).await,
         Command::Health { monitor, model } => {
             let mut client = MonitorClient::connect(monitor.clone())
                 .await
                 .with_context(|| format!("connecting to monitor at {monitor}"))?;
-            let health = client.get_model_health(GetModelHealthRequest { model }).await?.into_inner();
+            let health = client
+                .get_model_health(GetModelHealthRequest { model })
+                .await?
+                .into_inner();
             if health.models.is_empty() {
                 println!("no predictions seen yet");
             }
@@ -83,17 +108,27 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Features { feature_state, entities } => {
+        Command::Features {
+            feature_state,
+            entities,
+        } => {
             let mut client = FeatureStateClient::connect(feature_state.clone())
                 .await
                 .with_context(|| format!("connecting to feature-state at {feature_state}"))?;
             let answer = client
-                .get_online_features(GetOnlineFeaturesRequest { entity_keys: entities, features: vec![] })
+                .get_online_features(GetOnlineFeaturesRequest {
+                    entity_keys: entities,
+                    features: vec![],
+                })
                 .await?
                 .into_inner();
             for e in answer.entities {
                 for v in e.values {
-                    let value = v.value.as_ref().and_then(Value::as_f64).map_or("-".into(), |x| x.to_string());
+                    let value = v
+                        .value
+                        .as_ref()
+                        .and_then(Value::as_f64)
+                        .map_or("-".into(), |x| x.to_string());
                     println!("{}\t{}\t{}\t{:?}", e.entity_key, v.name, value, v.status());
                 }
             }
@@ -103,14 +138,27 @@ async fn main() -> anyhow::Result<()> {
             let mut client = GrpcInferenceServiceClient::connect(inference.clone())
                 .await
                 .with_context(|| format!("connecting to inference at {inference}"))?;
-            let live = client.server_live(ServerLiveRequest {}).await?.into_inner().live;
-            let server = client.server_metadata(ServerMetadataRequest {}).await?.into_inner();
-            println!("server {} {} live={live}", server.name, server.version);
-            let meta = client
-                .model_metadata(ModelMetadataRequest { name, version: String::new() })
+            let live = client
+                .server_live(ServerLiveRequest {})
+                .await?
+                .into_inner()
+                .live;
+            let server = client
+                .server_metadata(ServerMetadataRequest {})
                 .await?
                 .into_inner();
-            println!("model {} versions {:?} platform {}", meta.name, meta.versions, meta.platform);
+            println!("server {} {} live={live}", server.name, server.version);
+            let meta = client
+                .model_metadata(ModelMetadataRequest {
+                    name,
+                    version: String::new(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "model {} versions {:?} platform {}",
+                meta.name, meta.versions, meta.platform
+            );
             for t in meta.inputs {
                 println!("  input  {} {} {:?}", t.name, t.datatype, t.shape);
             }
@@ -126,12 +174,19 @@ async fn main() -> anyhow::Result<()> {
 async fn send(url: &str, count: u32, run_id: &str) -> anyhow::Result<()> {
     const ORIGINS: [&str; 3] = ["EWR", "JFK", "LGA"];
     const CARRIERS: [&str; 5] = ["UA", "B6", "EV", "DL", "AA"];
-    const DESTS: [(&str, f64); 4] = [("ATL", 762.0), ("ORD", 733.0), ("LAX", 2475.0), ("BOS", 187.0)];
+    const DESTS: [(&str, f64); 4] = [
+        ("ATL", 762.0),
+        ("ORD", 733.0),
+        ("LAX", 2475.0),
+        ("BOS", 187.0),
+    ];
     let mut client = IngestClient::connect(url.to_string())
         .await
         .with_context(|| format!("connecting to ingest at {url}"))?;
     let now_us = i64::try_from(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros(),
     )?;
     let events: Vec<Event> = (0..count)
         .map(|i| {
@@ -151,26 +206,40 @@ async fn send(url: &str, count: u32, run_id: &str) -> anyhow::Result<()> {
                 ("distance", Value::double(distance)),
                 ("month", Value::int(month)),
                 ("hour", Value::int(hour)),
-                ("sched_dep_time", Value::timestamp_us(now_us + 30 * 60 * 1_000_000)),
+                (
+                    "sched_dep_time",
+                    Value::timestamp_us(now_us + 30 * 60 * 1_000_000),
+                ),
             ];
             Event {
                 event_id: id,
                 r#type: "flight_scheduled".into(),
                 event_time_us: now_us,
-                fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
                 ..Default::default()
             }
         })
         .collect();
     let answer = client
-        .publish_batch(PublishBatchRequest { events, encoded_events: vec![] })
+        .publish_batch(PublishBatchRequest {
+            events,
+            encoded_events: vec![],
+        })
         .await?
         .into_inner();
     for ack in &answer.acks {
         let status = AckStatus::try_from(ack.status).unwrap_or(AckStatus::Unspecified);
         match status {
-            AckStatus::Rejected => println!("{}\tREJECTED\t{}\t{}", ack.event_id, ack.code, ack.message),
-            _ => println!("{}\t{:?}\tseq {}", ack.event_id, status, ack.stream_sequence),
+            AckStatus::Rejected => {
+                println!("{}\tREJECTED\t{}\t{}", ack.event_id, ack.code, ack.message)
+            }
+            _ => println!(
+                "{}\t{:?}\tseq {}",
+                ack.event_id, status, ack.stream_sequence
+            ),
         }
     }
     println!(

@@ -39,8 +39,8 @@ const MODEL_LABELS: &[&str] = &["model", "model_version"];
 
 impl HealthMetrics {
     pub fn new(metrics: &Metrics) -> Self {
-        // Replayed and backfilled events reach the model long after they happened;
-        // the buckets go to a minute so such a lag shows instead of all landing in +Inf.
+        // Past the chassis' 10 s up to a minute: a backlog drained after a restart
+        // should still show its shape, not land in +Inf as a year-old replay does.
         let mut buckets = latency_buckets();
         buckets.extend([30.0, 60.0]);
         Self {
