@@ -24,6 +24,8 @@ pub struct Pipeline {
     #[serde(default)]
     pub features: Vec<FeatureDef>,
     pub model: ModelDef,
+    /// How label events become labels; required when any event type is a label.
+    pub label: Option<LabelRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +146,77 @@ pub enum Aggregation {
     Count,
 }
 
+/// Turns a label event into a [`millrace_proto::Label`]: which field names the
+/// scored event (by a business key both events carry) and when the outcome is positive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRule {
+    /// The label event type (declared with `label = true`).
+    pub event: String,
+    /// Field of the label event holding the key of what it labels.
+    pub key_field: String,
+    /// Field of the scored event holding the same key.
+    pub scored_key_field: String,
+    /// Numeric field of the label event the rule reads.
+    pub value_field: String,
+    /// The outcome is positive when `value_field <op> threshold`.
+    pub op: Comparison,
+    pub threshold: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Comparison {
+    #[serde(rename = ">")]
+    Greater,
+    #[serde(rename = ">=")]
+    GreaterOrEqual,
+    #[serde(rename = "<")]
+    Less,
+    #[serde(rename = "<=")]
+    LessOrEqual,
+    #[serde(rename = "==")]
+    Equal,
+}
+
+impl Comparison {
+    pub fn holds(self, left: f64, right: f64) -> bool {
+        match self {
+            Self::Greater => left > right,
+            Self::GreaterOrEqual => left >= right,
+            Self::Less => left < right,
+            Self::LessOrEqual => left <= right,
+            Self::Equal => left == right,
+        }
+    }
+}
+
+impl LabelRule {
+    /// The label an accepted label event carries; `None` when the event lacks
+    /// the key or a numeric value (schema validation requires both).
+    pub fn label_of(&self, event: &millrace_proto::Event) -> Option<millrace_proto::Label> {
+        use millrace_proto::value::Kind;
+        let label_key = match event.fields.get(&self.key_field)?.kind.as_ref()? {
+            Kind::StringValue(s) => s.clone(),
+            Kind::IntValue(i) => i.to_string(),
+            _ => return None,
+        };
+        let observed = event.fields.get(&self.value_field)?.as_f64()?;
+        Some(millrace_proto::Label {
+            event_id: event.event_id.clone(),
+            label_key,
+            value: if self.op.holds(observed, self.threshold) {
+                1.0
+            } else {
+                0.0
+            },
+            event_time_us: event.event_time_us,
+            ingest_time_us: event.ingest_time_us,
+            event_type: event.r#type.clone(),
+            observed,
+        })
+    }
+}
+
 /// The model inference serves until a registry replaces it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +297,56 @@ impl Pipeline {
                     f.name, f.entity, f.source
                 ));
             }
+        }
+        let label_types: Vec<&String> = self
+            .events
+            .iter()
+            .filter(|(_, s)| s.label)
+            .map(|(n, _)| n)
+            .collect();
+        match &self.label {
+            None if !label_types.is_empty() => {
+                return Err(format!(
+                    "event type `{}` is a label but there is no [label] rule",
+                    label_types[0]
+                ));
+            }
+            Some(rule) => {
+                let schema = self
+                    .events
+                    .get(&rule.event)
+                    .filter(|s| s.label)
+                    .ok_or_else(|| {
+                        format!(
+                            "label.event `{}` is not an event type declared with label = true",
+                            rule.event
+                        )
+                    })?;
+                if label_types.len() > 1 {
+                    return Err(
+                        "only one event type can be a label; the [label] rule names it".into(),
+                    );
+                }
+                for field in [&rule.key_field, &rule.value_field] {
+                    if !schema.fields.get(field).is_some_and(|f| f.required) {
+                        return Err(format!(
+                            "label: `{field}` must be a required field of `{}`",
+                            rule.event
+                        ));
+                    }
+                }
+                if !self
+                    .events
+                    .values()
+                    .any(|s| s.score && s.fields.contains_key(&rule.scored_key_field))
+                {
+                    return Err(format!(
+                        "label.scored_key_field `{}` is not a field of any scored event type",
+                        rule.scored_key_field
+                    ));
+                }
+            }
+            None => {}
         }
         if !is_subject_token(&self.model.name) {
             return Err(format!(
@@ -458,6 +581,81 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
             assert!(err.contains("t.toml"), "{err} should name the file");
+        }
+    }
+
+    const WITH_LABEL: &str = r#"
+        [events.pong]
+        label = true
+        [events.pong.fields]
+        host = { type = "string", required = true }
+        latency = { type = "double", required = true }
+        [label]
+        event = "pong"
+        key_field = "host"
+        scored_key_field = "host"
+        value_field = "latency"
+        op = ">="
+        threshold = 15.0
+    "#;
+
+    #[test]
+    fn label_rule_turns_a_label_event_into_a_label() {
+        let text = format!("{MINIMAL}{WITH_LABEL}");
+        let p = Pipeline::parse(&text, Path::new("t.toml")).expect("parses");
+        let rule = p.label.expect("rule");
+        let event = |latency: f64| millrace_proto::Event {
+            event_id: "l1".into(),
+            r#type: "pong".into(),
+            fields: [
+                ("host".to_string(), millrace_proto::Value::string("h1")),
+                (
+                    "latency".to_string(),
+                    millrace_proto::Value::double(latency),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        for (latency, expected) in [(14.9, 0.0), (15.0, 1.0), (300.0, 1.0)] {
+            let label = rule.label_of(&event(latency)).expect("label");
+            assert_eq!(
+                (label.label_key.as_str(), label.value, label.observed),
+                ("h1", expected, latency)
+            );
+        }
+        assert!(rule.label_of(&millrace_proto::Event::default()).is_none());
+    }
+
+    #[test]
+    fn label_rules_must_name_a_label_type_and_required_fields() {
+        let cases = [
+            (
+                WITH_LABEL.replace("event = \"pong\"", "event = \"ping\""),
+                "label.event `ping`",
+            ),
+            (
+                WITH_LABEL[..WITH_LABEL.find("[label]").unwrap_or(0)].to_string(),
+                "no [label] rule",
+            ),
+            (
+                WITH_LABEL.replace(
+                    "latency = { type = \"double\", required = true }",
+                    "latency = { type = \"double\" }",
+                ),
+                "`latency` must be a required field",
+            ),
+            (
+                WITH_LABEL.replace("scored_key_field = \"host\"", "scored_key_field = \"nope\""),
+                "scored_key_field `nope`",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let text = format!("{MINIMAL}{extra}");
+            let err = Pipeline::parse(&text, Path::new("t.toml"))
+                .expect_err(expected)
+                .to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
         }
     }
 

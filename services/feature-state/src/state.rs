@@ -58,6 +58,8 @@ pub struct FeatureSpec {
     pub features: Vec<FeatureDef>,
     /// Event types that get a feature vector.
     pub scored_types: Vec<String>,
+    /// Field of a scored event that a later label will name (see `[label]`).
+    pub label_key_field: Option<String>,
 }
 
 impl FeatureSpec {
@@ -70,6 +72,7 @@ impl FeatureSpec {
                 .filter(|(_, s)| s.score)
                 .map(|(n, _)| n.clone())
                 .collect(),
+            label_key_field: p.label.as_ref().map(|l| l.scored_key_field.clone()),
         }
     }
 }
@@ -158,7 +161,14 @@ impl FeatureStore {
             }
         }
         self.vectors.inc();
+        let label_key = self
+            .spec
+            .label_key_field
+            .as_deref()
+            .and_then(field_key)
+            .unwrap_or_else(|| enriched.event_id.clone());
         Some(FeatureVector {
+            label_key,
             event_id: enriched.event_id.clone(),
             event_type: event.r#type.clone(),
             entity_key: event.key.clone(),
@@ -294,6 +304,7 @@ mod tests {
                 aggregation: Aggregation::Count,
             }],
             scored_types: vec!["order_placed".into()],
+            label_key_field: None,
         }
     }
 

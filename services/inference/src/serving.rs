@@ -127,6 +127,7 @@ impl ModelServer {
             score: scored.score,
             predicted_positive,
             entity_key: vector.entity_key.clone(),
+            label_key: vector.label_key.clone(),
             event_time_us: vector.event_time_us,
             ingest_time_us: vector.ingest_time_us,
             predict_time_us: now_us,
@@ -224,6 +225,7 @@ mod tests {
             feature_time_us: 30,
             names,
             values,
+            label_key: format!("k-{id}"),
         }
     }
 
@@ -272,6 +274,11 @@ mod tests {
                     p.predict_time_us
                 ),
                 ("c1", 10, 20, 99)
+            );
+            assert_eq!(
+                p.label_key,
+                format!("k-{}", v.event_id),
+                "{rule}: the label key travels on"
             );
         }
         assert_eq!(

@@ -60,6 +60,7 @@ async fn run() -> anyhow::Result<()> {
     let ingestor = publish::Ingestor::new(
         bus.clone(),
         schemas,
+        pipeline.label.clone(),
         pipeline.pipeline.partitions,
         publish::IngestMetrics::new(&metrics),
     );

@@ -12,6 +12,7 @@ use std::time::Instant;
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use millrace_chassis::bus::{subject, Bus, Outgoing};
+use millrace_chassis::config::LabelRule;
 use millrace_chassis::metrics::{latency_buckets, Metrics};
 use millrace_chassis::partition::{fnv1a64, partition_of};
 use millrace_chassis::telemetry;
@@ -84,6 +85,7 @@ enum Wait {
 pub struct Ingestor {
     bus: Bus,
     schemas: Arc<SchemaRegistry>,
+    label_rule: Option<Arc<LabelRule>>,
     partitions: u32,
     metrics: IngestMetrics,
     capacity: Arc<Semaphore>,
@@ -93,12 +95,14 @@ impl Ingestor {
     pub fn new(
         bus: Bus,
         schemas: Arc<SchemaRegistry>,
+        label_rule: Option<LabelRule>,
         partitions: u32,
         metrics: IngestMetrics,
     ) -> Self {
         Self {
             bus,
             schemas,
+            label_rule: label_rule.map(Arc::new),
             partitions,
             metrics,
             capacity: Arc::new(Semaphore::new(MAX_PENDING_RECORDS)),
@@ -153,12 +157,38 @@ impl Ingestor {
             event.event_time_us = event.ingest_time_us;
         }
         event.partition = partition_of(&event.key, self.partitions);
-        let subject = if accepted.is_label {
-            subject::labels(&event.r#type)
-        } else {
-            subject::events(&event.r#type, event.partition)
+        let label = accepted
+            .is_label
+            .then(|| self.label_rule.as_ref().and_then(|r| r.label_of(&event)));
+        let out = match label {
+            None => Outgoing::new(
+                subject::events(&event.r#type, event.partition),
+                event.event_id.clone(),
+                &event,
+                span.clone(),
+            ),
+            Some(Some(label)) => Outgoing::new(
+                subject::labels(&event.r#type),
+                event.event_id.clone(),
+                &label,
+                span.clone(),
+            ),
+            Some(None) => {
+                // Validation requires the rule's fields, so only a pipeline
+                // whose rule disagrees with its schema gets here.
+                let rejection = Rejection {
+                    code: "no_label",
+                    message: format!(
+                        "event {}: the label rule finds no key or value in it",
+                        event.event_id
+                    ),
+                };
+                let (id, ty) = (event.event_id.clone(), event.r#type.clone());
+                return self
+                    .reject(index, &id, &ty, rejection, event.encode_to_vec(), span)
+                    .await;
+            }
         };
-        let out = Outgoing::new(subject, event.event_id.clone(), &event, span.clone());
         let ack = EventAck {
             index,
             event_id: event.event_id.clone(),

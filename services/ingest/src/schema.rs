@@ -238,6 +238,7 @@ mod tests {
             partitions = 4
             [events.order_placed]
             key_field = "customer"
+            score = true
             [events.order_placed.fields]
             customer = { type = "string", required = true, max_len = 8 }
             amount = { type = "double", required = true, min = 0.0 }
@@ -249,6 +250,14 @@ mod tests {
             key_field = "order"
             [events.delivered.fields]
             order = { type = "string", required = true }
+            late_minutes = { type = "double", required = true }
+            [label]
+            event = "delivered"
+            key_field = "order"
+            scored_key_field = "customer"
+            value_field = "late_minutes"
+            op = ">"
+            threshold = 30.0
             [model]
             name = "m"
             version = "1"
@@ -415,7 +424,11 @@ mod tests {
         let mut e = Event {
             event_id: "l1".into(),
             r#type: "delivered".into(),
-            fields: [("order".to_string(), Value::string("o1"))].into(),
+            fields: [
+                ("order".to_string(), Value::string("o1")),
+                ("late_minutes".to_string(), Value::double(3.0)),
+            ]
+            .into(),
             ..Default::default()
         };
         assert!(reg.validate(&mut e).expect("valid").is_label);
