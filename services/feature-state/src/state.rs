@@ -133,7 +133,7 @@ impl FeatureStore {
                 .or_default()
                 .apply(def.aggregation, event.event_time_us);
         }
-        if !self.spec.scored_types.iter().any(|t| *t == event.r#type) {
+        if !self.spec.scored_types.contains(&event.r#type) {
             return None;
         }
         let mut names = Vec::new();
