@@ -94,7 +94,7 @@ impl Ingest for IngestApi {
                     Ok(event) => match reader.reserve(1) {
                         None => Step::Fail(full()),
                         Some(room) => Step::Record(
-                            reader.submit(index, Record::Decoded(event), &parent).await,
+                            Box::new(reader.submit(index, Record::Decoded(event), &parent).await),
                             room,
                         ),
                     },
@@ -111,7 +111,7 @@ impl Ingest for IngestApi {
         tokio::spawn(async move {
             while let Some(step) = steps_rx.recv().await {
                 let answer = match step {
-                    Step::Record(pending, _room) => Ok(answerer.settle(pending).await),
+                    Step::Record(pending, _room) => Ok(answerer.settle(*pending).await),
                     Step::Fail(status) => Err(status),
                 };
                 let stop = answer.is_err();
@@ -125,6 +125,6 @@ impl Ingest for IngestApi {
 }
 
 enum Step {
-    Record(Pending, OwnedSemaphorePermit),
+    Record(Box<Pending>, OwnedSemaphorePermit),
     Fail(Status),
 }
