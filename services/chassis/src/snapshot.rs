@@ -1,9 +1,11 @@
 //! Actor snapshots in sled: the state an actor hands over plus the last stream
-//! sequence it had applied, written as one value so they can never disagree.
+//! sequence it had applied from each stream it reads, written as one value so
+//! they can never disagree.
 //!
 //! Record layout (little-endian):
-//! `b"MRSN"` | format version u16 | stream sequence u64 | payload length u64 |
-//! CRC-32 of everything after the magic except the checksum itself | payload.
+//! `b"MRSN"` | format version u16 | sequence count u16 | each sequence u64 |
+//! payload length u64 | CRC-32 of everything after the magic except the
+//! checksum itself | payload.
 //! A record that fails any check is refused with the reason; it is never
 //! loaded as if it were state.
 
@@ -15,13 +17,18 @@ use serde::Serialize;
 use crate::ChassisError;
 
 const MAGIC: &[u8; 4] = b"MRSN";
-const FORMAT_VERSION: u16 = 1;
-const HEADER_LEN: usize = 4 + 2 + 8 + 8 + 4;
+const FORMAT_VERSION: u16 = 2;
+/// Magic, version and sequence count: enough to know how long the header is.
+const PREFIX_LEN: usize = 4 + 2 + 2;
 
-/// A loaded snapshot: the state and the last stream sequence applied to it.
+fn header_len(sequences: usize) -> usize {
+    PREFIX_LEN + 8 * sequences + 8 + 4
+}
+
+/// A loaded snapshot: the state and, per stream read, the last sequence applied to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot<T> {
-    pub sequence: u64,
+    pub sequences: Vec<u64>,
     pub state: T,
 }
 
@@ -42,18 +49,22 @@ impl SnapshotStore {
         Ok(Self { db, path })
     }
 
-    /// Writes `state` with `sequence` under `key` and waits until it is on disk.
+    /// Writes `state` with `sequences` (one per stream read) under `key` and waits until it is on disk.
     pub fn save<T: Serialize>(
         &self,
         key: &str,
-        sequence: u64,
+        sequences: &[u64],
         state: &T,
     ) -> Result<usize, ChassisError> {
         let payload = postcard::to_stdvec(state).map_err(|e| ChassisError::SnapshotEncode {
             key: key.into(),
             message: e.to_string(),
         })?;
-        let record = encode_record(sequence, &payload);
+        let record =
+            encode_record(sequences, &payload).ok_or_else(|| ChassisError::SnapshotEncode {
+                key: key.into(),
+                message: format!("{} sequences, at most {}", sequences.len(), u16::MAX),
+            })?;
         let len = record.len();
         self.db
             .insert(key, record)
@@ -70,7 +81,7 @@ impl SnapshotStore {
         let Some(record) = self.db.get(key).map_err(|e| self.store_error(e))? else {
             return Ok(None);
         };
-        let (sequence, payload) =
+        let (sequences, payload) =
             decode_record(&record).map_err(|message| ChassisError::SnapshotCorrupt {
                 key: key.into(),
                 message,
@@ -79,7 +90,7 @@ impl SnapshotStore {
             key: key.into(),
             message: format!("state does not decode: {e}"),
         })?;
-        Ok(Some(Snapshot { sequence, state }))
+        Ok(Some(Snapshot { sequences, state }))
     }
 
     /// Stores raw bytes under `key`, bypassing the format (tests of corruption use it).
@@ -99,16 +110,20 @@ impl SnapshotStore {
     }
 }
 
-fn encode_record(sequence: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+fn encode_record(sequences: &[u64], payload: &[u8]) -> Option<Vec<u8>> {
+    let count = u16::try_from(sequences.len()).ok()?;
+    let mut out = Vec::with_capacity(header_len(sequences.len()) + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    for seq in sequences {
+        out.extend_from_slice(&seq.to_le_bytes());
+    }
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let crc = checksum(&out[4..], payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
-    out
+    Some(out)
 }
 
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
@@ -118,44 +133,62 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn decode_record(record: &[u8]) -> Result<(u64, &[u8]), String> {
-    if record.len() < HEADER_LEN {
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn decode_record(record: &[u8]) -> Result<(Vec<u64>, &[u8]), String> {
+    if record.len() < PREFIX_LEN {
         return Err(format!(
-            "record is {} bytes, shorter than its {HEADER_LEN}-byte header",
+            "record is {} bytes, shorter than any header",
             record.len()
         ));
     }
-    let (header, payload) = record.split_at(HEADER_LEN);
-    if &header[0..4] != MAGIC {
+    if &record[0..4] != MAGIC {
         return Err("not a millrace snapshot (bad magic)".into());
     }
-    let le_u64 = |b: &[u8]| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        u64::from_le_bytes(a)
-    };
-    let version = u16::from_le_bytes([header[4], header[5]]);
+    let version = u16::from_le_bytes([record[4], record[5]]);
     if version != FORMAT_VERSION {
         return Err(format!(
             "format version {version}, this build reads {FORMAT_VERSION}"
         ));
     }
-    let sequence = le_u64(&header[6..14]);
-    let len = le_u64(&header[14..22]);
+    let count = usize::from(u16::from_le_bytes([record[6], record[7]]));
+    let header = header_len(count);
+    if record.len() < header {
+        return Err(format!(
+            "record is {} bytes, shorter than its {header}-byte header",
+            record.len()
+        ));
+    }
+    let (head, payload) = record.split_at(header);
+    let sequences = (0..count)
+        .map(|i| le_u64(&head[PREFIX_LEN + 8 * i..]))
+        .collect();
+    let len_at = PREFIX_LEN + 8 * count;
+    let len = le_u64(&head[len_at..]);
     if len != payload.len() as u64 {
         return Err(format!(
             "payload is {} bytes, header says {len}",
             payload.len()
         ));
     }
-    let stored = u32::from_le_bytes([header[22], header[23], header[24], header[25]]);
-    let actual = checksum(&header[4..22], payload);
+    let crc_at = len_at + 8;
+    let stored = u32::from_le_bytes([
+        head[crc_at],
+        head[crc_at + 1],
+        head[crc_at + 2],
+        head[crc_at + 3],
+    ]);
+    let actual = checksum(&head[4..crc_at], payload);
     if stored != actual {
         return Err(format!(
             "checksum mismatch: stored {stored:08x}, computed {actual:08x}"
         ));
     }
-    Ok((sequence, payload))
+    Ok((sequences, payload))
 }
 
 #[cfg(test)]
@@ -173,7 +206,7 @@ mod tests {
     fn state_and_sequence_round_trip_and_survive_reopen() {
         let (dir, s) = store();
         let state: BTreeMap<String, u64> = [("EWR".to_string(), 3), ("JFK".to_string(), 7)].into();
-        s.save("counts", 42, &state).expect("save");
+        s.save("counts", &[42, 7], &state).expect("save");
         drop(s);
         let s = SnapshotStore::open(dir.path()).expect("reopen");
         let snap = s
@@ -183,7 +216,7 @@ mod tests {
         assert_eq!(
             snap,
             Snapshot {
-                sequence: 42,
+                sequences: vec![42, 7],
                 state
             }
         );
@@ -192,7 +225,8 @@ mod tests {
 
     #[test]
     fn corrupt_records_are_refused_with_the_reason() {
-        let good = encode_record(9, &postcard::to_stdvec(&7u64).expect("encode"));
+        let good =
+            encode_record(&[9], &postcard::to_stdvec(&7u64).expect("encode")).expect("record");
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
@@ -201,7 +235,11 @@ mod tests {
         let mut bad_magic = good.clone();
         bad_magic[0] = b'X';
         let cases: [(&str, Vec<u8>, &str); 5] = [
-            ("truncated_header", good[..10].to_vec(), "shorter than"),
+            (
+                "truncated_header",
+                good[..10].to_vec(),
+                "shorter than its 28-byte header",
+            ),
             (
                 "truncated_payload",
                 good[..good.len() - 1].to_vec(),

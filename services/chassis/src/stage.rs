@@ -1,16 +1,21 @@
 //! The loop every consuming service runs, so no service writes its own:
 //!
-//! 1. open the durable consumer right after the sequence the snapshot covers;
-//! 2. take whatever messages are ready (up to a batch), decode them, open one
-//!    span per event as a child of the producer's, and hand them to the actor;
+//! 1. open one durable consumer per stream the stage reads, each right after
+//!    the sequence the snapshot covers for it;
+//! 2. take whatever messages are ready (up to a batch, from any of them),
+//!    decode them, open one span per event as a child of the producer's, and
+//!    hand them to the actor in arrival order;
 //! 3. publish what the actor returns (pipelined, deduplicated by id);
 //! 4. every `snapshot_every` messages or `snapshot_interval`, and on shutdown:
 //!    wait until the outputs are stored, ask the actor for its state, store it
-//!    with the last applied sequence, then ack that sequence (ack-all).
+//!    with the last applied sequence of every stream, then ack those (ack-all).
 //!
 //! A crash anywhere replays from the last snapshot: state is rebuilt from the
 //! same messages, and the republished outputs carry the same ids, which
-//! JetStream drops. That is the exactly-once contract of DESIGN.md.
+//! JetStream drops. That is the exactly-once contract of DESIGN.md. A stage
+//! that reads several streams (monitor: predictions and labels) keeps one
+//! snapshot with one sequence per stream, so no stream is applied twice even
+//! though the interleaving of streams may differ on replay.
 
 use std::time::{Duration, Instant};
 
@@ -60,8 +65,26 @@ impl EventMessage for millrace_proto::Label {
     }
 }
 
+/// What a stage's actor takes in: one message type per stage, or an enum when
+/// the stage reads several streams (`source` is the index in [`StageSpec::sources`]).
+pub trait StageInput: Sized + Send + 'static {
+    fn decode(source: usize, payload: bytes::Bytes) -> Result<Self, prost::DecodeError>;
+    fn event_id(&self) -> &str;
+}
+
+impl<T: EventMessage> StageInput for T {
+    fn decode(_source: usize, payload: bytes::Bytes) -> Result<Self, prost::DecodeError> {
+        T::decode(payload)
+    }
+    fn event_id(&self) -> &str {
+        EventMessage::event_id(self)
+    }
+}
+
 /// One decoded stream message, with the span opened for it.
 pub struct Delivered<T> {
+    /// Index of the stream it came from in [`StageSpec::sources`].
+    pub source: usize,
     pub sequence: u64,
     pub subject: String,
     pub message: T,
@@ -89,15 +112,33 @@ impl<S: 'static> Message for TakeSnapshot<S> {
     type Result = S;
 }
 
+/// One stream a stage reads, through its own durable consumer.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub stream: StreamKind,
+    pub filter_subjects: Vec<String>,
+    pub durable: String,
+}
+
+impl Source {
+    pub fn new(stream: StreamKind, durable: impl Into<String>) -> Self {
+        Self {
+            stream,
+            filter_subjects: vec![],
+            durable: durable.into(),
+        }
+    }
+}
+
 /// Where a stage reads and how often it snapshots.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
     /// Stage name: DLQ subject suffix and span prefix.
     pub stage: &'static str,
-    pub source: StreamKind,
-    pub filter_subjects: Vec<String>,
-    /// Durable consumer name, also the snapshot key.
-    pub durable: String,
+    /// The streams read; a message's `Delivered::source` indexes this list.
+    pub sources: Vec<Source>,
+    /// Key of the stage's snapshot in the store.
+    pub snapshot_key: String,
     pub batch_size: usize,
     pub snapshot_interval: Duration,
     pub snapshot_every: u64,
@@ -105,18 +146,32 @@ pub struct StageSpec {
     pub span_name: &'static str,
 }
 
-/// Loads the stage's snapshot: the state to start the actor with and the
-/// sequence to resume after (0 when there is none).
+/// Where each source resumes: after these sequences (0 = from the start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume(pub Vec<u64>);
+
+/// Loads the stage's snapshot: the state to start the actor with and where
+/// each source resumes. A snapshot taken with other sources is refused.
 pub fn load_state<S: DeserializeOwned + Default>(
     store: &SnapshotStore,
     spec: &StageSpec,
-) -> Result<(S, u64), ChassisError> {
-    Ok(match store.load::<S>(&spec.durable)? {
-        Some(snap) => {
-            tracing::info!(durable = %spec.durable, sequence = snap.sequence, "resuming from snapshot");
-            (snap.state, snap.sequence)
+) -> Result<(S, Resume), ChassisError> {
+    Ok(match store.load::<S>(&spec.snapshot_key)? {
+        Some(snap) if snap.sequences.len() == spec.sources.len() => {
+            tracing::info!(key = %spec.snapshot_key, sequences = ?snap.sequences, "resuming from snapshot");
+            (snap.state, Resume(snap.sequences))
         }
-        None => (S::default(), 0),
+        Some(snap) => {
+            return Err(ChassisError::SnapshotCorrupt {
+                key: spec.snapshot_key.clone(),
+                message: format!(
+                    "it covers {} streams, this stage reads {}",
+                    snap.sequences.len(),
+                    spec.sources.len()
+                ),
+            })
+        }
+        None => (S::default(), Resume(vec![0; spec.sources.len()])),
     })
 }
 
@@ -126,51 +181,58 @@ pub async fn run<A, T, S>(
     store: SnapshotStore,
     spec: StageSpec,
     actor: Addr<A>,
-    resume_after: u64,
+    resume: Resume,
     metrics: StageMetrics,
     mut shutdown: Shutdown,
 ) -> Result<(), ChassisError>
 where
     A: Actor + Handler<Apply<T>> + Handler<TakeSnapshot<S>>,
     A::Context: ToEnvelope<A, Apply<T>> + ToEnvelope<A, TakeSnapshot<S>>,
-    T: EventMessage,
+    T: StageInput,
     S: Serialize + Send + 'static,
 {
-    let consumer = bus
-        .resume_consumer(
-            spec.source,
-            &spec.durable,
-            spec.filter_subjects.clone(),
-            resume_after,
-        )
-        .await?;
-    let consume_err = |message: String| ChassisError::Consume {
-        stream: bus.stream_name(spec.source).to_string(),
-        consumer: spec.durable.clone(),
-        message,
-    };
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(spec.batch_size)
-        .heartbeat(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| consume_err(e.to_string()))?;
-    let mut chunks = messages.ready_chunks(spec.batch_size);
+    if resume.0.len() != spec.sources.len() {
+        return Err(ChassisError::SnapshotCorrupt {
+            key: spec.snapshot_key.clone(),
+            message: format!(
+                "{} resume points for {} sources",
+                resume.0.len(),
+                spec.sources.len()
+            ),
+        });
+    }
+    let mut streams = Vec::with_capacity(spec.sources.len());
+    for (index, (source, &after)) in spec.sources.iter().zip(&resume.0).enumerate() {
+        let consumer = bus
+            .resume_consumer(
+                source.stream,
+                &source.durable,
+                source.filter_subjects.clone(),
+                after,
+            )
+            .await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(spec.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| consume_error(&bus, source, e.to_string()))?;
+        streams.push(messages.map(move |m| (index, m)).boxed());
+    }
+    let mut chunks = futures::stream::select_all(streams).ready_chunks(spec.batch_size);
     let mut checkpoint = Checkpoint {
         bus: &bus,
         store: &store,
         spec: &spec,
         metrics: &metrics,
         publisher: bus.publisher().counting_into(metrics.published.clone()),
-        applied: resume_after,
+        applied: resume.0,
         unsnapshotted: 0,
-        last_message: None,
+        last_messages: spec.sources.iter().map(|_| None).collect(),
         last_snapshot: Instant::now(),
     };
-    metrics
-        .last_applied_sequence
-        .set(i64::try_from(resume_after).unwrap_or(i64::MAX));
+    checkpoint.report_sequence();
     let mut tick = tokio::time::interval(spec.snapshot_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -185,9 +247,10 @@ where
             }
             chunk = chunks.next() => {
                 let Some(chunk) = chunk else {
-                    return Err(consume_err("the consumer's message stream ended".into()));
+                    let first = &spec.sources[0];
+                    return Err(consume_error(&bus, first, "the consumers' message streams ended".into()));
                 };
-                let batch = checkpoint.decode(chunk).await?;
+                let batch = checkpoint.decode::<T>(chunk).await?;
                 if !batch.is_empty() {
                     let n = batch.len() as u64;
                     let outputs = actor
@@ -205,15 +268,24 @@ where
             }
         }
     }
-    // Drain: what was taken from the stream is applied; store it before leaving.
+    // Drain: what was taken from the streams is applied; store it before leaving.
     checkpoint.snapshot(&actor).await?;
-    tracing::info!(
-        stage = spec.stage,
-        sequence = checkpoint.applied,
-        "stage stopped after its final snapshot"
-    );
+    tracing::info!(stage = spec.stage, sequences = ?checkpoint.applied, "stage stopped after its final snapshot");
     Ok(())
 }
+
+fn consume_error(bus: &Bus, source: &Source, message: String) -> ChassisError {
+    ChassisError::Consume {
+        stream: bus.stream_name(source.stream).to_string(),
+        consumer: source.durable.clone(),
+        message,
+    }
+}
+
+type Pulled = (
+    usize,
+    Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
+);
 
 struct Checkpoint<'a> {
     bus: &'a Bus,
@@ -221,26 +293,23 @@ struct Checkpoint<'a> {
     spec: &'a StageSpec,
     metrics: &'a StageMetrics,
     publisher: crate::bus::Publisher,
-    applied: u64,
+    /// Per source: the last sequence applied to the actor's state.
+    applied: Vec<u64>,
     unsnapshotted: u64,
-    last_message: Option<async_nats::jetstream::Message>,
+    /// Per source: the newest message applied and not yet acked.
+    last_messages: Vec<Option<async_nats::jetstream::Message>>,
     last_snapshot: Instant,
 }
 
 impl Checkpoint<'_> {
     /// Decodes a chunk into deliveries, skipping what the snapshot already
     /// covers and sending undecodable records to the DLQ.
-    async fn decode<T: EventMessage>(
+    async fn decode<T: StageInput>(
         &mut self,
-        chunk: Vec<
-            Result<
-                async_nats::jetstream::Message,
-                async_nats::jetstream::consumer::pull::MessagesError,
-            >,
-        >,
+        chunk: Vec<Pulled>,
     ) -> Result<Vec<Delivered<T>>, ChassisError> {
         let mut batch = Vec::with_capacity(chunk.len());
-        for item in chunk {
+        for (source, item) in chunk {
             let msg = match item {
                 Ok(msg) => msg,
                 Err(e) => {
@@ -259,12 +328,12 @@ impl Checkpoint<'_> {
                     continue;
                 }
             };
-            if sequence <= self.applied {
+            if sequence <= self.applied[source] {
                 self.metrics.replays_skipped.inc();
                 continue;
             }
             let parent = telemetry::context_from_headers(msg.headers.as_ref());
-            match T::decode(msg.payload.clone()) {
+            match T::decode(source, msg.payload.clone()) {
                 Ok(message) => {
                     let trace = telemetry::event_span(
                         self.spec.span_name,
@@ -273,6 +342,7 @@ impl Checkpoint<'_> {
                         message.event_id(),
                     );
                     batch.push(Delivered {
+                        source,
                         sequence,
                         subject: msg.subject.to_string(),
                         message,
@@ -280,17 +350,16 @@ impl Checkpoint<'_> {
                     });
                 }
                 Err(e) => {
+                    let stream = self
+                        .bus
+                        .stream_name(self.spec.sources[source].stream)
+                        .to_string();
                     let letter = millrace_proto::DeadLetter {
                         stage: self.spec.stage.into(),
                         reason: "malformed".into(),
                         message: format!(
-                            "{} sequence {sequence} on {}: not a valid {}: {e}",
-                            self.bus.stream_name(self.spec.source),
-                            msg.subject,
-                            std::any::type_name::<T>()
-                                .rsplit("::")
-                                .next()
-                                .unwrap_or("message"),
+                            "{stream} sequence {sequence} on {}: does not decode: {e}",
+                            msg.subject
                         ),
                         payload: msg.payload.to_vec(),
                         time_us: crate::time::now_us(),
@@ -300,11 +369,7 @@ impl Checkpoint<'_> {
                         .dead_letters
                         .with_label_values(&["malformed"])
                         .inc();
-                    let id = format!(
-                        "{}:malformed:{}:{sequence}",
-                        self.spec.stage,
-                        self.bus.stream_name(self.spec.source)
-                    );
+                    let id = format!("{}:malformed:{stream}:{sequence}", self.spec.stage);
                     self.publisher
                         .publish(Outgoing::new(
                             subject::dlq(self.spec.stage),
@@ -315,9 +380,9 @@ impl Checkpoint<'_> {
                         .await?;
                 }
             }
-            self.applied = sequence;
+            self.applied[source] = sequence;
             self.unsnapshotted += 1;
-            self.last_message = Some(msg);
+            self.last_messages[source] = Some(msg);
         }
         Ok(batch)
     }
@@ -337,15 +402,19 @@ impl Checkpoint<'_> {
                 actor: self.spec.stage,
                 message: e.to_string(),
             })?;
-        let bytes = self.store.save(&self.spec.durable, self.applied, &state)?;
-        if let Some(msg) = self.last_message.take() {
-            // Ack-all: everything up to this sequence is now safe in the snapshot.
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(
-                    stage = self.spec.stage,
-                    "acking up to {}: {e}",
-                    self.applied
-                );
+        let bytes = self
+            .store
+            .save(&self.spec.snapshot_key, &self.applied, &state)?;
+        for (source, last) in self.last_messages.iter_mut().enumerate() {
+            if let Some(msg) = last.take() {
+                // Ack-all: everything up to this sequence is now safe in the snapshot.
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(
+                        stage = self.spec.stage,
+                        "acking up to {}: {e}",
+                        self.applied[source]
+                    );
+                }
             }
         }
         self.metrics
@@ -354,11 +423,17 @@ impl Checkpoint<'_> {
         self.metrics
             .snapshot_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        self.metrics
-            .last_applied_sequence
-            .set(i64::try_from(self.applied).unwrap_or(i64::MAX));
+        self.report_sequence();
         self.unsnapshotted = 0;
         self.last_snapshot = Instant::now();
         Ok(())
+    }
+
+    /// The gauge shows the first source's position: the stream the stage is named for.
+    fn report_sequence(&self) {
+        let first = self.applied.first().copied().unwrap_or(0);
+        self.metrics
+            .last_applied_sequence
+            .set(i64::try_from(first).unwrap_or(i64::MAX));
     }
 }

@@ -15,7 +15,7 @@ use millrace_chassis::http::{self, Readiness};
 use millrace_chassis::metrics::{Metrics, StageMetrics};
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, StageSpec};
+use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
 
 use actix::Actor;
@@ -44,9 +44,8 @@ async fn run() -> anyhow::Result<()> {
 
     let spec = StageSpec {
         stage: "enrich",
-        source: StreamKind::Events,
-        filter_subjects: vec![],
-        durable: "enrich".into(),
+        sources: vec![Source::new(StreamKind::Events, "enrich")],
+        snapshot_key: "enrich".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,
         snapshot_every: env.snapshot_every,

@@ -18,7 +18,7 @@ use millrace_chassis::http::{self, Readiness};
 use millrace_chassis::metrics::{Metrics, StageMetrics};
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, StageSpec};
+use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
 use millrace_proto::feature_state_server::FeatureStateServer;
 
@@ -46,9 +46,8 @@ async fn run() -> anyhow::Result<()> {
 
     let spec = StageSpec {
         stage: "feature-state",
-        source: StreamKind::Enriched,
-        filter_subjects: vec![],
-        durable: "feature-state".into(),
+        sources: vec![Source::new(StreamKind::Enriched, "feature-state")],
+        snapshot_key: "feature-state".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,
         snapshot_every: env.snapshot_every,

@@ -54,7 +54,7 @@ async fn run() -> anyhow::Result<()> {
         .map(|s| s.state)
         .unwrap_or_default();
     let book = registry::SchemaBook::new(&pipeline.events, registered).start();
-    store.save(SCHEMAS_KEY, 0, &book.send(registry::ExportSchemas).await?)?;
+    store.save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
     let schemas = book.send(registry::CurrentSchemas).await?;
 
     let ingestor = publish::Ingestor::new(
@@ -92,7 +92,7 @@ async fn run() -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!("gRPC server: {e}"),
         Err(e) => tracing::error!("gRPC server task: {e}"),
     }
-    store.save(SCHEMAS_KEY, 0, &book.send(registry::ExportSchemas).await?)?;
+    store.save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
     http.abort();
     telemetry.shutdown();
     Ok(())
