@@ -21,7 +21,7 @@ use millrace_chassis::http::{self, Readiness};
 use millrace_chassis::metrics::{Metrics, StageMetrics};
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, StageSpec};
+use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
 use millrace_proto::monitor_server::MonitorServer;
 
@@ -49,9 +49,8 @@ async fn run() -> anyhow::Result<()> {
 
     let spec = StageSpec {
         stage: "monitor",
-        source: StreamKind::Predictions,
-        filter_subjects: vec![],
-        durable: "monitor".into(),
+        sources: vec![Source::new(StreamKind::Predictions, "monitor")],
+        snapshot_key: "monitor".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,
         snapshot_every: env.snapshot_every,
