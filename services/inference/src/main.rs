@@ -22,7 +22,7 @@ use millrace_chassis::http::{self, Readiness};
 use millrace_chassis::metrics::{Metrics, StageMetrics};
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, StageSpec};
+use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
 use millrace_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -58,9 +58,8 @@ async fn run() -> anyhow::Result<()> {
 
     let spec = StageSpec {
         stage: "inference",
-        source: StreamKind::Features,
-        filter_subjects: vec![],
-        durable: "inference".into(),
+        sources: vec![Source::new(StreamKind::Features, "inference")],
+        snapshot_key: "inference".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,
         snapshot_every: env.snapshot_every,

@@ -314,6 +314,7 @@ mod tests {
     async fn the_actor_publishes_to_predictions_of_the_model_under_a_stable_id() {
         let server = ModelServer::new(model(), ServingState::default(), &Metrics::new()).start();
         let delivered = |seq: u64, id: &str| Delivered {
+            source: 0,
             sequence: seq,
             subject: "features.3".into(),
             message: vector(id, 2.0, Some(50.0)),
