@@ -212,6 +212,8 @@ impl Bus {
                 duplicate_window: Duration::from_secs(self.streams.duplicate_window_secs),
                 num_replicas: self.streams.replicas,
                 compression: Some(stream::Compression::S2),
+                max_bytes: self.streams.max_bytes,
+                max_messages: self.streams.max_messages,
                 ..Default::default()
             };
             self.js

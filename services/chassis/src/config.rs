@@ -26,6 +26,31 @@ pub struct Pipeline {
     pub model: ModelDef,
     /// How label events become labels; required when any event type is a label.
     pub label: Option<LabelRule>,
+    #[serde(default)]
+    pub ingest: IngestLimits,
+}
+
+/// What one producer may send at once, and how much ingest holds before it
+/// pushes back with `RESOURCE_EXHAUSTED`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestLimits {
+    pub max_batch_records: usize,
+    pub max_batch_bytes: usize,
+    pub max_record_bytes: usize,
+    /// Records taken in and not yet answered, across all producers.
+    pub max_pending_records: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_batch_records: 10_000,
+            max_batch_bytes: 32 * 1024 * 1024,
+            max_record_bytes: 1024 * 1024,
+            max_pending_records: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +77,10 @@ pub struct StreamSettings {
     pub duplicate_window_secs: u64,
     /// Stream replicas; 1 on a single node, 3 on a cluster.
     pub replicas: usize,
+    /// Per-stream limits (-1: none). When reached, JetStream refuses new
+    /// messages (discard-new) instead of dropping stored ones.
+    pub max_bytes: i64,
+    pub max_messages: i64,
 }
 
 impl Default for StreamSettings {
@@ -66,6 +95,8 @@ impl Default for StreamSettings {
             alerts: "ALERTS".into(),
             duplicate_window_secs: 600,
             replicas: 1,
+            max_bytes: -1,
+            max_messages: -1,
         }
     }
 }
@@ -229,10 +260,50 @@ pub struct ModelDef {
     pub intercept: f64,
     /// Inputs in the order the model reads them: OIP tensors follow this order.
     pub inputs: Vec<ModelInput>,
+    /// How inference learns online from labels (`[model.online]`).
+    #[serde(default)]
+    pub online: OnlineSettings,
 }
 
 fn half() -> f64 {
     0.5
+}
+
+/// The online learner inference trains from LABELS: SGD logistic regression
+/// with the step `learning_rate / (1 + decay·t)^power`, never below
+/// `min_learning_rate` (so it keeps following drift), L2 penalty `l2`, inputs
+/// standardised with running means and variances. Labels join their feature
+/// vectors in a store of at most `join_capacity` entries; an entry older than
+/// `label_ttl_secs` of event time is dropped and counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnlineSettings {
+    pub enabled: bool,
+    /// Inputs the learner reads; empty means the model's inputs.
+    pub inputs: Vec<String>,
+    pub learning_rate: f64,
+    pub decay: f64,
+    pub power: f64,
+    pub min_learning_rate: f64,
+    pub l2: f64,
+    pub label_ttl_secs: u64,
+    pub join_capacity: usize,
+}
+
+impl Default for OnlineSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            inputs: Vec::new(),
+            learning_rate: 0.1,
+            decay: 0.001,
+            power: 0.5,
+            min_learning_rate: 0.01,
+            l2: 1e-5,
+            label_ttl_secs: 86_400,
+            join_capacity: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

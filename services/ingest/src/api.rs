@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::publish::{Ingestor, Pending, Record, MAX_BATCH_RECORDS, MAX_PENDING_RECORDS};
+use crate::publish::{Ingestor, Pending, Record};
 
 /// Records a stream may have sent and not yet been answered for.
 const STREAM_WINDOW: usize = 1024;
@@ -20,9 +20,10 @@ pub struct IngestApi {
     pub ingestor: Ingestor,
 }
 
-fn full() -> Status {
+fn full(ingestor: &Ingestor) -> Status {
     Status::resource_exhausted(format!(
-        "ingest has {MAX_PENDING_RECORDS} records waiting for JetStream; retry with backoff"
+        "ingest holds its limit of {} records waiting for JetStream; retry with backoff",
+        ingestor.limits().max_pending_records
     ))
 }
 
@@ -43,12 +44,16 @@ impl Ingest for IngestApi {
                 "batch is empty: send at least one event",
             ));
         }
-        if n > MAX_BATCH_RECORDS {
+        let max = self.ingestor.limits().max_batch_records;
+        if n > max {
             return Err(Status::invalid_argument(format!(
-                "batch has {n} records, at most {MAX_BATCH_RECORDS} per call"
+                "batch has {n} records, at most {max} per call"
             )));
         }
-        let _room = self.ingestor.reserve(n).ok_or_else(full)?;
+        let _room = self
+            .ingestor
+            .reserve(n)
+            .ok_or_else(|| full(&self.ingestor))?;
         let records = events.into_iter().map(Record::Decoded).chain(
             encoded_events
                 .into_iter()
@@ -92,7 +97,7 @@ impl Ingest for IngestApi {
                 let step = match item {
                     Err(status) => Step::Fail(status),
                     Ok(event) => match reader.reserve(1) {
-                        None => Step::Fail(full()),
+                        None => Step::Fail(full(&reader)),
                         Some(room) => Step::Record(
                             Box::new(reader.submit(index, Record::Decoded(event), &parent).await),
                             room,

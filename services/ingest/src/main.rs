@@ -62,12 +62,13 @@ async fn run() -> anyhow::Result<()> {
         schemas,
         pipeline.label.clone(),
         pipeline.pipeline.partitions,
+        pipeline.ingest.clone(),
         publish::IngestMetrics::new(&metrics),
     );
     let grpc_addr = env.grpc_addr.context("ingest needs a gRPC address")?;
     let api = IngestServer::new(api::IngestApi { ingestor })
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024);
+        .max_decoding_message_size(pipeline.ingest.max_batch_bytes)
+        .max_encoding_message_size(pipeline.ingest.max_batch_bytes);
     let grpc = grpc::spawn(
         grpc_addr,
         tonic::transport::Server::builder().add_service(api),

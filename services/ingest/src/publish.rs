@@ -12,7 +12,7 @@ use std::time::Instant;
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use millrace_chassis::bus::{subject, Bus, Outgoing};
-use millrace_chassis::config::LabelRule;
+use millrace_chassis::config::{IngestLimits, LabelRule};
 use millrace_chassis::metrics::{latency_buckets, Metrics};
 use millrace_chassis::partition::{fnv1a64, partition_of};
 use millrace_chassis::telemetry;
@@ -24,14 +24,6 @@ use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::schema::{Rejection, SchemaRegistry};
-
-/// Largest encoded record ingest accepts.
-pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
-/// Records a single gRPC batch may carry.
-pub const MAX_BATCH_RECORDS: usize = 10_000;
-/// Records accepted but not yet answered, across all producers: beyond this,
-/// producers are told to back off instead of queueing without bound.
-pub const MAX_PENDING_RECORDS: usize = 100_000;
 
 /// One record as the producer sent it.
 pub enum Record {
@@ -86,6 +78,7 @@ pub struct Ingestor {
     bus: Bus,
     schemas: Arc<SchemaRegistry>,
     label_rule: Option<Arc<LabelRule>>,
+    limits: IngestLimits,
     partitions: u32,
     metrics: IngestMetrics,
     capacity: Arc<Semaphore>,
@@ -97,6 +90,7 @@ impl Ingestor {
         schemas: Arc<SchemaRegistry>,
         label_rule: Option<LabelRule>,
         partitions: u32,
+        limits: IngestLimits,
         metrics: IngestMetrics,
     ) -> Self {
         Self {
@@ -105,8 +99,13 @@ impl Ingestor {
             label_rule: label_rule.map(Arc::new),
             partitions,
             metrics,
-            capacity: Arc::new(Semaphore::new(MAX_PENDING_RECORDS)),
+            capacity: Arc::new(Semaphore::new(limits.max_pending_records)),
+            limits,
         }
+    }
+
+    pub fn limits(&self) -> &IngestLimits {
+        &self.limits
     }
 
     /// Reserves room for `n` records, or says the pipeline is full.
@@ -120,7 +119,7 @@ impl Ingestor {
         self.metrics.pending.inc();
         let (mut event, raw) = match record {
             Record::Decoded(event) => (event, None),
-            Record::Encoded(bytes) => match decode(&bytes, index) {
+            Record::Encoded(bytes) => match decode(&bytes, index, self.limits.max_record_bytes) {
                 Ok(event) => (event, Some(bytes)),
                 Err(rejection) => {
                     let id = format!("malformed-{:016x}", fnv1a64(&bytes));
@@ -131,14 +130,14 @@ impl Ingestor {
             },
         };
         let span = telemetry::event_span("ingest", SpanKind::Producer, parent, &event.event_id);
-        let too_big =
-            raw.as_ref().map_or_else(|| event.encoded_len(), Bytes::len) > MAX_RECORD_BYTES;
+        let too_big = raw.as_ref().map_or_else(|| event.encoded_len(), Bytes::len)
+            > self.limits.max_record_bytes;
         let checked = if too_big {
             Err(Rejection {
                 code: "too_large",
                 message: format!(
-                    "event {}: record exceeds {MAX_RECORD_BYTES} bytes",
-                    event.event_id
+                    "event {}: record exceeds {} bytes",
+                    event.event_id, self.limits.max_record_bytes
                 ),
             })
         } else {
@@ -316,14 +315,11 @@ impl Ingestor {
     }
 }
 
-fn decode(bytes: &[u8], index: u32) -> Result<Event, Rejection> {
-    if bytes.len() > MAX_RECORD_BYTES {
+fn decode(bytes: &[u8], index: u32, max_bytes: usize) -> Result<Event, Rejection> {
+    if bytes.len() > max_bytes {
         return Err(Rejection {
             code: "too_large",
-            message: format!(
-                "record {index}: {} bytes, at most {MAX_RECORD_BYTES}",
-                bytes.len()
-            ),
+            message: format!("record {index}: {} bytes, at most {max_bytes}", bytes.len()),
         });
     }
     Event::decode(bytes).map_err(|e| Rejection {
