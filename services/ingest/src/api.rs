@@ -12,6 +12,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::publish::{Ingestor, Pending, Record};
+use crate::registry::{to_proto, ExportSchemas, List, Register, SchemaBook, SchemaHandle};
+use crate::SCHEMAS_KEY;
+use millrace_chassis::snapshot::SnapshotStore;
+use millrace_proto::schemas_server::Schemas;
+use millrace_proto::{
+    EventSchema, GetSchemaRequest, ListSchemasRequest, ListSchemasResponse, RegisterSchemaRequest,
+    RegisterSchemaResponse,
+};
 
 /// Records a stream may have sent and not yet been answered for.
 const STREAM_WINDOW: usize = 1024;
@@ -132,4 +140,82 @@ impl Ingest for IngestApi {
 enum Step {
     Record(Box<Pending>, OwnedSemaphorePermit),
     Fail(Status),
+}
+
+/// The schema registry over gRPC. Registration goes through the book (one
+/// writer) and is persisted before it is answered.
+pub struct SchemasApi {
+    pub book: actix::Addr<SchemaBook>,
+    pub schemas: SchemaHandle,
+    pub store: SnapshotStore,
+}
+
+impl SchemasApi {
+    async fn persist(&self) -> Result<(), Status> {
+        let state = self
+            .book
+            .send(ExportSchemas)
+            .await
+            .map_err(|e| Status::unavailable(format!("schema book is not running: {e}")))?;
+        self.store
+            .save(SCHEMAS_KEY, &[], &state)
+            .map_err(|e| Status::internal(format!("persisting schemas: {e}")))?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Schemas for SchemasApi {
+    async fn register_schema(
+        &self,
+        request: Request<RegisterSchemaRequest>,
+    ) -> Result<Response<RegisterSchemaResponse>, Status> {
+        let schema = request
+            .into_inner()
+            .schema
+            .ok_or_else(|| Status::invalid_argument("register_schema needs a schema"))?;
+        let version = self
+            .book
+            .send(Register(schema))
+            .await
+            .map_err(|e| Status::unavailable(format!("schema book is not running: {e}")))?
+            .map_err(|r| match r.code {
+                "incompatible_schema" => Status::failed_precondition(r.message),
+                _ => Status::invalid_argument(r.message),
+            })?;
+        self.persist().await?;
+        Ok(Response::new(RegisterSchemaResponse { version }))
+    }
+
+    async fn list_schemas(
+        &self,
+        request: Request<ListSchemasRequest>,
+    ) -> Result<Response<ListSchemasResponse>, Status> {
+        let schemas = self
+            .book
+            .send(List(request.into_inner().event_type))
+            .await
+            .map_err(|e| Status::unavailable(format!("schema book is not running: {e}")))?;
+        Ok(Response::new(ListSchemasResponse { schemas }))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<GetSchemaRequest>,
+    ) -> Result<Response<EventSchema>, Status> {
+        let GetSchemaRequest {
+            event_type,
+            version,
+        } = request.into_inner();
+        let registry = self.schemas.current();
+        let schema = registry.get(&event_type, version).ok_or_else(|| {
+            let which = if version == 0 {
+                "any version".to_string()
+            } else {
+                format!("version {version}")
+            };
+            Status::not_found(format!("no schema `{event_type}` with {which}"))
+        })?;
+        Ok(Response::new(to_proto(&event_type, schema)))
+    }
 }

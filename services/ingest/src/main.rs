@@ -6,9 +6,12 @@
 //! - [`schema`]: validation rules and their error codes.
 //! - [`registry`]: the `SchemaBook` actor that owns and snapshots the schemas.
 //! - [`publish`]: the record's path to JetStream and its answer.
-//! - [`api`]: the gRPC adapter (batch and stream).
+//! - [`api`]: the gRPC adapters: ingest (batch and stream) and the schema registry.
+//! - [`intake`]: the NATS path (`ingest.<type>`, protobuf or [`json`]).
 
 mod api;
+mod intake;
+mod json;
 mod publish;
 mod registry;
 mod schema;
@@ -23,9 +26,10 @@ use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_chassis::{grpc, runtime, telemetry};
 use millrace_proto::ingest_server::IngestServer;
+use millrace_proto::schemas_server::SchemasServer;
 
 /// Snapshot key of the schema book.
-const SCHEMAS_KEY: &str = "schemas";
+pub(crate) const SCHEMAS_KEY: &str = "schemas";
 
 fn main() -> anyhow::Result<()> {
     runtime::block_on(run())
@@ -53,27 +57,44 @@ async fn run() -> anyhow::Result<()> {
         .load(SCHEMAS_KEY)?
         .map(|s| s.state)
         .unwrap_or_default();
-    let book = registry::SchemaBook::new(&pipeline.events, registered).start();
+    let book = registry::SchemaBook::new(&pipeline.events, registered);
+    let schemas = book.handle();
+    let book = book.start();
     store.save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
-    let schemas = book.send(registry::CurrentSchemas).await?;
 
     let ingestor = publish::Ingestor::new(
         bus.clone(),
-        schemas,
+        schemas.clone(),
         pipeline.label.clone(),
         pipeline.pipeline.partitions,
         pipeline.ingest.clone(),
         publish::IngestMetrics::new(&metrics),
     );
     let grpc_addr = env.grpc_addr.context("ingest needs a gRPC address")?;
-    let api = IngestServer::new(api::IngestApi { ingestor })
-        .max_decoding_message_size(pipeline.ingest.max_batch_bytes)
-        .max_encoding_message_size(pipeline.ingest.max_batch_bytes);
+    let api = IngestServer::new(api::IngestApi {
+        ingestor: ingestor.clone(),
+    })
+    .max_decoding_message_size(pipeline.ingest.max_batch_bytes)
+    .max_encoding_message_size(pipeline.ingest.max_batch_bytes);
+    let schemas_api = SchemasServer::new(api::SchemasApi {
+        book: book.clone(),
+        schemas: schemas.clone(),
+        store: store.clone(),
+    });
     let grpc = grpc::spawn(
         grpc_addr,
-        tonic::transport::Server::builder().add_service(api),
+        tonic::transport::Server::builder()
+            .add_service(api)
+            .add_service(schemas_api),
         shutdown.clone(),
     )?;
+
+    let nats_intake = tokio::spawn(intake::serve(
+        bus.client().clone(),
+        ingestor.clone(),
+        schemas.clone(),
+        shutdown.clone(),
+    ));
 
     let readiness = Readiness::new(Some(bus.client().clone()));
     let http = tokio::spawn(http::serve(
@@ -92,6 +113,11 @@ async fn run() -> anyhow::Result<()> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("gRPC server: {e}"),
         Err(e) => tracing::error!("gRPC server task: {e}"),
+    }
+    match nats_intake.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("NATS ingest path: {e}"),
+        Err(e) => tracing::error!("NATS ingest path task: {e}"),
     }
     store.save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
     http.abort();

@@ -23,12 +23,19 @@ use prometheus::{Histogram, IntCounterVec, IntGauge};
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::schema::{Rejection, SchemaRegistry};
+use crate::registry::SchemaHandle;
+use crate::schema::Rejection;
 
 /// One record as the producer sent it.
 pub enum Record {
+    /// Typed by the gRPC layer.
     Decoded(Event),
+    /// Protobuf bytes, decoded here so a malformed one is answered alone.
     Encoded(Bytes),
+    /// Read elsewhere (e.g. from JSON); the bytes go to the DLQ if refused.
+    Parsed(Event, Bytes),
+    /// Could not be read at all.
+    Unreadable(Bytes, Rejection),
 }
 
 #[derive(Clone)]
@@ -76,7 +83,7 @@ enum Wait {
 #[derive(Clone)]
 pub struct Ingestor {
     bus: Bus,
-    schemas: Arc<SchemaRegistry>,
+    schemas: SchemaHandle,
     label_rule: Option<Arc<LabelRule>>,
     limits: IngestLimits,
     partitions: u32,
@@ -87,7 +94,7 @@ pub struct Ingestor {
 impl Ingestor {
     pub fn new(
         bus: Bus,
-        schemas: Arc<SchemaRegistry>,
+        schemas: SchemaHandle,
         label_rule: Option<LabelRule>,
         partitions: u32,
         limits: IngestLimits,
@@ -117,17 +124,24 @@ impl Ingestor {
     /// Validates and sends one record; the answer comes from [`Ingestor::settle`].
     pub async fn submit(&self, index: u32, record: Record, parent: &Context) -> Pending {
         self.metrics.pending.inc();
-        let (mut event, raw) = match record {
-            Record::Decoded(event) => (event, None),
+        let unreadable = match record {
             Record::Encoded(bytes) => match decode(&bytes, index, self.limits.max_record_bytes) {
-                Ok(event) => (event, Some(bytes)),
-                Err(rejection) => {
-                    let id = format!("malformed-{:016x}", fnv1a64(&bytes));
-                    return self
-                        .reject(index, &id, "", rejection, bytes.to_vec(), parent.clone())
-                        .await;
-                }
+                Ok(event) => Ok((event, Some(bytes))),
+                Err(rejection) => Err((bytes, rejection)),
             },
+            Record::Decoded(event) => Ok((event, None)),
+            Record::Parsed(event, bytes) => Ok((event, Some(bytes))),
+            Record::Unreadable(bytes, rejection) => Err((bytes, rejection)),
+        };
+        let (mut event, raw) = match unreadable {
+            Ok(read) => read,
+            Err((bytes, rejection)) => {
+                // No event id to name it by: the content's hash stands in.
+                let id = format!("malformed-{:016x}", fnv1a64(&bytes));
+                return self
+                    .reject(index, &id, "", rejection, bytes.to_vec(), parent.clone())
+                    .await;
+            }
         };
         let span = telemetry::event_span("ingest", SpanKind::Producer, parent, &event.event_id);
         let too_big = raw.as_ref().map_or_else(|| event.encoded_len(), Bytes::len)
@@ -141,7 +155,7 @@ impl Ingestor {
                 ),
             })
         } else {
-            self.schemas.validate(&mut event)
+            self.schemas.current().validate(&mut event)
         };
         let accepted = match checked {
             Ok(accepted) => accepted,
@@ -301,7 +315,7 @@ impl Ingestor {
             _ => "rejected",
         };
         // Label values stay bounded: types outside the registry count as `unknown`.
-        let event_type = if self.schemas.contains(&event_type) {
+        let event_type = if self.schemas.current().contains(&event_type) {
             event_type.as_str()
         } else {
             "unknown"

@@ -22,10 +22,10 @@ impl Rejection {
     }
 }
 
-/// The schemas ingest accepts, by event type.
+/// The schemas ingest accepts: every registered version of each event type.
 #[derive(Debug, Clone, Default)]
 pub struct SchemaRegistry {
-    schemas: BTreeMap<String, EventSchema>,
+    versions: BTreeMap<String, BTreeMap<u32, EventSchema>>,
 }
 
 /// What validation tells the publisher about an accepted event.
@@ -35,12 +35,87 @@ pub struct Accepted {
 }
 
 impl SchemaRegistry {
+    /// One version per type, as the pipeline file declares them.
+    #[cfg(test)]
     pub fn new(schemas: BTreeMap<String, EventSchema>) -> Self {
-        Self { schemas }
+        let mut registry = Self::default();
+        for (name, schema) in schemas {
+            registry
+                .versions
+                .entry(name)
+                .or_default()
+                .insert(schema.version, schema);
+        }
+        registry
     }
 
     pub fn contains(&self, event_type: &str) -> bool {
-        self.schemas.contains_key(event_type)
+        self.versions.contains_key(event_type)
+    }
+
+    pub fn latest(&self, event_type: &str) -> Option<&EventSchema> {
+        self.versions.get(event_type)?.values().next_back()
+    }
+
+    pub fn get(&self, event_type: &str, version: u32) -> Option<&EventSchema> {
+        match version {
+            0 => self.latest(event_type),
+            v => self.versions.get(event_type)?.get(&v),
+        }
+    }
+
+    /// Every version of every type (or of one type), oldest first.
+    pub fn all(&self) -> impl Iterator<Item = (&String, &EventSchema)> {
+        self.versions
+            .iter()
+            .flat_map(|(name, vs)| vs.values().map(move |s| (name, s)))
+    }
+
+    /// Adds `schema` as a new version of `event_type` when it is backward
+    /// compatible with the latest one; version 0 means latest + 1. Returns the version.
+    pub fn register(
+        &mut self,
+        event_type: &str,
+        mut schema: EventSchema,
+    ) -> Result<u32, Rejection> {
+        let incompatible = |message: String| Rejection::new("incompatible_schema", message);
+        if let Some(latest) = self.latest(event_type) {
+            if schema.version == 0 {
+                schema.version = latest.version + 1;
+            }
+            if schema.version <= latest.version {
+                return Err(incompatible(format!(
+                    "{event_type}: version {} is not newer than the latest, v{}",
+                    schema.version, latest.version
+                )));
+            }
+            backward_compatible(latest, &schema)
+                .map_err(|why| incompatible(format!("{event_type} v{}: {why}", schema.version)))?;
+        } else if schema.version == 0 {
+            schema.version = 1;
+        }
+        if let Some(key) = &schema.key_field {
+            if !schema.fields.contains_key(key) {
+                return Err(incompatible(format!(
+                    "{event_type}: key_field `{key}` is not a field"
+                )));
+            }
+        }
+        let version = schema.version;
+        self.versions
+            .entry(event_type.to_string())
+            .or_default()
+            .insert(version, schema);
+        Ok(version)
+    }
+
+    /// Every registered version, for the snapshot.
+    pub fn export(&self) -> BTreeMap<String, BTreeMap<u32, EventSchema>> {
+        self.versions.clone()
+    }
+
+    pub fn from_versions(versions: BTreeMap<String, BTreeMap<u32, EventSchema>>) -> Self {
+        Self { versions }
     }
 
     /// Checks `event` and fills in what ingest owns: the key from the schema's
@@ -57,7 +132,7 @@ impl SchemaRegistry {
                 "event has no event_id (the producer's idempotency key)".into(),
             ));
         }
-        let schema = self.schemas.get(&event.r#type).ok_or_else(|| {
+        let versions = self.versions.get(&event.r#type).ok_or_else(|| {
             Rejection::new(
                 "unknown_type",
                 format!(
@@ -67,20 +142,22 @@ impl SchemaRegistry {
                 ),
             )
         })?;
-        let what = format!("event {id} ({} v{})", event.r#type, schema.version);
-        match event.schema_version {
-            0 => event.schema_version = schema.version,
-            v if v == schema.version => {}
-            v => {
-                return Err(Rejection::new(
+        let schema = self
+            .get(&event.r#type, event.schema_version)
+            .ok_or_else(|| {
+                let known: Vec<String> = versions.keys().map(|v| format!("v{v}")).collect();
+                Rejection::new(
                     "unknown_schema_version",
                     format!(
-                        "event {id}: {} has no schema version {v} (registered: v{})",
-                        event.r#type, schema.version
+                        "event {id}: {} has no schema version {} (registered: {})",
+                        event.r#type,
+                        event.schema_version,
+                        known.join(", ")
                     ),
-                ))
-            }
-        }
+                )
+            })?;
+        event.schema_version = schema.version;
+        let what = format!("event {id} ({} v{})", event.r#type, schema.version);
         for (name, def) in &schema.fields {
             match event.fields.get(name) {
                 None | Some(Value { kind: None }) if def.required => {
@@ -122,13 +199,83 @@ impl SchemaRegistry {
     }
 
     fn known_types(&self) -> String {
-        let names: Vec<&str> = self.schemas.keys().map(String::as_str).collect();
+        let names: Vec<&str> = self.versions.keys().map(String::as_str).collect();
         if names.is_empty() {
             "none".into()
         } else {
             names.join(", ")
         }
     }
+}
+
+/// Whether every record valid under `old` is valid under `new`.
+pub fn backward_compatible(old: &EventSchema, new: &EventSchema) -> Result<(), String> {
+    if old.key_field != new.key_field {
+        return Err(format!(
+            "key_field changes from {:?} to {:?}",
+            old.key_field, new.key_field
+        ));
+    }
+    if old.label != new.label || old.score != new.score {
+        return Err("the label and score flags cannot change between versions".into());
+    }
+    for (name, was) in &old.fields {
+        let Some(now) = new.fields.get(name) else {
+            return Err(format!("field `{name}` is removed"));
+        };
+        if now.kind != was.kind {
+            return Err(format!(
+                "field `{name}` changes type from {} to {}",
+                was.kind.name(),
+                now.kind.name()
+            ));
+        }
+        if now.required && !was.required {
+            return Err(format!("field `{name}` becomes required"));
+        }
+        let narrower_min = match (was.min, now.min) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => b > a,
+        };
+        let narrower_max = match (was.max, now.max) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => b < a,
+        };
+        if narrower_min || narrower_max {
+            return Err(format!("field `{name}`: the range narrows"));
+        }
+        match (&was.allowed, &now.allowed) {
+            (_, None) => {}
+            (None, Some(_)) => {
+                return Err(format!("field `{name}`: allowed values are introduced"))
+            }
+            (Some(a), Some(b)) => {
+                if let Some(gone) = a.iter().find(|v| !b.contains(v)) {
+                    return Err(format!(
+                        "field `{name}`: allowed value \"{gone}\" is removed"
+                    ));
+                }
+            }
+        }
+        let shorter = match (was.max_len, now.max_len) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => b < a,
+        };
+        if shorter {
+            return Err(format!("field `{name}`: max_len shrinks"));
+        }
+    }
+    if let Some((name, _)) = new
+        .fields
+        .iter()
+        .find(|(n, f)| f.required && !old.fields.contains_key(*n))
+    {
+        return Err(format!("new field `{name}` must be optional"));
+    }
+    Ok(())
 }
 
 fn key_text(v: &Value) -> Option<String> {
@@ -432,5 +579,221 @@ mod tests {
             ..Default::default()
         };
         assert!(reg.validate(&mut e).expect("valid").is_label);
+    }
+
+    fn field(kind: FieldType, required: bool) -> FieldDef {
+        FieldDef {
+            kind,
+            required,
+            min: None,
+            max: None,
+            allowed: None,
+            max_len: None,
+        }
+    }
+
+    fn base() -> EventSchema {
+        EventSchema {
+            version: 1,
+            key_field: Some("customer".into()),
+            score: false,
+            label: false,
+            fields: [
+                (
+                    "customer".to_string(),
+                    FieldDef {
+                        max_len: Some(8),
+                        ..field(FieldType::String, true)
+                    },
+                ),
+                (
+                    "amount".to_string(),
+                    FieldDef {
+                        min: Some(0.0),
+                        max: Some(100.0),
+                        ..field(FieldType::Double, true)
+                    },
+                ),
+                (
+                    "channel".to_string(),
+                    FieldDef {
+                        allowed: Some(vec!["web".into()]),
+                        ..field(FieldType::String, false)
+                    },
+                ),
+            ]
+            .into(),
+        }
+    }
+
+    fn changed(f: impl FnOnce(&mut EventSchema)) -> EventSchema {
+        let mut s = base();
+        s.version = 0;
+        f(&mut s);
+        s
+    }
+
+    #[test]
+    fn new_versions_are_accepted_only_when_backward_compatible() {
+        let ok: Vec<(&str, EventSchema)> = vec![
+            (
+                "add_optional_field",
+                changed(|s| {
+                    s.fields
+                        .insert("note".into(), field(FieldType::String, false));
+                }),
+            ),
+            (
+                "widen_range",
+                changed(|s| {
+                    s.fields.get_mut("amount").map(|f| {
+                        f.min = Some(-1.0);
+                        f.max = None;
+                    });
+                }),
+            ),
+            (
+                "extend_allowed",
+                changed(|s| {
+                    s.fields
+                        .get_mut("channel")
+                        .map(|f| f.allowed = Some(vec!["web".into(), "shop".into()]));
+                }),
+            ),
+            (
+                "relax_required",
+                changed(|s| {
+                    s.fields.get_mut("amount").map(|f| f.required = false);
+                }),
+            ),
+            (
+                "raise_max_len",
+                changed(|s| {
+                    s.fields.get_mut("customer").map(|f| f.max_len = Some(16));
+                }),
+            ),
+        ];
+        for (name, schema) in ok {
+            let mut reg = SchemaRegistry::new([("order".to_string(), base())].into());
+            assert_eq!(reg.register("order", schema), Ok(2), "{name}");
+            assert_eq!(reg.latest("order").map(|s| s.version), Some(2), "{name}");
+            assert!(reg.get("order", 1).is_some(), "{name}: v1 stays registered");
+        }
+        let refused: Vec<(&str, EventSchema, &str)> = vec![
+            (
+                "remove_field",
+                changed(|s| {
+                    s.fields.remove("channel");
+                }),
+                "`channel` is removed",
+            ),
+            (
+                "change_type",
+                changed(|s| {
+                    s.fields.get_mut("amount").map(|f| f.kind = FieldType::Int);
+                }),
+                "changes type",
+            ),
+            (
+                "add_required_field",
+                changed(|s| {
+                    s.fields.insert("x".into(), field(FieldType::Int, true));
+                }),
+                "must be optional",
+            ),
+            (
+                "make_required",
+                changed(|s| {
+                    s.fields.get_mut("channel").map(|f| f.required = true);
+                }),
+                "becomes required",
+            ),
+            (
+                "narrow_range",
+                changed(|s| {
+                    s.fields.get_mut("amount").map(|f| f.max = Some(50.0));
+                }),
+                "range narrows",
+            ),
+            (
+                "drop_allowed_value",
+                changed(|s| {
+                    s.fields
+                        .get_mut("channel")
+                        .map(|f| f.allowed = Some(vec!["shop".into()]));
+                }),
+                "\"web\" is removed",
+            ),
+            (
+                "shrink_max_len",
+                changed(|s| {
+                    s.fields.get_mut("customer").map(|f| f.max_len = Some(4));
+                }),
+                "max_len shrinks",
+            ),
+            (
+                "change_key",
+                changed(|s| s.key_field = Some("amount".into())),
+                "key_field changes",
+            ),
+            (
+                "old_version_number",
+                changed(|s| s.version = 1),
+                "not newer",
+            ),
+        ];
+        for (name, schema, why) in refused {
+            let mut reg = SchemaRegistry::new([("order".to_string(), base())].into());
+            let err = reg.register("order", schema).expect_err(name);
+            assert_eq!(err.code, "incompatible_schema", "{name}");
+            assert!(err.message.contains(why), "{name}: {}", err.message);
+            assert_eq!(
+                reg.latest("order").map(|s| s.version),
+                Some(1),
+                "{name}: nothing registered"
+            );
+        }
+    }
+
+    #[test]
+    fn events_are_checked_against_the_version_they_name() {
+        let mut reg = SchemaRegistry::new([("order".to_string(), base())].into());
+        let v2 = changed(|s| {
+            s.fields
+                .insert("note".into(), field(FieldType::String, false));
+        });
+        reg.register("order", v2).expect("compatible");
+        let event = |version: u32, with_note: bool| {
+            let mut fields: std::collections::HashMap<String, Value> = [
+                ("customer".to_string(), Value::string("c")),
+                ("amount".to_string(), Value::double(1.0)),
+            ]
+            .into();
+            if with_note {
+                fields.insert("note".into(), Value::string("hi"));
+            }
+            Event {
+                event_id: "e".into(),
+                r#type: "order".into(),
+                schema_version: version,
+                fields,
+                ..Default::default()
+            }
+        };
+        let mut latest = event(0, true);
+        reg.validate(&mut latest)
+            .expect("latest takes the new field");
+        assert_eq!(latest.schema_version, 2);
+        let err = reg
+            .validate(&mut event(1, true))
+            .expect_err("v1 has no note");
+        assert_eq!(err.code, "unknown_field");
+        let err = reg.validate(&mut event(3, false)).expect_err("no v3");
+        assert_eq!(err.code, "unknown_schema_version");
+        assert!(
+            err.message.contains("registered: v1, v2"),
+            "{}",
+            err.message
+        );
     }
 }
