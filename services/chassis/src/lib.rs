@@ -12,11 +12,13 @@
 //! - [`metrics`], [`http`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` server.
 //! - [`shutdown`]: SIGTERM/SIGINT as a value every task can wait on.
 //! - [`partition`]: the stable key hash every stage agrees on.
+//! - [`filter`]: the small expression form of filter rules and feature selections.
 //! - [`runtime`]: the actix system on a multi-threaded tokio runtime.
 
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod filter;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
