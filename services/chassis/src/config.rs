@@ -26,8 +26,105 @@ pub struct Pipeline {
     pub model: ModelDef,
     /// How label events become labels; required when any event type is a label.
     pub label: Option<LabelRule>,
+    /// What monitor watches and when it alerts (`[monitor]`); defaults when absent.
+    #[serde(default)]
+    pub monitor: MonitorSettings,
     #[serde(default)]
     pub ingest: IngestLimits,
+    #[serde(default)]
+    pub enrich: EnrichSettings,
+}
+
+/// What enrich does to each event: drop noise by rule, keep reference tables
+/// fed by events, and join them onto the events that name them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichSettings {
+    pub filters: Vec<FilterRule>,
+    pub tables: Vec<TableDef>,
+    pub joins: Vec<JoinDef>,
+}
+
+/// Drops an event (to the DLQ, counted under the rule's name) when `drop_when` matches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRule {
+    pub name: String,
+    /// Event type the rule applies to; every type when absent.
+    pub event: Option<String>,
+    /// An expression in the [`crate::filter`] form.
+    pub drop_when: String,
+}
+
+/// A reference table: rows are upserted by events of `source`, keyed by `key`.
+/// A versioned table keeps each key's rows by event time for as-of joins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableDef {
+    pub name: String,
+    pub source: String,
+    pub key: String,
+    #[serde(default)]
+    pub versioned: bool,
+    /// Versions kept per key; the oldest go first.
+    #[serde(default = "default_max_versions")]
+    pub max_versions: usize,
+}
+
+fn default_max_versions() -> usize {
+    10_000
+}
+
+/// Copies `fields` of the table row whose key is the event's `on` field (for a
+/// versioned table: the latest row at or before the event's time) into the
+/// event's joined values, named `prefix` + field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinDef {
+    pub event: String,
+    pub table: String,
+    pub on: String,
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub on_missing: OnMissing,
+    /// Values used by `on_missing = "default"`, by field name (without prefix).
+    #[serde(default)]
+    pub defaults: BTreeMap<String, Literal>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// Leave the joined fields absent.
+    #[default]
+    Null,
+    /// Fill them from `defaults`.
+    Default,
+    /// Refuse the event to the DLQ.
+    Reject,
+}
+
+/// A constant written in the pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Literal {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Text(String),
+}
+
+impl Literal {
+    pub fn to_value(&self) -> millrace_proto::Value {
+        match self {
+            Self::Bool(b) => millrace_proto::Value::bool(*b),
+            Self::Int(i) => millrace_proto::Value::int(*i),
+            Self::Double(d) => millrace_proto::Value::double(*d),
+            Self::Text(t) => millrace_proto::Value::string(t.clone()),
+        }
+    }
 }
 
 /// What one producer may send at once, and how much ingest holds before it
@@ -419,6 +516,7 @@ impl Pipeline {
             }
             None => {}
         }
+        self.check_enrich()?;
         if !is_subject_token(&self.model.name) {
             return Err(format!(
                 "model name `{}` must be letters, digits, `_` or `-`",
@@ -439,10 +537,285 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    fn check_enrich(&self) -> Result<(), String> {
+        let declared = |t: &str, what: &str| -> Result<&EventSchema, String> {
+            self.events
+                .get(t)
+                .ok_or_else(|| format!("{what}: event type `{t}` is not declared"))
+        };
+        for rule in &self.enrich.filters {
+            let expr = crate::filter::Expr::parse(&rule.drop_when)
+                .map_err(|e| format!("enrich filter {}: {e}", rule.name))?;
+            if let Some(t) = &rule.event {
+                let schema = declared(t, &format!("enrich filter {}", rule.name))?;
+                if let Some(f) = expr
+                    .fields()
+                    .into_iter()
+                    .find(|f| !schema.fields.contains_key(*f))
+                {
+                    return Err(format!(
+                        "enrich filter {}: `{f}` is not a field of `{t}`",
+                        rule.name
+                    ));
+                }
+            }
+        }
+        for table in &self.enrich.tables {
+            let schema = declared(&table.source, &format!("enrich table {}", table.name))?;
+            if !schema.fields.contains_key(&table.key) {
+                return Err(format!(
+                    "enrich table {}: key `{}` is not a field of `{}`",
+                    table.name, table.key, table.source
+                ));
+            }
+        }
+        for join in &self.enrich.joins {
+            let what = format!("enrich join {} onto {}", join.table, join.event);
+            let schema = declared(&join.event, &what)?;
+            let table = self
+                .enrich
+                .tables
+                .iter()
+                .find(|t| t.name == join.table)
+                .ok_or_else(|| format!("{what}: no table `{}`", join.table))?;
+            if !schema.fields.contains_key(&join.on) {
+                return Err(format!(
+                    "{what}: `{}` is not a field of `{}`",
+                    join.on, join.event
+                ));
+            }
+            let source = declared(&table.source, &what)?;
+            if let Some(f) = join.fields.iter().find(|f| !source.fields.contains_key(*f)) {
+                return Err(format!(
+                    "{what}: `{f}` is not a column of `{}` (fields of `{}`)",
+                    table.name, table.source
+                ));
+            }
+            if join.on_missing == OnMissing::Default {
+                if let Some(f) = join.fields.iter().find(|f| !join.defaults.contains_key(*f)) {
+                    return Err(format!(
+                        "{what}: on_missing = \"default\" but `{f}` has no default"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn is_subject_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// What monitor watches and when it alerts (`[monitor]`). Every part has
+/// defaults, so a pipeline without the section is monitored with them; monitor
+/// checks the rules when it starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSettings {
+    pub join: LabelJoinSettings,
+    pub quality: QualitySettings,
+    pub drift: DriftSettings,
+    pub latency: LatencySettings,
+    /// `[[monitor.alerts]]`: the rules, evaluated per model version / feature.
+    pub alerts: Vec<AlertRule>,
+}
+
+/// How predictions wait for their labels and labels for their predictions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelJoinSettings {
+    /// Either side waits this long in event time for the other, then counts as expired.
+    pub ttl_secs: u64,
+    /// Beyond this many waiting predictions the oldest is evicted (counted).
+    pub max_pending_predictions: usize,
+    /// Beyond this many waiting labels the oldest is evicted (counted).
+    pub max_pending_labels: usize,
+}
+
+impl Default for LabelJoinSettings {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 86_400,
+            max_pending_predictions: 100_000,
+            max_pending_labels: 100_000,
+        }
+    }
+}
+
+/// Model quality from labelled predictions, per model version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualitySettings {
+    /// The label-count window: the last this many labelled predictions.
+    pub window_labels: usize,
+    /// The event-time window: labelled predictions at most this old (prediction
+    /// event time) relative to the newest one.
+    pub window_secs: u64,
+    /// The event-time window keeps at most this many, dropping the oldest.
+    pub max_window_samples: usize,
+    pub calibration_bins: usize,
+    /// Alert rules on quality are evaluated every this many labelled predictions.
+    pub evaluate_every: u64,
+}
+
+impl Default for QualitySettings {
+    fn default() -> Self {
+        Self {
+            window_labels: 1000,
+            window_secs: 3600,
+            max_window_samples: 10_000,
+            calibration_bins: 10,
+            evaluate_every: 100,
+        }
+    }
+}
+
+/// Drift of features and prediction scores against a reference window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftSettings {
+    pub reference: DriftReference,
+    /// Size of the reference window.
+    pub reference_events: usize,
+    /// Size of the sliding window compared with the reference.
+    pub window_events: usize,
+    /// Numeric values fall into this many bins (quantiles of the reference).
+    pub bins: usize,
+    /// Categorical features keep this many categories, the rest fall into one.
+    pub max_categories: usize,
+    /// Drift is measured (and its rules evaluated) every this many values.
+    pub evaluate_every: u64,
+    pub psi_moderate: f64,
+    pub psi_significant: f64,
+    /// Kolmogorov–Smirnov statistic above which drift is significant.
+    pub ks_significant: f64,
+    /// Per-feature overrides, by feature name.
+    pub features: BTreeMap<String, FeatureDriftSettings>,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        Self {
+            reference: DriftReference::FirstEvents,
+            reference_events: 1000,
+            window_events: 1000,
+            bins: 10,
+            max_categories: 50,
+            evaluate_every: 100,
+            psi_moderate: 0.1,
+            psi_significant: 0.2,
+            ks_significant: 0.1,
+            features: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where the reference distribution comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftReference {
+    /// The first `reference_events` values seen.
+    FirstEvents,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureDriftSettings {
+    pub kind: FeatureKind,
+    pub bins: Option<usize>,
+    pub psi_moderate: Option<f64>,
+    pub psi_significant: Option<f64>,
+    pub ks_significant: Option<f64>,
+    /// Not watched for drift at all.
+    pub ignore: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    #[default]
+    Numeric,
+    /// Each distinct value is a category (PSI over categories, no KS).
+    Categorical,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatencySettings {
+    /// Latency quantiles are taken over the last this many predictions per model version.
+    pub window_predictions: usize,
+    /// ... and alert rules on them evaluated every this many predictions.
+    pub evaluate_every: u64,
+}
+
+impl Default for LatencySettings {
+    fn default() -> Self {
+        Self {
+            window_predictions: 1000,
+            evaluate_every: 100,
+        }
+    }
+}
+
+/// One alert rule: fires when `metric <op> threshold` has held for `for_events`
+/// events and `for_secs` of event time; resolves once the value is back past
+/// the threshold by `hysteresis`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    pub metric: MonitorMetric,
+    pub op: Comparison,
+    /// Required, except for drift metrics, which default to the feature's significant level.
+    pub threshold: Option<f64>,
+    /// Quality metrics: the label-count or the event-time window.
+    #[serde(default)]
+    pub window: QualityWindow,
+    /// Latency metrics: the quantile over the latency window (default 0.95).
+    pub quantile: Option<f64>,
+    /// Only this model (all when absent).
+    pub model: Option<String>,
+    /// Feature drift: only this feature (all when absent).
+    pub feature: Option<String>,
+    #[serde(default)]
+    pub for_events: u64,
+    #[serde(default)]
+    pub for_secs: u64,
+    #[serde(default)]
+    pub hysteresis: f64,
+}
+
+/// What an alert rule can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorMetric {
+    Psi,
+    Ks,
+    ScorePsi,
+    ScoreKs,
+    Accuracy,
+    Precision,
+    Recall,
+    RocAuc,
+    LogLoss,
+    Brier,
+    CalibrationError,
+    PredictedPositiveRate,
+    LabelPositiveRate,
+    EventToPredictionSeconds,
+    IngestToPredictionSeconds,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityWindow {
+    #[default]
+    Labels,
+    Time,
 }
 
 /// The five services, with the ports users and tools rely on.

@@ -1,38 +1,170 @@
-//! Enrichment. The spine passes each event through unchanged and stamps the
-//! enrichment time; reference tables and filters join here.
+//! The `Enricher` actor: for each event in stream order it applies the filter
+//! rules, upserts the reference tables the event feeds, joins the tables the
+//! pipeline names onto it, and answers what to publish (the enriched event, or
+//! a dead letter naming the rule or the missing reference).
+
+use std::collections::BTreeMap;
 
 use actix::{Actor, Context, Handler};
 use millrace_chassis::bus::{subject, Outgoing};
+use millrace_chassis::config::{EnrichSettings, JoinDef, OnMissing, TableDef};
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::stage::{Apply, TakeSnapshot};
-use millrace_proto::{EnrichedEvent, Event};
-use prometheus::IntCounterVec;
+use millrace_proto::{DeadLetter, EnrichedEvent, Event, Value};
+use prometheus::{IntCounterVec, IntGauge};
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
-/// What enrich snapshots: events passed per type, so counts survive restarts.
+use crate::rules::Filters;
+use crate::tables::{Cell, Row, Table};
+
+/// What enrich snapshots: its reference tables and what it passed, per type.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrichState {
     pub enriched_by_type: BTreeMap<String, u64>,
+    pub tables: BTreeMap<String, Table>,
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Enriched(EnrichedEvent),
+    /// Refused: machine-readable reason and the sentence for people.
+    Refused {
+        reason: String,
+        message: String,
+    },
 }
 
 pub struct Enricher {
     state: EnrichState,
+    filters: Filters,
+    tables: Vec<TableDef>,
+    joins: Vec<JoinDef>,
     enriched: IntCounterVec,
+    dropped: IntCounterVec,
+    join_misses: IntCounterVec,
+    table_rows: IntGauge,
 }
 
 impl Enricher {
-    pub fn new(state: EnrichState, metrics: &Metrics) -> Self {
-        let enriched = metrics.counter_vec(
-            "enrich_events_total",
-            "Events enriched and published to ENRICHED, by event type.",
-            &["event_type"],
-        );
-        Self { state, enriched }
+    pub fn new(
+        mut state: EnrichState,
+        settings: &EnrichSettings,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let filters = Filters::new(&settings.filters).map_err(|e| e.to_string())?;
+        for t in &settings.tables {
+            state
+                .tables
+                .entry(t.name.clone())
+                .or_insert_with(|| Table::new(t.versioned, t.max_versions));
+        }
+        let enricher = Self {
+            state,
+            filters,
+            tables: settings.tables.clone(),
+            joins: settings.joins.clone(),
+            enriched: metrics.counter_vec(
+                "enrich_events_total",
+                "Events enriched and published to ENRICHED, by event type.",
+                &["event_type"],
+            ),
+            dropped: metrics.counter_vec(
+                "enrich_filtered_total",
+                "Events dropped to the DLQ, by filter rule.",
+                &["rule"],
+            ),
+            join_misses: metrics.counter_vec(
+                "enrich_join_misses_total",
+                "Joins that found no reference row, by table and what was done.",
+                &["table", "on_missing"],
+            ),
+            table_rows: metrics.gauge(
+                "enrich_reference_rows",
+                "Rows held in the reference tables, all versions.",
+            ),
+        };
+        enricher.update_rows_gauge();
+        Ok(enricher)
     }
 
-    /// The enriched form of one event, published under a stable id.
-    pub fn enrich(&mut self, event: Event, now_us: i64) -> EnrichedEvent {
+    fn update_rows_gauge(&self) {
+        let rows: usize = self.state.tables.values().map(Table::len).sum();
+        self.table_rows.set(i64::try_from(rows).unwrap_or(i64::MAX));
+    }
+
+    /// Filters, feeds the tables, joins.
+    pub fn enrich(&mut self, event: Event, now_us: i64) -> Outcome {
+        if let Some(rule) = self.filters.dropping(&event) {
+            self.dropped.with_label_values(&[rule.name.as_str()]).inc();
+            return Outcome::Refused {
+                reason: format!("filter:{}", rule.name),
+                message: format!(
+                    "event {} ({}): dropped by filter rule `{}`",
+                    event.event_id, event.r#type, rule.name
+                ),
+            };
+        }
+        for def in self.tables.iter().filter(|t| t.source == event.r#type) {
+            let Some(key) = event.fields.get(&def.key).and_then(Cell::key_text) else {
+                continue;
+            };
+            let row: Row = event
+                .fields
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), Cell::from_value(v)?)))
+                .collect();
+            if let Some(table) = self.state.tables.get_mut(&def.name) {
+                table.upsert(key, event.event_time_us, row);
+            }
+        }
+        let mut joined = std::collections::HashMap::new();
+        for join in self.joins.iter().filter(|j| j.event == event.r#type) {
+            let row = event
+                .fields
+                .get(&join.on)
+                .and_then(Cell::key_text)
+                .and_then(|key| {
+                    self.state
+                        .tables
+                        .get(&join.table)?
+                        .lookup(&key, event.event_time_us)
+                });
+            match (row, join.on_missing) {
+                (Some(row), _) => {
+                    for f in &join.fields {
+                        if let Some(cell) = row.get(f) {
+                            joined.insert(format!("{}{f}", join.prefix), cell.to_value());
+                        }
+                    }
+                }
+                (None, OnMissing::Null) => self.miss(join, "null"),
+                (None, OnMissing::Default) => {
+                    self.miss(join, "default");
+                    for f in &join.fields {
+                        if let Some(lit) = join.defaults.get(f) {
+                            joined.insert(format!("{}{f}", join.prefix), lit.to_value());
+                        }
+                    }
+                }
+                (None, OnMissing::Reject) => {
+                    self.miss(join, "reject");
+                    let key = event
+                        .fields
+                        .get(&join.on)
+                        .and_then(Cell::key_text)
+                        .unwrap_or_default();
+                    return Outcome::Refused {
+                        reason: "missing_reference".into(),
+                        message: format!(
+                            "event {} ({}): no `{}` row for {} = \"{key}\"",
+                            event.event_id, event.r#type, join.table, join.on
+                        ),
+                    };
+                }
+            }
+        }
         *self
             .state
             .enriched_by_type
@@ -41,12 +173,18 @@ impl Enricher {
         self.enriched
             .with_label_values(&[event.r#type.as_str()])
             .inc();
-        EnrichedEvent {
+        Outcome::Enriched(EnrichedEvent {
             event_id: event.event_id.clone(),
             event: Some(event),
-            joined: Default::default(),
+            joined,
             enrich_time_us: now_us,
-        }
+        })
+    }
+
+    fn miss(&self, join: &JoinDef, what: &str) {
+        self.join_misses
+            .with_label_values(&[join.table.as_str(), what])
+            .inc();
     }
 }
 
@@ -59,15 +197,34 @@ impl Handler<Apply<Event>> for Enricher {
 
     fn handle(&mut self, Apply(batch): Apply<Event>, _: &mut Self::Context) -> Self::Result {
         let now = millrace_chassis::time::now_us();
-        batch
+        let out = batch
             .into_iter()
             .map(|d| {
                 let partition = d.message.partition;
-                let enriched = self.enrich(d.message, now);
-                let id = format!("enrich:{}", enriched.event_id);
-                Outgoing::new(subject::enriched(partition), id, &enriched, d.trace)
+                let original = d.message.clone();
+                match self.enrich(d.message, now) {
+                    Outcome::Enriched(enriched) => {
+                        let id = format!("enrich:{}", enriched.event_id);
+                        Outgoing::new(subject::enriched(partition), id, &enriched, d.trace)
+                    }
+                    Outcome::Refused { reason, message } => {
+                        let id = format!("dlq:enrich:{reason}:{}", original.event_id);
+                        let letter = DeadLetter {
+                            stage: "enrich".into(),
+                            reason,
+                            message,
+                            event_id: original.event_id.clone(),
+                            event_type: original.r#type.clone(),
+                            payload: original.encode_to_vec(),
+                            time_us: now,
+                        };
+                        Outgoing::new(subject::dlq("enrich"), id, &letter, d.trace)
+                    }
+                }
             })
-            .collect()
+            .collect();
+        self.update_rows_gauge();
+        out
     }
 }
 
@@ -82,20 +239,202 @@ impl Handler<TakeSnapshot<EnrichState>> for Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use millrace_chassis::config::{FilterRule, Literal};
+
+    fn settings(on_missing: OnMissing) -> EnrichSettings {
+        EnrichSettings {
+            filters: vec![FilterRule {
+                name: "no_tailnum".into(),
+                event: Some("flight".into()),
+                drop_when: "tailnum is null".into(),
+            }],
+            tables: vec![
+                TableDef {
+                    name: "planes".into(),
+                    source: "plane".into(),
+                    key: "tailnum".into(),
+                    versioned: false,
+                    max_versions: 1,
+                },
+                TableDef {
+                    name: "weather".into(),
+                    source: "weather".into(),
+                    key: "origin".into(),
+                    versioned: true,
+                    max_versions: 100,
+                },
+            ],
+            joins: vec![
+                JoinDef {
+                    event: "flight".into(),
+                    table: "planes".into(),
+                    on: "tailnum".into(),
+                    fields: vec!["seats".into()],
+                    prefix: "plane_".into(),
+                    on_missing,
+                    defaults: [("seats".to_string(), Literal::Int(150))].into(),
+                },
+                JoinDef {
+                    event: "flight".into(),
+                    table: "weather".into(),
+                    on: "origin".into(),
+                    fields: vec!["temp".into()],
+                    prefix: "weather_".into(),
+                    on_missing: OnMissing::Null,
+                    defaults: BTreeMap::new(),
+                },
+            ],
+        }
+    }
+
+    fn event(id: &str, ty: &str, t: i64, fields: &[(&str, Value)]) -> Event {
+        Event {
+            event_id: id.into(),
+            r#type: ty.into(),
+            event_time_us: t,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn joined(outcome: &Outcome) -> BTreeMap<String, Value> {
+        match outcome {
+            Outcome::Enriched(e) => e.joined.clone().into_iter().collect(),
+            Outcome::Refused { reason, .. } => panic!("refused: {reason}"),
+        }
+    }
 
     #[test]
-    fn enrich_keeps_the_event_and_counts_by_type() {
-        let mut e = Enricher::new(EnrichState::default(), &Metrics::new());
-        let ev = Event {
-            event_id: "e1".into(),
-            r#type: "ping".into(),
-            partition: 3,
-            ..Default::default()
+    fn tables_fed_by_events_are_joined_as_of_the_event_time() {
+        let mut e = Enricher::new(
+            EnrichState::default(),
+            &settings(OnMissing::Null),
+            &Metrics::new(),
+        )
+        .expect("valid");
+        e.enrich(
+            event(
+                "p1",
+                "plane",
+                0,
+                &[("tailnum", Value::string("N1")), ("seats", Value::int(180))],
+            ),
+            0,
+        );
+        e.enrich(
+            event(
+                "w1",
+                "weather",
+                100,
+                &[
+                    ("origin", Value::string("EWR")),
+                    ("temp", Value::double(30.0)),
+                ],
+            ),
+            0,
+        );
+        e.enrich(
+            event(
+                "w2",
+                "weather",
+                200,
+                &[
+                    ("origin", Value::string("EWR")),
+                    ("temp", Value::double(40.0)),
+                ],
+            ),
+            0,
+        );
+        let flight = |id: &str, t: i64| {
+            event(
+                id,
+                "flight",
+                t,
+                &[
+                    ("tailnum", Value::string("N1")),
+                    ("origin", Value::string("EWR")),
+                ],
+            )
         };
-        let out = e.enrich(ev.clone(), 7);
-        assert_eq!(out.event_id, "e1");
-        assert_eq!(out.event, Some(ev));
-        assert_eq!(out.enrich_time_us, 7);
-        assert_eq!(e.state.enriched_by_type["ping"], 1);
+        let got = joined(&e.enrich(flight("f1", 150), 0));
+        assert_eq!(got["plane_seats"], Value::int(180));
+        assert_eq!(
+            got["weather_temp"],
+            Value::double(30.0),
+            "the weather at 150 is the 100 observation"
+        );
+        let got = joined(&e.enrich(flight("f2", 250), 0));
+        assert_eq!(got["weather_temp"], Value::double(40.0));
+        let got = joined(&e.enrich(flight("f0", 50), 0));
+        assert!(
+            !got.contains_key("weather_temp"),
+            "no weather before the first observation: {got:?}"
+        );
+    }
+
+    #[test]
+    fn missing_reference_rows_follow_the_pipeline_policy() {
+        let flight = event(
+            "f1",
+            "flight",
+            10,
+            &[
+                ("tailnum", Value::string("N9")),
+                ("origin", Value::string("JFK")),
+            ],
+        );
+        let cases = [
+            (OnMissing::Null, None),
+            (OnMissing::Default, Some(Value::int(150))),
+        ];
+        for (policy, expected) in cases {
+            let mut e = Enricher::new(EnrichState::default(), &settings(policy), &Metrics::new())
+                .expect("valid");
+            assert_eq!(
+                joined(&e.enrich(flight.clone(), 0))
+                    .get("plane_seats")
+                    .cloned(),
+                expected,
+                "{policy:?}"
+            );
+        }
+        let mut e = Enricher::new(
+            EnrichState::default(),
+            &settings(OnMissing::Reject),
+            &Metrics::new(),
+        )
+        .expect("valid");
+        match e.enrich(flight, 0) {
+            Outcome::Refused { reason, message } => {
+                assert_eq!(reason, "missing_reference");
+                assert!(
+                    message.contains("no `planes` row for tailnum = \"N9\""),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn filtered_events_are_refused_with_the_rule_name_and_not_counted() {
+        let mut e = Enricher::new(
+            EnrichState::default(),
+            &settings(OnMissing::Null),
+            &Metrics::new(),
+        )
+        .expect("valid");
+        let outcome = e.enrich(
+            event("f1", "flight", 1, &[("origin", Value::string("EWR"))]),
+            0,
+        );
+        assert!(
+            matches!(outcome, Outcome::Refused { ref reason, .. } if reason == "filter:no_tailnum"),
+            "{outcome:?}"
+        );
+        assert!(e.state.enriched_by_type.is_empty());
     }
 }

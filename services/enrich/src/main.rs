@@ -1,13 +1,18 @@
-//! millrace-enrich: reads EVENTS, joins reference data onto each event and
-//! publishes it to ENRICHED.
+//! millrace-enrich: reads EVENTS, drops noise by rule, keeps the reference
+//! tables that events feed, joins them onto each event and publishes it to
+//! ENRICHED; refused events go to the DLQ with the rule or reason.
 //!
 //! # Layout
-//! - [`join`]: the `Enricher` actor: turns events into enriched events and
-//!   keeps the counts it snapshots.
+//! - [`rules`]: filter rules (the chassis expression form).
+//! - [`tables`]: reference tables, static and versioned (as-of).
+//! - [`join`]: the `Enricher` actor that applies both to each event.
 //! - `main` wires config, NATS, the actor, the stage loop and the HTTP server.
 
 mod join;
+mod rules;
+mod tables;
 
+use actix::Actor;
 use anyhow::Context as _;
 use millrace_chassis::bus::{Bus, StreamKind};
 use millrace_chassis::config::{Pipeline, Service, ServiceEnv};
@@ -17,8 +22,6 @@ use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
-
-use actix::Actor;
 
 fn main() -> anyhow::Result<()> {
     runtime::block_on(run())
@@ -51,8 +54,10 @@ async fn run() -> anyhow::Result<()> {
         snapshot_every: env.snapshot_every,
         span_name: "enrich",
     };
-    let (state, resume_after) = stage::load_state::<join::EnrichState>(&store, &spec)?;
-    let enricher = join::Enricher::new(state, &metrics).start();
+    let (state, resume) = stage::load_state::<join::EnrichState>(&store, &spec)?;
+    let enricher = join::Enricher::new(state, &pipeline.enrich, &metrics)
+        .map_err(|e| anyhow::anyhow!("enrich settings in {}: {e}", env.pipeline_path.display()))?
+        .start();
 
     let readiness = Readiness::new(Some(bus.client().clone()));
     let http = tokio::spawn(http::serve(
@@ -68,7 +73,7 @@ async fn run() -> anyhow::Result<()> {
         store,
         spec,
         enricher,
-        resume_after,
+        resume,
         StageMetrics::new(&metrics),
         shutdown,
     )
