@@ -30,6 +30,8 @@ pub struct NatsServer {
     monitor_port: u16,
     store_dir: PathBuf,
     log_path: PathBuf,
+    /// A configuration file passed with `-c` (see [`Self::start_with_config`]).
+    config_path: Option<PathBuf>,
     // Last, so the store outlives the process.
     dir: TempDir,
 }
@@ -38,11 +40,31 @@ impl NatsServer {
     /// Starts the pinned nats-server on 127.0.0.1 with JetStream and waits (30 s at most)
     /// until a client can use JetStream on it.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], with `config` (nats-server configuration text, e.g.
+    /// `jetstream { sync_interval: always }`) passed with `-c`. It must not set the store
+    /// directory, the ports or the listen address: the harness passes those itself.
+    pub async fn start_with_config(config: &str) -> Result<Self> {
+        Self::start_with(Some(config)).await
+    }
+
+    async fn start_with(config: Option<&str>) -> Result<Self> {
         let program = pinned_nats_server()?;
         let dir = test_dir("nats")?;
         let store_dir = dir.path().join("jetstream");
         std::fs::create_dir_all(&store_dir)
             .with_context(|| format!("creating {}", store_dir.display()))?;
+        let config_path = match config {
+            Some(text) => {
+                let path = dir.path().join("nats-server.conf");
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = Self {
             child: None,
             program,
@@ -50,6 +72,7 @@ impl NatsServer {
             monitor_port: free_port()?,
             store_dir,
             log_path: dir.path().join("nats-server.log"),
+            config_path,
             dir,
         };
         server.launch().await?;
@@ -72,6 +95,16 @@ impl NatsServer {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The JetStream store (`-sd`); streams live under `<store>/jetstream/$G/streams/`.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The process id while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// A new client connection.
@@ -122,7 +155,11 @@ impl NatsServer {
 
     async fn launch(&mut self) -> Result<()> {
         let (stdout, stderr) = open_log(&self.log_path, "nats-server")?;
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some(config) = &self.config_path {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .arg("-js")
             .args(["-a", "127.0.0.1"])
             .args(["-p", &self.port.to_string()])

@@ -10,7 +10,7 @@ use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::{EnrichSettings, JoinDef, OnMissing, TableDef};
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::stage::{Apply, TakeSnapshot};
-use millrace_proto::{DeadLetter, EnrichedEvent, Event, Value};
+use millrace_proto::{DeadLetter, EnrichedEvent, Event};
 use prometheus::{IntCounterVec, IntGauge};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -240,6 +240,7 @@ impl Handler<TakeSnapshot<EnrichState>> for Enricher {
 mod tests {
     use super::*;
     use millrace_chassis::config::{FilterRule, Literal};
+    use millrace_proto::Value;
 
     fn settings(on_missing: OnMissing) -> EnrichSettings {
         EnrichSettings {

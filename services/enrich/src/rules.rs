@@ -40,12 +40,6 @@ impl Filters {
     }
 }
 
-impl Rule {
-    pub fn describe(&self) -> String {
-        format!("{:?}", self.drop_when)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

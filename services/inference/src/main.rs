@@ -1,16 +1,7 @@
-//! millrace-inference: reads FEATURES, scores every feature vector with the
-//! active model and publishes the prediction to `predictions.<model>`; serves
-//! the same model over the Open Inference Protocol V2 (gRPC).
-//!
-//! # Layout
-//! - [`model`]: the `LogisticModel` both paths score with, built from `[model]`.
-//! - [`serving`]: the `ModelServer` actor: vectors in, predictions out, tallies snapshotted.
-//! - [`oip`]: the `GRPCInferenceService` adapter: request checks, scoring, answers.
-//! - `main` wires config, NATS, the actor, the stage loop, gRPC and HTTP.
-
-mod model;
-mod oip;
-mod serving;
+//! millrace-inference: the binary. It only wires: config, NATS, the catalog
+//! and registry, the `ModelServer` actor and the stage loop over FEATURES and
+//! LABELS, the gRPC services (OIP V2, `Score`, `ModelRegistry`) and HTTP. The
+//! work lives in the library (`millrace_inference`; see its module map).
 
 use std::sync::Arc;
 
@@ -24,7 +15,16 @@ use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
+use millrace_inference::api_metrics::ApiMetrics;
+use millrace_inference::catalog::Catalog;
+use millrace_inference::registry::Registry;
+use millrace_inference::registry_api::{RegistryService, MAX_ARTIFACT_BYTES};
+use millrace_inference::score::{ScoreService, DEFAULT_FEATURE_STATE_URL};
+use millrace_inference::scorer::ModelArtifact;
+use millrace_inference::{oip, serving};
 use millrace_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use millrace_proto::inference_server::InferenceServer;
+use millrace_proto::model_registry_server::ModelRegistryServer;
 
 fn main() -> anyhow::Result<()> {
     runtime::block_on(run())
@@ -34,10 +34,10 @@ async fn run() -> anyhow::Result<()> {
     let env = ServiceEnv::from_env(Service::Inference)?;
     let telemetry = telemetry::init(env.service)?;
     let pipeline = Pipeline::load(&env.pipeline_path)?;
-    let model = Arc::new(
-        model::LogisticModel::from_def(&pipeline.model)
-            .with_context(|| format!("pipeline file {}", env.pipeline_path.display()))?,
-    );
+    let pipeline_model = ModelArtifact::from_def(&pipeline.model);
+    pipeline_model
+        .load()
+        .with_context(|| format!("pipeline file {}", env.pipeline_path.display()))?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let metrics = Metrics::new();
 
@@ -50,36 +50,84 @@ async fn run() -> anyhow::Result<()> {
     .await?;
     bus.provision(&[
         StreamKind::Features,
+        StreamKind::Labels,
         StreamKind::Predictions,
         StreamKind::Dlq,
     ])
     .await?;
     let store = SnapshotStore::open(&env.data_dir)?;
 
+    // One stage over both streams: the snapshot holds the state and both sequences.
     let spec = StageSpec {
         stage: "inference",
-        sources: vec![Source::new(StreamKind::Features, "inference")],
+        sources: vec![
+            Source::new(StreamKind::Features, "inference"),
+            Source::new(StreamKind::Labels, "inference-labels"),
+        ],
         snapshot_key: "inference".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,
         snapshot_every: env.snapshot_every,
         span_name: "inference",
     };
-    let (state, resume_after) = stage::load_state::<serving::ServingState>(&store, &spec)?;
-    let server = serving::ModelServer::new(model.clone(), state, &metrics).start();
+    let (mut state, resume) = stage::load_state::<serving::ServingState>(&store, &spec)?;
+    let online = &pipeline.model.online;
+    if online.enabled && pipeline.label.is_some() {
+        let inputs = if online.inputs.is_empty() {
+            pipeline_model.meta.inputs.clone()
+        } else {
+            online.inputs.clone()
+        };
+        state = state.with_online(online, inputs, pipeline.model.threshold);
+    } else {
+        state.online = None;
+    }
+    let registry = Registry::open(&env.data_dir)?;
+    let catalog = Arc::new(
+        Catalog::open(
+            registry,
+            &pipeline_model,
+            state.online.as_ref().map(|o| &o.learner),
+        )
+        .context("opening the model registry")?,
+    );
+    let served = catalog.load();
     tracing::info!(
-        model = model.name(),
-        version = model.version(),
+        model = catalog.model(),
+        active = served.active.version(),
+        shadow = served.shadow.as_ref().map(|s| s.version()),
+        online = state.online.is_some(),
         "serving model"
     );
+    let server = serving::ModelServer::new(catalog.clone(), state, &metrics).start();
 
     let readiness = Readiness::new(Some(bus.client().clone()));
     let grpc_addr = env.grpc_addr.context("inference needs a gRPC address")?;
+    let api = ApiMetrics::new(&metrics);
+    let feature_state_url = std::env::var("MILLRACE_FEATURE_STATE_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_FEATURE_STATE_URL.into());
+    let score = ScoreService::new(
+        catalog.clone(),
+        pipeline.features.clone(),
+        &feature_state_url,
+        api.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let grpc = millrace_chassis::grpc::spawn(
         grpc_addr,
-        tonic::transport::Server::builder().add_service(GrpcInferenceServiceServer::new(
-            oip::OpenInference::new(model, readiness.clone(), &metrics),
-        )),
+        tonic::transport::Server::builder()
+            .add_service(GrpcInferenceServiceServer::new(oip::OpenInference::new(
+                catalog.clone(),
+                readiness.clone(),
+                &metrics,
+            )))
+            .add_service(InferenceServer::new(score))
+            .add_service(
+                ModelRegistryServer::new(RegistryService::new(catalog, api))
+                    .max_decoding_message_size(MAX_ARTIFACT_BYTES),
+            ),
         shutdown.clone(),
     )?;
     let http = tokio::spawn(http::serve(
@@ -95,7 +143,7 @@ async fn run() -> anyhow::Result<()> {
         store,
         spec,
         server,
-        resume_after,
+        resume,
         StageMetrics::new(&metrics),
         shutdown,
     )

@@ -162,6 +162,24 @@ impl LogisticModel {
     }
 }
 
+impl crate::scorer::Scorer for LogisticModel {
+    fn kind(&self) -> &'static str {
+        "logistic"
+    }
+
+    fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    fn score_row(&self, row: &[f64]) -> f64 {
+        LogisticModel::score_row(self, row)
+    }
+}
+
 /// The logistic function, computed so neither branch overflows: for very
 /// negative `z`, `1 / (1 + e^-z)` would compute `e^-z = inf`.
 pub fn sigmoid(z: f64) -> f64 {
@@ -191,6 +209,7 @@ mod tests {
                     weight,
                 })
                 .collect(),
+            online: Default::default(),
         }
     }
 

@@ -8,7 +8,9 @@
 //! little-endian in `raw_input_contents`. It answers one output tensor,
 //! `probability`: FP32, shape `[batch, 1]`, raw when the request was raw.
 //! Requests are checked in [`parse_infer`] and scored by the same
-//! [`LogisticModel`] as the stream, without a hop through the actor.
+//! [`LoadedModel`] as the stream, without a hop through the actor. Each call
+//! loads the catalog's current [`Served`] view once, so a model swap never
+//! fails a request in flight.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +32,10 @@ use opentelemetry::trace::{SpanKind, TraceContextExt};
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use tonic::{Request, Response, Status};
 
-use crate::model::LogisticModel;
+use crate::api_metrics::{code_label, ApiMetrics};
+
+use crate::catalog::{Catalog, ResolveError, Served};
+use crate::scorer::LoadedModel;
 
 /// The one input tensor the model takes.
 pub const INPUT: &str = "features";
@@ -42,20 +47,8 @@ pub const PLATFORM: &str = "millrace-logistic";
 /// Why a request cannot be answered; each names what was asked and what would do.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OipError {
-    #[error(
-        "model `{asked}` is not served here; this server serves `{served}` (version `{version}`)"
-    )]
-    UnknownModel {
-        asked: String,
-        served: String,
-        version: String,
-    },
-    #[error("model `{model}` has no version `{asked}`; the version served is `{served}`")]
-    UnknownVersion {
-        model: String,
-        asked: String,
-        served: String,
-    },
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     #[error("output `{asked}` does not exist; model `{model}` answers one output, `{OUTPUT}`")]
     UnknownOutput { model: String, asked: String },
     #[error("model `{model}` takes exactly one input tensor, `{INPUT}`; the request has {got}")]
@@ -127,7 +120,7 @@ pub enum OipError {
 impl OipError {
     pub fn code(&self) -> tonic::Code {
         match self {
-            Self::UnknownModel { .. } | Self::UnknownVersion { .. } => tonic::Code::NotFound,
+            Self::Resolve(_) => tonic::Code::NotFound,
             _ => tonic::Code::InvalidArgument,
         }
     }
@@ -139,23 +132,13 @@ impl From<OipError> for Status {
     }
 }
 
-/// Checks that `name`/`version` address the served model (an empty version means "any").
-pub fn check_model(model: &LogisticModel, name: &str, version: &str) -> Result<(), OipError> {
-    if name != model.name() {
-        return Err(OipError::UnknownModel {
-            asked: name.to_string(),
-            served: model.name().to_string(),
-            version: model.version().to_string(),
-        });
-    }
-    if !model.answers_to(name, version) {
-        return Err(OipError::UnknownVersion {
-            model: name.to_string(),
-            asked: version.to_string(),
-            served: model.version().to_string(),
-        });
-    }
-    Ok(())
+/// The version `name`/`version` address (an empty version means the active one).
+pub fn check_model<'s>(
+    served: &'s Served,
+    name: &str,
+    version: &str,
+) -> Result<&'s Arc<LoadedModel>, OipError> {
+    Ok(served.resolve(name, version)?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,8 +190,7 @@ pub struct InferBatch {
 }
 
 /// Checks a `ModelInferRequest` against the model and reads its rows.
-pub fn parse_infer(model: &LogisticModel, req: &ModelInferRequest) -> Result<InferBatch, OipError> {
-    check_model(model, &req.model_name, &req.model_version)?;
+pub fn parse_infer(model: &LoadedModel, req: &ModelInferRequest) -> Result<InferBatch, OipError> {
     if let Some(out) = req.outputs.iter().find(|o| o.name != OUTPUT) {
         return Err(OipError::UnknownOutput {
             model: model.name().to_string(),
@@ -268,7 +250,7 @@ pub fn parse_infer(model: &LogisticModel, req: &ModelInferRequest) -> Result<Inf
 }
 
 /// The batch size a shape names: `[batch, n]`, or `[n]` for a single row.
-fn rows_of(model: &LogisticModel, shape: &[i64]) -> Result<usize, OipError> {
+fn rows_of(model: &LoadedModel, shape: &[i64]) -> Result<usize, OipError> {
     let want = model.inputs().len();
     let bad = |reason: &str| OipError::Shape {
         shape: shape.to_vec(),
@@ -390,13 +372,10 @@ fn raw_values(
 }
 
 /// Scores a checked batch and shapes the answer as the request asked.
-pub fn infer(model: &LogisticModel, id: String, batch: &InferBatch) -> ModelInferResponse {
-    let width = model.inputs().len();
-    let scores: Vec<f32> = batch
-        .values
-        .chunks_exact(width)
-        .map(|row| model.score_row(row) as f32)
-        .collect();
+pub fn infer(model: &LoadedModel, id: String, batch: &InferBatch) -> ModelInferResponse {
+    let mut probabilities = Vec::with_capacity(batch.rows);
+    model.score_rows(&batch.values, &mut probabilities);
+    let scores: Vec<f32> = probabilities.into_iter().map(|p| p as f32).collect();
     let (contents, raw_output_contents) = if batch.raw {
         (
             None,
@@ -428,12 +407,12 @@ pub fn infer(model: &LogisticModel, id: String, batch: &InferBatch) -> ModelInfe
 }
 
 /// What `ModelMetadata` says about the model.
-pub fn metadata(model: &LogisticModel) -> ModelMetadataResponse {
+pub fn metadata(served: &Served, model: &LoadedModel) -> ModelMetadataResponse {
     let width = i64::try_from(model.inputs().len()).unwrap_or(i64::MAX);
     ModelMetadataResponse {
         name: model.name().to_string(),
-        versions: vec![model.version().to_string()],
-        platform: PLATFORM.into(),
+        versions: served.version_names(),
+        platform: format!("millrace-{}", model.kind()),
         inputs: vec![TensorMetadata {
             name: INPUT.into(),
             datatype: "FP32".into(),
@@ -454,15 +433,17 @@ struct InferMetrics {
     seconds: Histogram,
 }
 
-/// The `GRPCInferenceService` of the active model.
+/// The `GRPCInferenceService` of the catalog's models.
 pub struct OpenInference {
-    model: Arc<LogisticModel>,
+    catalog: Arc<Catalog>,
     readiness: Readiness,
     metrics: InferMetrics,
+    api: ApiMetrics,
 }
 
 impl OpenInference {
-    pub fn new(model: Arc<LogisticModel>, readiness: Readiness, metrics: &Metrics) -> Self {
+    pub fn new(catalog: Arc<Catalog>, readiness: Readiness, metrics: &Metrics) -> Self {
+        let api = ApiMetrics::new(metrics);
         let requests = metrics.counter_vec(
             "inference_oip_infer_requests_total",
             "OIP ModelInfer calls answered, by gRPC status code.",
@@ -482,16 +463,19 @@ impl OpenInference {
             ),
         };
         Self {
-            model,
+            catalog,
             readiness,
+            api,
             metrics,
         }
     }
 
     fn model_infer_now(&self, req: ModelInferRequest) -> Result<ModelInferResponse, OipError> {
-        let batch = parse_infer(&self.model, &req)?;
+        let served = self.catalog.load();
+        let model = check_model(&served, &req.model_name, &req.model_version)?;
+        let batch = parse_infer(model, &req)?;
         self.metrics.rows.inc_by(batch.rows as u64);
-        Ok(infer(&self.model, req.id, &batch))
+        Ok(infer(model, req.id, &batch))
     }
 }
 
@@ -519,7 +503,7 @@ impl GrpcInferenceService for OpenInference {
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(ModelReadyResponse {
-            ready: self.model.answers_to(&req.name, &req.version),
+            ready: self.catalog.load().resolve(&req.name, &req.version).is_ok(),
         }))
     }
 
@@ -539,8 +523,9 @@ impl GrpcInferenceService for OpenInference {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let req = request.into_inner();
-        check_model(&self.model, &req.name, &req.version)?;
-        Ok(Response::new(metadata(&self.model)))
+        let served = self.catalog.load();
+        let model = check_model(&served, &req.name, &req.version)?;
+        Ok(Response::new(metadata(&served, model)))
     }
 
     async fn model_infer(
@@ -553,10 +538,21 @@ impl GrpcInferenceService for OpenInference {
         // Ends when dropped at the end of the call.
         let span =
             telemetry::event_span("inference.model_infer", SpanKind::Server, &parent, &req.id);
+        let model_name = req.model_name.clone();
         let result = self.model_infer_now(req);
         self.metrics
             .seconds
             .observe(started.elapsed().as_secs_f64());
+        let code = result
+            .as_ref()
+            .map_or_else(OipError::code, |_| tonic::Code::Ok);
+        // Unknown names are not used as label values: a caller could mint unbounded series.
+        let model_label = if model_name == self.catalog.model() {
+            model_name.as_str()
+        } else {
+            "unknown"
+        };
+        self.api.record("ModelInfer", model_label, code, started);
         match result {
             Ok(response) => {
                 self.metrics.ok.inc();
@@ -577,22 +573,13 @@ impl GrpcInferenceService for OpenInference {
     }
 }
 
-fn code_label(code: tonic::Code) -> &'static str {
-    match code {
-        tonic::Code::Ok => "ok",
-        tonic::Code::NotFound => "not_found",
-        tonic::Code::InvalidArgument => "invalid_argument",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use millrace_chassis::config::{ModelDef, ModelInput};
     use millrace_proto::inference::model_infer_request::InferRequestedOutputTensor;
 
-    fn model() -> Arc<LogisticModel> {
+    fn catalog() -> Arc<Catalog> {
         let def = ModelDef {
             name: "orders".into(),
             version: "v1".into(),
@@ -608,12 +595,21 @@ mod tests {
                     weight: 0.02,
                 },
             ],
+            online: Default::default(),
         };
-        Arc::new(LogisticModel::from_def(&def).unwrap())
+        // The directory lives as long as the test process.
+        let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        let registry = crate::registry::Registry::open(dir.path()).unwrap();
+        let artifact = crate::scorer::ModelArtifact::from_def(&def);
+        Arc::new(Catalog::open(registry, &artifact, None).unwrap())
+    }
+
+    fn model() -> Arc<LoadedModel> {
+        catalog().load().active.clone()
     }
 
     fn service() -> OpenInference {
-        OpenInference::new(model(), Readiness::new(None), &Metrics::new())
+        OpenInference::new(catalog(), Readiness::new(None), &Metrics::new())
     }
 
     /// Rows (2, 50) → z = 1 and (0, 0) → z = -1, hand-computed.
@@ -1033,7 +1029,7 @@ mod tests {
     #[tokio::test]
     async fn server_live_ready_and_metadata() {
         let readiness = Readiness::new(None);
-        let svc = OpenInference::new(model(), readiness.clone(), &Metrics::new());
+        let svc = OpenInference::new(catalog(), readiness.clone(), &Metrics::new());
         assert!(
             svc.server_live(Request::new(ServerLiveRequest {}))
                 .await

@@ -1,23 +1,64 @@
-//! Scoring the FEATURES stream: the `ModelServer` actor turns each feature
-//! vector into a `Prediction` for `predictions.<model>`.
+//! The stream side of inference: the `ModelServer` actor reads FEATURES and
+//! LABELS (one chassis stage, two sources, one snapshot holding both stream
+//! sequences) and
 //!
-//! The actor holds the active model (shared with the gRPC side through an
-//! `Arc`, so both score with the same code and weights) and the tallies it
-//! snapshots. The stage loop feeds it vectors in stream order, publishes what
-//! it returns and snapshots it; nothing here touches NATS or sled.
+//! - scores every feature vector with the active model and returns the
+//!   `Prediction` for `predictions.<model>`; a shadow version, if any, scores
+//!   it too, recorded here and never published;
+//! - when the pipeline has a `[label]` rule, keeps the vector in the label
+//!   join until its label arrives (or takes the label that came first), then
+//!   lets the online learner predict (progressive validation) and learn.
+//!
+//! Everything it must not lose or count twice is in [`ServingState`], which
+//! the stage loop snapshots with both sequences; nothing here touches NATS or
+//! sled. After a crash the two streams may interleave differently on replay:
+//! every vector is still scored once (its prediction id depends only on the
+//! model and the event, so a re-publish is dropped) and every label learned once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, MessageResult};
 use millrace_chassis::bus::{subject, Outgoing};
+use millrace_chassis::config::OnlineSettings;
 use millrace_chassis::metrics::Metrics;
-use millrace_chassis::stage::{Apply, TakeSnapshot};
-use millrace_proto::{FeatureVector, Prediction};
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec};
+use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot};
+use millrace_proto::{FeatureVector, Label, Prediction};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::model::LogisticModel;
+use crate::catalog::{Catalog, Served};
+use crate::evaluation::Progressive;
+use crate::join::{JoinCounts, LabelJoin};
+use crate::online::{OnlineLogistic, Schedule};
+use crate::registry::ONLINE_VERSION;
+use crate::scorer::{LoadedModel, Scorer as _};
+
+/// What the stage reads: source 0 is FEATURES, source 1 LABELS.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InferenceInput {
+    Vector(FeatureVector),
+    Label(Label),
+}
+
+impl StageInput for InferenceInput {
+    fn decode(source: usize, payload: bytes::Bytes) -> Result<Self, prost::DecodeError> {
+        use prost::Message;
+        Ok(match source {
+            0 => Self::Vector(<FeatureVector as Message>::decode(payload)?),
+            _ => Self::Label(<Label as Message>::decode(payload)?),
+        })
+    }
+
+    fn event_id(&self) -> &str {
+        match self {
+            Self::Vector(v) => &v.event_id,
+            Self::Label(l) => &l.event_id,
+        }
+    }
+}
 
 /// Predictions made by one model version.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,20 +67,69 @@ pub struct VersionTally {
     pub positive: u64,
 }
 
-/// What inference snapshots: model name → version → tally, so the counts
-/// survive restarts and a replay does not count an event twice.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A shadow version's record: how often it scored, and agreed with the active decision.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShadowTally {
+    pub scored: u64,
+    pub agreed: u64,
+    pub abs_diff_sum: f64,
+}
+
+/// A scored vector waiting for its label: the learner's row and the scores
+/// the active (and shadow) versions gave it when it was served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub row: Vec<f64>,
+    pub served: (String, f64),
+    pub shadow: Option<(String, f64)>,
+}
+
+/// The online learner and everything around it that must survive a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineState {
+    pub learner: OnlineLogistic,
+    pub join: LabelJoin<Scored>,
+    /// Progressive validation by version; `online` is the learner scored
+    /// before each update, the others are the scores they served.
+    pub progressive: BTreeMap<String, Progressive>,
+}
+
+/// What inference snapshots.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServingState {
+    /// Model → version → predictions served.
     pub tallies: BTreeMap<String, BTreeMap<String, VersionTally>>,
+    /// Version → its shadow record.
+    pub shadow: BTreeMap<String, ShadowTally>,
+    pub online: Option<OnlineState>,
 }
 
 impl ServingState {
-    fn tally(&mut self, model: &LogisticModel) -> &mut VersionTally {
-        self.tallies
-            .entry(model.name().to_string())
-            .or_default()
-            .entry(model.version().to_string())
-            .or_default()
+    /// Adds the online learner when the pipeline asks for one and the state
+    /// has none yet; applies the configured bounds to a restored join.
+    pub fn with_online(
+        mut self,
+        settings: &OnlineSettings,
+        inputs: Vec<String>,
+        threshold: f64,
+    ) -> Self {
+        let ttl_us =
+            i64::try_from(settings.label_ttl_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        match &mut self.online {
+            Some(o) => o.join.set_bounds(settings.join_capacity, ttl_us),
+            None => {
+                self.online = Some(OnlineState {
+                    learner: OnlineLogistic::new(
+                        inputs,
+                        threshold,
+                        Schedule::from_settings(settings),
+                    ),
+                    join: LabelJoin::new(settings.join_capacity, ttl_us),
+                    progressive: BTreeMap::new(),
+                })
+            }
+        }
+        self
     }
 }
 
@@ -48,78 +138,224 @@ fn score_buckets() -> Vec<f64> {
     (1..=20).map(|i| f64::from(i) / 20.0).collect()
 }
 
-/// The metrics of the active model, resolved once instead of per prediction.
-struct ModelMetrics {
-    predictions: IntCounter,
-    positive: IntCounter,
-    score: Histogram,
-}
-
-pub struct ModelServer {
-    model: Arc<LogisticModel>,
-    state: ServingState,
-    active: ModelMetrics,
+struct ServingMetrics {
+    predictions: IntCounterVec,
+    positive: IntCounterVec,
+    score: HistogramVec,
     missing_inputs: IntCounterVec,
+    shadow_scored: IntCounterVec,
+    shadow_agreed: IntCounterVec,
+    online_updates: IntCounter,
+    join: IntCounterVec,
+    join_waiting: IntGauge,
+    labels_waiting: IntGauge,
+    progressive_auc: GaugeVec,
+    progressive_log_loss: GaugeVec,
+    progressive_brier: GaugeVec,
+    progressive_examples: GaugeVec,
 }
 
-impl ModelServer {
-    pub fn new(model: Arc<LogisticModel>, state: ServingState, metrics: &Metrics) -> Self {
-        let labels = [model.name(), model.version()];
-        let predictions = metrics.counter_vec(
-            "inference_predictions_total",
-            "Predictions published for feature vectors, by model and version.",
-            &["model", "model_version"],
-        );
-        let positive = metrics.counter_vec(
-            "inference_positive_predictions_total",
-            "Predictions at or above the model's threshold, by model and version.",
-            &["model", "model_version"],
-        );
-        let score = metrics.register(
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "inference_score",
-                    "Scores given to feature vectors, by model and version.",
-                )
-                .buckets(score_buckets()),
-                &["model", "model_version"],
+impl ServingMetrics {
+    fn new(metrics: &Metrics) -> Self {
+        let gauge = |name: &str, help: &str| {
+            metrics.register(
+                GaugeVec::new(Opts::new(name, help), &["model", "model_version"])
+                    .unwrap_or_else(|e| panic!("metric {name}: {e}")),
             )
-            .unwrap_or_else(|e| panic!("metric inference_score: {e}")),
-        );
-        let missing_inputs = metrics.counter_vec(
-            "inference_missing_inputs_total",
-            "Model inputs a feature vector lacked (or carried as NaN/inf), scored as 0.0, by input.",
-            &["input"],
-        );
-        let active = ModelMetrics {
-            predictions: predictions.with_label_values(&labels),
-            positive: positive.with_label_values(&labels),
-            score: score.with_label_values(&labels),
         };
         Self {
-            model,
-            state,
-            active,
-            missing_inputs,
+            predictions: metrics.counter_vec(
+                "inference_predictions_total",
+                "Predictions published for feature vectors, by model and version.",
+                &["model", "model_version"],
+            ),
+            positive: metrics.counter_vec(
+                "inference_positive_predictions_total",
+                "Predictions at or above the model's threshold, by model and version.",
+                &["model", "model_version"],
+            ),
+            score: metrics.register(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "inference_score",
+                        "Scores given to feature vectors, by model and version.",
+                    )
+                    .buckets(score_buckets()),
+                    &["model", "model_version"],
+                )
+                .unwrap_or_else(|e| panic!("metric inference_score: {e}")),
+            ),
+            missing_inputs: metrics.counter_vec(
+                "inference_missing_inputs_total",
+                "Model inputs a feature vector lacked (or carried as NaN/inf), scored as 0.0, by input.",
+                &["input"],
+            ),
+            shadow_scored: metrics.counter_vec(
+                "inference_shadow_predictions_total",
+                "Feature vectors a shadow version scored (recorded, not served), by model and version.",
+                &["model", "model_version"],
+            ),
+            shadow_agreed: metrics.counter_vec(
+                "inference_shadow_agreements_total",
+                "Shadow predictions whose decision matched the served one, by model and version.",
+                &["model", "model_version"],
+            ),
+            online_updates: metrics.counter(
+                "inference_online_updates_total",
+                "Labelled examples the online learner updated on.",
+            ),
+            join: metrics.counter_vec(
+                "inference_label_join_total",
+                "Label join outcomes: joined, label_first (joined, label came first), \
+                 expired_vector (no label in time), expired_label (unmatched label), evicted, replaced.",
+                &["outcome"],
+            ),
+            join_waiting: metrics.gauge(
+                "inference_label_join_waiting",
+                "Vectors and labels waiting in the label join.",
+            ),
+            labels_waiting: metrics.gauge(
+                "inference_label_join_waiting_labels",
+                "Labels waiting in the label join for their feature vector.",
+            ),
+            progressive_auc: gauge(
+                "inference_progressive_roc_auc",
+                "Progressive-validation ROC AUC on joined labels (scored before learning), by version.",
+            ),
+            progressive_log_loss: gauge(
+                "inference_progressive_log_loss",
+                "Progressive-validation mean log loss on joined labels, by version.",
+            ),
+            progressive_brier: gauge(
+                "inference_progressive_brier",
+                "Progressive-validation Brier score on joined labels, by version.",
+            ),
+            progressive_examples: gauge(
+                "inference_progressive_examples",
+                "Labelled examples in the progressive-validation metrics, by version.",
+            ),
         }
     }
 
-    /// The prediction for one vector; updates the tallies and metrics.
-    pub fn predict(&mut self, vector: &FeatureVector, now_us: i64) -> Prediction {
-        let model = &*self.model;
+    fn report_join(&self, was: &JoinCounts, now: &JoinCounts) {
+        let pairs = [
+            ("joined", was.joined, now.joined),
+            ("label_first", was.label_first, now.label_first),
+            ("expired_vector", was.expired_vectors, now.expired_vectors),
+            ("expired_label", was.expired_labels, now.expired_labels),
+            ("evicted", was.evicted, now.evicted),
+            ("replaced", was.replaced, now.replaced),
+        ];
+        for (outcome, before, after) in pairs {
+            if after > before {
+                self.join
+                    .with_label_values(&[outcome])
+                    .inc_by(after - before);
+            }
+        }
+    }
+}
+
+/// Progressive metrics of one version as the registry API shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProgressSummary {
+    pub examples: u64,
+    pub roc_auc: f64,
+    pub log_loss: f64,
+    pub brier: f64,
+}
+
+pub struct ModelServer {
+    catalog: Arc<Catalog>,
+    state: ServingState,
+    metrics: ServingMetrics,
+    /// Online input name → column.
+    online_columns: HashMap<String, usize>,
+    /// Join counts already reported to Prometheus.
+    reported: JoinCounts,
+}
+
+impl ModelServer {
+    pub fn new(catalog: Arc<Catalog>, state: ServingState, metrics: &Metrics) -> Self {
+        let metrics = ServingMetrics::new(metrics);
+        // Counters continue from the snapshot, so they never go backwards across restarts.
+        for (model, versions) in &state.tallies {
+            for (version, t) in versions {
+                metrics
+                    .predictions
+                    .with_label_values(&[model, version])
+                    .inc_by(t.predictions);
+                metrics
+                    .positive
+                    .with_label_values(&[model, version])
+                    .inc_by(t.positive);
+            }
+        }
+        let mut server = Self {
+            online_columns: HashMap::new(),
+            reported: JoinCounts::default(),
+            catalog,
+            state,
+            metrics,
+        };
+        if let Some(o) = &server.state.online {
+            server.online_columns = o
+                .learner
+                .inputs()
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, n)| (n, i))
+                .collect();
+            server.metrics.online_updates.inc_by(o.learner.updates());
+            let counts = o.join.counts;
+            server.metrics.report_join(&JoinCounts::default(), &counts);
+            server.reported = counts;
+            server.catalog.publish_online(&o.learner);
+        }
+        server.report_progress();
+        server
+    }
+
+    pub fn state(&self) -> &ServingState {
+        &self.state
+    }
+
+    /// The prediction the active model makes for one vector; updates the
+    /// tallies, scores the shadow and parks the vector for its label.
+    pub fn predict(&mut self, served: &Served, vector: &FeatureVector, now_us: i64) -> Prediction {
+        let model = &served.active;
         let scored = model.score_vector(vector);
         for input in &scored.missing {
-            self.missing_inputs.with_label_values(&[*input]).inc();
+            self.metrics
+                .missing_inputs
+                .with_label_values(&[*input])
+                .inc();
         }
         let predicted_positive = model.is_positive(scored.score);
-        let tally = self.state.tally(model);
+        let labels = [model.name(), model.version()];
+        let tally = self
+            .state
+            .tallies
+            .entry(model.name().to_string())
+            .or_default()
+            .entry(model.version().to_string())
+            .or_default();
         tally.predictions += 1;
-        self.active.predictions.inc();
+        self.metrics.predictions.with_label_values(&labels).inc();
         if predicted_positive {
             tally.positive += 1;
-            self.active.positive.inc();
+            self.metrics.positive.with_label_values(&labels).inc();
         }
-        self.active.score.observe(scored.score);
+        self.metrics
+            .score
+            .with_label_values(&labels)
+            .observe(scored.score);
+        let shadow = served
+            .shadow
+            .as_ref()
+            .map(|s| self.shadow(s, vector, scored.score, predicted_positive));
+        self.park(vector, (model.version().to_string(), scored.score), shadow);
         Prediction {
             event_id: vector.event_id.clone(),
             model: model.name().to_string(),
@@ -134,13 +370,156 @@ impl ModelServer {
         }
     }
 
+    fn shadow(
+        &mut self,
+        shadow: &LoadedModel,
+        vector: &FeatureVector,
+        served: f64,
+        served_positive: bool,
+    ) -> (String, f64) {
+        let score = shadow.score_vector(vector).score;
+        let agreed = shadow.is_positive(score) == served_positive;
+        let tally = self
+            .state
+            .shadow
+            .entry(shadow.version().to_string())
+            .or_default();
+        tally.scored += 1;
+        tally.abs_diff_sum += (score - served).abs();
+        let labels = [shadow.name(), shadow.version()];
+        self.metrics.shadow_scored.with_label_values(&labels).inc();
+        if agreed {
+            tally.agreed += 1;
+            self.metrics.shadow_agreed.with_label_values(&labels).inc();
+        }
+        (shadow.version().to_string(), score)
+    }
+
+    /// Keeps the vector until its label comes (or learns at once if it came first).
+    fn park(
+        &mut self,
+        vector: &FeatureVector,
+        served: (String, f64),
+        shadow: Option<(String, f64)>,
+    ) {
+        let Some(online) = &mut self.state.online else {
+            return;
+        };
+        let mut row = vec![f64::NAN; self.online_columns.len()];
+        for (name, &value) in vector.names.iter().zip(&vector.values) {
+            if let Some(&i) = self.online_columns.get(name) {
+                if row[i].is_nan() {
+                    row[i] = value;
+                }
+            }
+        }
+        let scored = Scored {
+            row,
+            served,
+            shadow,
+        };
+        if let Some((scored, label)) =
+            online
+                .join
+                .offer_vector(&vector.label_key, scored, vector.event_time_us)
+        {
+            Self::learn(online, &scored, label);
+            self.metrics.online_updates.inc();
+        }
+    }
+
+    fn label(&mut self, label: &Label) {
+        let Some(online) = &mut self.state.online else {
+            return;
+        };
+        if let Some(scored) =
+            online
+                .join
+                .offer_label(&label.label_key, label.value, label.event_time_us)
+        {
+            Self::learn(online, &scored, label.value);
+            self.metrics.online_updates.inc();
+        }
+    }
+
+    /// Progressive validation first (the learner's score before it sees the
+    /// label, and what the served versions said), then the SGD step.
+    fn learn(online: &mut OnlineState, scored: &Scored, label: f64) {
+        let before = online.learner.learn(&scored.row, label);
+        online
+            .progressive
+            .entry(ONLINE_VERSION.into())
+            .or_default()
+            .record(before, label);
+        let (version, score) = &scored.served;
+        if version != ONLINE_VERSION {
+            online
+                .progressive
+                .entry(version.clone())
+                .or_default()
+                .record(*score, label);
+        }
+        if let Some((version, score)) = &scored.shadow {
+            if version != ONLINE_VERSION {
+                online
+                    .progressive
+                    .entry(version.clone())
+                    .or_default()
+                    .record(*score, label);
+            }
+        }
+    }
+
+    /// Brings the join and progressive metrics up to date and shares them with the registry API.
+    fn report_progress(&mut self) {
+        let Some(online) = &self.state.online else {
+            return;
+        };
+        self.metrics
+            .report_join(&self.reported, &online.join.counts);
+        self.reported = online.join.counts;
+        self.metrics
+            .join_waiting
+            .set(i64::try_from(online.join.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .labels_waiting
+            .set(i64::try_from(online.join.waiting_labels()).unwrap_or(i64::MAX));
+        let model = self.catalog.model().to_string();
+        let mut summaries = BTreeMap::new();
+        for (version, p) in &online.progressive {
+            let labels = [model.as_str(), version.as_str()];
+            let summary = ProgressSummary {
+                examples: p.examples,
+                roc_auc: p.roc_auc(),
+                log_loss: p.log_loss(),
+                brier: p.brier(),
+            };
+            self.metrics
+                .progressive_auc
+                .with_label_values(&labels)
+                .set(summary.roc_auc);
+            self.metrics
+                .progressive_log_loss
+                .with_label_values(&labels)
+                .set(summary.log_loss);
+            self.metrics
+                .progressive_brier
+                .with_label_values(&labels)
+                .set(summary.brier);
+            self.metrics
+                .progressive_examples
+                .with_label_values(&labels)
+                .set(summary.examples as f64);
+            summaries.insert(version.clone(), summary);
+        }
+        self.catalog.set_progress(summaries);
+    }
+
     /// Where a prediction goes and the id JetStream deduplicates it by: the
-    /// same event scored by the same model version always gets the same id.
-    fn outgoing(prediction: &Prediction, trace: opentelemetry::Context) -> Outgoing {
-        let id = format!(
-            "predict:{}:{}:{}",
-            prediction.model, prediction.model_version, prediction.event_id
-        );
+    /// same event scored for the same model always gets the same id, whichever
+    /// version served it, so a replay after a promote is still dropped.
+    pub fn outgoing(prediction: &Prediction, trace: opentelemetry::Context) -> Outgoing {
+        let id = format!("predict:{}:{}", prediction.model, prediction.event_id);
         Outgoing::new(
             subject::predictions(&prediction.model),
             id,
@@ -154,22 +533,35 @@ impl Actor for ModelServer {
     type Context = Context<Self>;
 }
 
-impl Handler<Apply<FeatureVector>> for ModelServer {
+impl Handler<Apply<InferenceInput>> for ModelServer {
     type Result = Vec<Outgoing>;
 
     fn handle(
         &mut self,
-        Apply(batch): Apply<FeatureVector>,
+        Apply(batch): Apply<InferenceInput>,
         _: &mut Self::Context,
     ) -> Self::Result {
         let now = millrace_chassis::time::now_us();
-        batch
-            .into_iter()
-            .map(|d| {
-                let prediction = self.predict(&d.message, now);
-                Self::outgoing(&prediction, d.trace)
-            })
-            .collect()
+        // One view of the models for the whole batch.
+        let served = self.catalog.load();
+        let updates_before = self.state.online.as_ref().map(|o| o.learner.updates());
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            match d.message {
+                InferenceInput::Vector(v) => {
+                    let prediction = self.predict(&served, &v, now);
+                    out.push(Self::outgoing(&prediction, d.trace));
+                }
+                InferenceInput::Label(l) => self.label(&l),
+            }
+        }
+        if let Some(online) = &self.state.online {
+            if Some(online.learner.updates()) != updates_before {
+                self.catalog.publish_online(&online.learner);
+            }
+        }
+        self.report_progress();
+        out
     }
 }
 
@@ -184,12 +576,14 @@ impl Handler<TakeSnapshot<ServingState>> for ModelServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Registry;
+    use crate::scorer::ModelArtifact;
     use millrace_chassis::config::{ModelDef, ModelInput};
     use millrace_chassis::stage::Delivered;
     use prost::Message as _;
 
-    fn model() -> Arc<LogisticModel> {
-        let def = ModelDef {
+    fn def() -> ModelDef {
+        ModelDef {
             name: "orders".into(),
             version: "v1".into(),
             threshold: 0.5,
@@ -204,8 +598,23 @@ mod tests {
                     weight: 0.02,
                 },
             ],
-        };
-        Arc::new(LogisticModel::from_def(&def).unwrap())
+            online: OnlineSettings::default(),
+        }
+    }
+
+    fn catalog(dir: &std::path::Path, online: Option<&OnlineLogistic>) -> Arc<Catalog> {
+        Arc::new(
+            Catalog::open(
+                Registry::open(dir).unwrap(),
+                &ModelArtifact::from_def(&def()),
+                online,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn server(dir: &std::path::Path, metrics: &Metrics) -> ModelServer {
+        ModelServer::new(catalog(dir, None), ServingState::default(), metrics)
     }
 
     fn vector(id: &str, count: f64, amount: Option<f64>) -> FeatureVector {
@@ -231,8 +640,10 @@ mod tests {
 
     #[test]
     fn a_prediction_carries_the_event_the_model_and_the_decision() {
+        let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
-        let mut server = ModelServer::new(model(), ServingState::default(), &metrics);
+        let mut server = server(dir.path(), &metrics);
+        let served = server.catalog.load();
         let cases = [
             (
                 "z = 1 is positive",
@@ -254,7 +665,7 @@ mod tests {
             ),
         ];
         for (rule, v, score, positive) in cases {
-            let p = server.predict(&v, 99);
+            let p = server.predict(&served, &v, 99);
             assert!((p.score - score).abs() < 1e-12, "{rule}: score {}", p.score);
             assert_eq!(p.predicted_positive, positive, "{rule}");
             assert_eq!(
@@ -299,10 +710,12 @@ mod tests {
 
     #[test]
     fn missing_inputs_are_counted_by_name() {
+        let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
-        let mut server = ModelServer::new(model(), ServingState::default(), &metrics);
-        server.predict(&vector("e1", 2.0, None), 0);
-        server.predict(&vector("e2", 2.0, None), 0);
+        let mut server = server(dir.path(), &metrics);
+        let served = server.catalog.load();
+        server.predict(&served, &vector("e1", 2.0, None), 0);
+        server.predict(&served, &vector("e2", 2.0, None), 0);
         let text = metrics.render();
         assert!(
             text.contains(r#"millrace_inference_missing_inputs_total{input="amount"} 2"#),
@@ -310,18 +723,25 @@ mod tests {
         );
     }
 
-    #[actix::test]
-    async fn the_actor_publishes_to_predictions_of_the_model_under_a_stable_id() {
-        let server = ModelServer::new(model(), ServingState::default(), &Metrics::new()).start();
-        let delivered = |seq: u64, id: &str| Delivered {
-            source: 0,
+    fn delivered(source: usize, seq: u64, message: InferenceInput) -> Delivered<InferenceInput> {
+        Delivered {
+            source,
             sequence: seq,
             subject: "features.3".into(),
-            message: vector(id, 2.0, Some(50.0)),
+            message,
             trace: opentelemetry::Context::new(),
-        };
+        }
+    }
+
+    #[actix::test]
+    async fn the_actor_publishes_to_predictions_of_the_model_under_a_stable_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = server(dir.path(), &Metrics::new()).start();
         let out = server
-            .send(Apply(vec![delivered(1, "e1"), delivered(2, "e2")]))
+            .send(Apply(vec![
+                delivered(0, 1, InferenceInput::Vector(vector("e1", 2.0, Some(50.0)))),
+                delivered(0, 2, InferenceInput::Vector(vector("e2", 2.0, Some(50.0)))),
+            ]))
             .await
             .unwrap();
         let ids: Vec<(&str, &str)> = out
@@ -331,13 +751,12 @@ mod tests {
         assert_eq!(
             ids,
             [
-                ("predictions.orders", "predict:orders:v1:e1"),
-                ("predictions.orders", "predict:orders:v1:e2")
+                ("predictions.orders", "predict:orders:e1"),
+                ("predictions.orders", "predict:orders:e2")
             ]
         );
-        let decoded = Prediction::decode(out[1].payload.clone()).unwrap();
+        let decoded = <Prediction as prost::Message>::decode(out[1].payload.clone()).unwrap();
         assert_eq!(decoded.event_id, "e2");
-
         let state = server
             .send(TakeSnapshot::<ServingState>::default())
             .await
@@ -352,38 +771,151 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_state_round_trips_through_postcard() {
-        let mut state = ServingState::default();
-        state.tallies.entry("orders".into()).or_default().insert(
-            "v1".into(),
-            VersionTally {
-                predictions: 7,
-                positive: 3,
-            },
+    fn decoding_follows_the_source() {
+        let v = vector("e1", 1.0, None);
+        let l = Label {
+            event_id: "l1".into(),
+            label_key: "k-e1".into(),
+            value: 1.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            InferenceInput::decode(0, v.encode_to_vec().into()).unwrap(),
+            InferenceInput::Vector(v)
         );
+        let decoded = InferenceInput::decode(1, l.encode_to_vec().into()).unwrap();
+        assert_eq!(decoded.event_id(), "l1");
+        assert_eq!(decoded, InferenceInput::Label(l));
+    }
+
+    fn label(key: &str, value: f64, time: i64) -> Label {
+        Label {
+            event_id: format!("label-{key}"),
+            label_key: key.into(),
+            value,
+            event_time_us: time,
+            ..Default::default()
+        }
+    }
+
+    /// The true rule is "amount below 50 is fraud", which the fixed model (a
+    /// positive weight on amount) gets backwards; the learner must beat it.
+    #[actix::test]
+    async fn labels_join_in_either_order_and_the_learner_beats_a_wrong_fixed_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let state = ServingState::default().with_online(
+            &OnlineSettings::default(),
+            vec!["count".into(), "amount".into()],
+            0.5,
+        );
+        let learner = state.online.as_ref().map(|o| o.learner.clone());
+        let catalog = catalog(dir.path(), learner.as_ref());
+        let server = ModelServer::new(catalog.clone(), state, &metrics).start();
+        let mut seq = 0;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        for i in 0..2000u32 {
+            let amount = f64::from((i * 37) % 100);
+            let mut v = vector(&format!("e{i}"), f64::from(i % 5), Some(amount));
+            v.event_time_us = i64::from(i);
+            let y = f64::from(u8::from(amount < 50.0));
+            let key = v.label_key.clone();
+            let batch = if i % 3 == 0 {
+                // The label first, then its vector.
+                vec![
+                    delivered(
+                        1,
+                        next(),
+                        InferenceInput::Label(label(&key, y, v.event_time_us)),
+                    ),
+                    delivered(0, next(), InferenceInput::Vector(v)),
+                ]
+            } else {
+                vec![
+                    delivered(0, next(), InferenceInput::Vector(v.clone())),
+                    delivered(
+                        1,
+                        next(),
+                        InferenceInput::Label(label(&key, y, v.event_time_us)),
+                    ),
+                ]
+            };
+            server.send(Apply(batch)).await.unwrap();
+        }
+        // A label nobody scored waits (and would expire after the TTL).
+        server
+            .send(Apply(vec![delivered(
+                1,
+                next(),
+                InferenceInput::Label(label("nobody", 1.0, 2000)),
+            )]))
+            .await
+            .unwrap();
+        let state = server
+            .send(TakeSnapshot::<ServingState>::default())
+            .await
+            .unwrap();
+        let online = state.online.as_ref().unwrap();
+        assert_eq!(online.join.counts.joined, 2000);
+        assert_eq!(online.join.counts.label_first, 667);
+        assert_eq!(online.join.waiting_labels(), 1);
+        let learned = online.progressive[ONLINE_VERSION].roc_auc();
+        let fixed = online.progressive["v1"].roc_auc();
+        assert!(fixed < 0.5, "the fixed model is wrong-way round: {fixed}");
+        assert!(learned > 0.9, "the learner's progressive AUC {learned}");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"millrace_inference_label_join_total{outcome="joined"} 2000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("millrace_inference_online_updates_total 2000"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"millrace_inference_progressive_roc_auc{model="orders",model_version="online"}"#
+            ),
+            "{text}"
+        );
+        // The snapshot round-trips, and a server restored from it keeps counting.
         let bytes = postcard::to_stdvec(&state).unwrap();
         let back: ServingState = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, state);
+        let restored_metrics = Metrics::new();
+        let _restored = ModelServer::new(catalog, back, &restored_metrics);
+        assert!(restored_metrics
+            .render()
+            .contains(r#"millrace_inference_label_join_total{outcome="joined"} 2000"#));
     }
 
-    #[test]
-    fn restored_tallies_keep_counting() {
-        let mut state = ServingState::default();
-        state.tallies.entry("orders".into()).or_default().insert(
-            "v1".into(),
-            VersionTally {
-                predictions: 7,
-                positive: 3,
-            },
-        );
-        let mut server = ModelServer::new(model(), state, &Metrics::new());
-        server.predict(&vector("e8", 2.0, Some(50.0)), 0);
-        assert_eq!(
-            server.state.tallies["orders"]["v1"],
-            VersionTally {
-                predictions: 8,
-                positive: 4
-            }
-        );
+    #[actix::test]
+    async fn a_shadow_scores_every_vector_without_being_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let catalog = catalog(dir.path(), None);
+        let mut challenger = ModelArtifact::from_def(&def());
+        challenger.meta.version = "v2".into();
+        catalog.register(challenger, false).unwrap();
+        catalog.set_shadow(Some("v2")).unwrap();
+        let server = ModelServer::new(catalog, ServingState::default(), &metrics).start();
+        let out = server
+            .send(Apply(vec![delivered(
+                0,
+                1,
+                InferenceInput::Vector(vector("e1", 2.0, Some(50.0))),
+            )]))
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1, "only the active prediction is published");
+        let state = server
+            .send(TakeSnapshot::<ServingState>::default())
+            .await
+            .unwrap();
+        assert_eq!(state.shadow["v2"].scored, 1);
+        assert_eq!(state.shadow["v2"].agreed, 1);
     }
 }

@@ -10,6 +10,26 @@ use std::collections::BTreeMap;
 use millrace_proto::{ModelHealth, Prediction};
 use serde::{Deserialize, Serialize};
 
+/// A model and one of its versions: the key of every per-version ledger.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ModelVersion {
+    pub model: String,
+    pub version: String,
+}
+
+impl ModelVersion {
+    pub fn new(model: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            version: version.into(),
+        }
+    }
+
+    pub fn of(prediction: &Prediction) -> Self {
+        Self::new(&prediction.model, &prediction.model_version)
+    }
+}
+
 /// Running totals for one model version.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelStats {
