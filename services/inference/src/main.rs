@@ -15,7 +15,6 @@ use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
-use millrace_inference::api_metrics::ApiMetrics;
 use millrace_inference::catalog::Catalog;
 use millrace_inference::registry::Registry;
 use millrace_inference::registry_api::{RegistryService, MAX_ARTIFACT_BYTES};
@@ -103,7 +102,8 @@ async fn run() -> anyhow::Result<()> {
 
     let readiness = Readiness::new(Some(bus.client().clone()));
     let grpc_addr = env.grpc_addr.context("inference needs a gRPC address")?;
-    let api = ApiMetrics::new(&metrics);
+    let oip = oip::OpenInference::new(catalog.clone(), readiness.clone(), &metrics);
+    let api = oip.api_metrics();
     let feature_state_url = std::env::var("MILLRACE_FEATURE_STATE_URL")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -118,11 +118,7 @@ async fn run() -> anyhow::Result<()> {
     let grpc = millrace_chassis::grpc::spawn(
         grpc_addr,
         tonic::transport::Server::builder()
-            .add_service(GrpcInferenceServiceServer::new(oip::OpenInference::new(
-                catalog.clone(),
-                readiness.clone(),
-                &metrics,
-            )))
+            .add_service(GrpcInferenceServiceServer::new(oip))
             .add_service(InferenceServer::new(score))
             .add_service(
                 ModelRegistryServer::new(RegistryService::new(catalog, api))

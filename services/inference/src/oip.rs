@@ -431,6 +431,9 @@ struct InferMetrics {
     ok: IntCounter,
     rows: IntCounter,
     seconds: Histogram,
+    /// `ModelInfer` answered OK for the served model, in the per-method metrics.
+    ok_served: IntCounter,
+    ok_served_seconds: Histogram,
 }
 
 /// The `GRPCInferenceService` of the catalog's models.
@@ -450,6 +453,8 @@ impl OpenInference {
             &["code"],
         );
         let metrics = InferMetrics {
+            ok_served: api.requests_with(&["ModelInfer", catalog.model(), "ok"]),
+            ok_served_seconds: api.seconds_with("ModelInfer"),
             ok: requests.with_label_values(&["ok"]),
             requests,
             rows: metrics.counter(
@@ -468,6 +473,11 @@ impl OpenInference {
             api,
             metrics,
         }
+    }
+
+    /// The per-method metrics, to share with the other gRPC services.
+    pub fn api_metrics(&self) -> ApiMetrics {
+        self.api.clone()
     }
 
     fn model_infer_now(&self, req: ModelInferRequest) -> Result<ModelInferResponse, OipError> {
@@ -552,7 +562,15 @@ impl GrpcInferenceService for OpenInference {
         } else {
             "unknown"
         };
-        self.api.record("ModelInfer", model_label, code, started);
+        if code == tonic::Code::Ok && model_label == self.catalog.model() {
+            // The hot path: label values resolved once, not per request.
+            self.metrics.ok_served.inc();
+            self.metrics
+                .ok_served_seconds
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            self.api.record("ModelInfer", model_label, code, started);
+        }
         match result {
             Ok(response) => {
                 self.metrics.ok.inc();
@@ -958,6 +976,77 @@ mod tests {
                 (_, Err(status)) => panic!("{rule}: unexpected error {status:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_explicit_version_is_scored_by_that_version_and_a_promote_switches_the_default() {
+        let catalog = catalog();
+        let mut v2 = crate::scorer::ModelArtifact::from_def(&ModelDef {
+            name: "orders".into(),
+            version: "v2".into(),
+            threshold: 0.5,
+            intercept: 0.0,
+            inputs: vec![
+                ModelInput {
+                    name: "count".into(),
+                    weight: 0.0,
+                },
+                ModelInput {
+                    name: "amount".into(),
+                    weight: 0.0,
+                },
+            ],
+            online: Default::default(),
+        });
+        v2.meta.description = "a coin".into();
+        catalog.register(v2, false).unwrap();
+        let svc = OpenInference::new(catalog.clone(), Readiness::new(None), &Metrics::new());
+        let ask = |version: &str| {
+            let mut r = request(tensor("FP32", &[1, 2], fp32(&ROWS[..2])), vec![]);
+            r.model_version = version.into();
+            r
+        };
+        let answer = |r: ModelInferResponse| {
+            (
+                r.model_version.clone(),
+                r.outputs[0].contents.as_ref().unwrap().fp32_contents[0],
+            )
+        };
+        let got = answer(
+            svc.model_infer(Request::new(ask("")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(got, ("v1".to_string(), P1));
+        let got = answer(
+            svc.model_infer(Request::new(ask("v2")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(got, ("v2".to_string(), 0.5));
+        catalog.promote("v2").unwrap();
+        let got = answer(
+            svc.model_infer(Request::new(ask("")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(
+            got,
+            ("v2".to_string(), 0.5),
+            "the default follows the promote"
+        );
+        let meta = svc
+            .model_metadata(Request::new(ModelMetadataRequest {
+                name: "orders".into(),
+                version: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(meta.versions, ["v2", "v1"], "the active version first");
     }
 
     #[tokio::test]

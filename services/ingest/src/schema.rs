@@ -626,6 +626,12 @@ mod tests {
         }
     }
 
+    fn field_mut<'a>(s: &'a mut EventSchema, name: &str) -> &'a mut FieldDef {
+        s.fields
+            .get_mut(name)
+            .expect("the base schema has this field")
+    }
+
     fn changed(f: impl FnOnce(&mut EventSchema)) -> EventSchema {
         let mut s = base();
         s.version = 0;
@@ -646,30 +652,30 @@ mod tests {
             (
                 "widen_range",
                 changed(|s| {
-                    s.fields.get_mut("amount").map(|f| {
-                        f.min = Some(-1.0);
-                        f.max = None;
-                    });
+                    let f = field_mut(s, "amount");
+                    f.min = Some(-1.0);
+                    f.max = None;
                 }),
             ),
             (
                 "extend_allowed",
                 changed(|s| {
-                    s.fields
-                        .get_mut("channel")
-                        .map(|f| f.allowed = Some(vec!["web".into(), "shop".into()]));
+                    let f = field_mut(s, "channel");
+                    f.allowed = Some(vec!["web".into(), "shop".into()]);
                 }),
             ),
             (
                 "relax_required",
                 changed(|s| {
-                    s.fields.get_mut("amount").map(|f| f.required = false);
+                    let f = field_mut(s, "amount");
+                    f.required = false;
                 }),
             ),
             (
                 "raise_max_len",
                 changed(|s| {
-                    s.fields.get_mut("customer").map(|f| f.max_len = Some(16));
+                    let f = field_mut(s, "customer");
+                    f.max_len = Some(16);
                 }),
             ),
         ];
@@ -690,7 +696,8 @@ mod tests {
             (
                 "change_type",
                 changed(|s| {
-                    s.fields.get_mut("amount").map(|f| f.kind = FieldType::Int);
+                    let f = field_mut(s, "amount");
+                    f.kind = FieldType::Int;
                 }),
                 "changes type",
             ),
@@ -704,30 +711,32 @@ mod tests {
             (
                 "make_required",
                 changed(|s| {
-                    s.fields.get_mut("channel").map(|f| f.required = true);
+                    let f = field_mut(s, "channel");
+                    f.required = true;
                 }),
                 "becomes required",
             ),
             (
                 "narrow_range",
                 changed(|s| {
-                    s.fields.get_mut("amount").map(|f| f.max = Some(50.0));
+                    let f = field_mut(s, "amount");
+                    f.max = Some(50.0);
                 }),
                 "range narrows",
             ),
             (
                 "drop_allowed_value",
                 changed(|s| {
-                    s.fields
-                        .get_mut("channel")
-                        .map(|f| f.allowed = Some(vec!["shop".into()]));
+                    let f = field_mut(s, "channel");
+                    f.allowed = Some(vec!["shop".into()]);
                 }),
                 "\"web\" is removed",
             ),
             (
                 "shrink_max_len",
                 changed(|s| {
-                    s.fields.get_mut("customer").map(|f| f.max_len = Some(4));
+                    let f = field_mut(s, "customer");
+                    f.max_len = Some(4);
                 }),
                 "max_len shrinks",
             ),
