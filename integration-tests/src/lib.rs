@@ -11,6 +11,8 @@
 //!   broker, the test pipeline file, gRPC clients, and the exactly-once check most tests
 //!   end with.
 //! - [`http`]: a tiny HTTP/1.1 GET, `/metrics` scraping and a Prometheus text parser.
+//! - [`monitor`]: raw publishes to a stream, monitor's JSON health, `promtool`, SIGSTOP,
+//!   seeded normal values and process memory, for monitor's tests and benchmark.
 //! - [`otlp`]: [`OtlpReceiver`], an OTLP/gRPC trace collector that keeps every span.
 //! - [`wait`]: [`wait_until`], polling with backoff instead of sleeping.
 //!
@@ -19,6 +21,7 @@
 //! Set `MILLRACE_KEEP_TEST_DIRS=1` to keep every test's directory (logs, data, stores).
 
 pub mod http;
+pub mod monitor;
 pub mod nats;
 pub mod otlp;
 pub mod pipeline;

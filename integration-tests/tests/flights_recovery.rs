@@ -165,9 +165,16 @@ async fn flights_replay_survives_random_kills_of_enrich_and_feature_state() -> R
         total > 100_000,
         "the selection must hold over 100k flights, has {total}"
     );
-    let toml = std::fs::read_to_string(
+    let example = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/pipeline.toml"),
     )?;
+    // The example forgets entities idle for 30 days (a carrier that flew once in
+    // January is gone by May); lifetime counts over four months need them kept.
+    let toml = example.replace("entity_ttl = \"30d\"", "entity_ttl = \"365d\"");
+    ensure!(
+        toml != example,
+        "the example pipeline no longer sets entity_ttl = \"30d\"; update this test"
+    );
     let mut pipeline = Pipeline::builder()
         .pipeline_toml(toml)
         .only(&[Service::Ingest, Service::Enrich, Service::FeatureState])

@@ -33,6 +33,9 @@ pub struct Pipeline {
     pub ingest: IngestLimits,
     #[serde(default)]
     pub enrich: EnrichSettings,
+    /// Event time and state bounds of feature-state (`[feature_state]`).
+    #[serde(default)]
+    pub feature_state: FeatureStateSettings,
 }
 
 /// What enrich does to each event: drop noise by rule, keep reference tables
@@ -255,23 +258,687 @@ impl FieldType {
     }
 }
 
-/// One feature feature-state maintains per entity.
+/// One feature feature-state maintains per entity: the `aggregation` of the
+/// `source` events of each entity (only those matching `filter`, when given)
+/// over `window` in event time. feature-state's `aggregate` and `window`
+/// modules say exactly what each one computes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureDef {
     pub name: String,
     /// Event type that updates it.
     pub source: String,
-    /// Field of the source event whose value names the entity.
-    pub entity: String,
+    /// Field (`entity = "origin"`) or fields (`entity = ["origin", "dest"]`)
+    /// of the source event whose values name the entity.
+    pub entity: EntityKey,
     pub aggregation: Aggregation,
+    /// The field aggregated: every aggregation but `count` reads one.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Only events matching this expression (the [`crate::filter`] form) count.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// `{ kind = "sliding", size = "1h", granularity = "1m" }` and the like;
+    /// the entity's lifetime when absent.
+    #[serde(default)]
+    pub window: WindowDef,
+    /// `distinct_count` only: distinct values kept per entity and window
+    /// before the count saturates; `[feature_state] max_distinct` when absent.
+    #[serde(default)]
+    pub max_distinct: Option<usize>,
 }
 
+impl FeatureDef {
+    /// How many distinct values a `distinct_count` keeps before it saturates.
+    pub fn distinct_bound(&self, settings: &FeatureStateSettings) -> usize {
+        self.max_distinct.unwrap_or(settings.max_distinct)
+    }
+}
+
+/// What a feature computes over the events in its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
-    /// Events seen for the entity since the pipeline started.
+    /// Events seen.
     Count,
+    Sum,
+    Mean,
+    Min,
+    Max,
+    /// Population standard deviation (Welford).
+    Stddev,
+    /// The value of the event with the latest event time.
+    Last,
+    /// Distinct values of the field, exact up to `max_distinct`.
+    DistinctCount,
+}
+
+impl Aggregation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Sum => "sum",
+            Self::Mean => "mean",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Stddev => "stddev",
+            Self::Last => "last",
+            Self::DistinctCount => "distinct_count",
+        }
+    }
+
+    /// Whether it reads a `field`, and whether that field must be numeric.
+    fn reads(self) -> (bool, bool) {
+        match self {
+            Self::Count => (false, false),
+            Self::DistinctCount => (true, false),
+            _ => (true, true),
+        }
+    }
+}
+
+/// The stretch of event time a feature summarises, as of an event's time `t`.
+/// Windows are aligned to the Unix epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowDef {
+    /// Every event since the entity appeared (or reappeared after its TTL).
+    #[default]
+    Lifetime,
+    /// The last complete window `[k·size, (k+1)·size)` ending at or before `t`.
+    Tumbling { size: EventDuration },
+    /// The last complete window of length `size` ending at a multiple of `hop` at or before `t`.
+    Hopping {
+        size: EventDuration,
+        hop: EventDuration,
+    },
+    /// The trailing window `(t − size, t]`, its older edge moving in steps of `granularity`.
+    Sliding {
+        size: EventDuration,
+        granularity: EventDuration,
+    },
+    /// The entity's session open at `t`: events less than `gap` apart.
+    Session { gap: EventDuration },
+}
+
+impl WindowDef {
+    /// How far before `t` the oldest event the window can hold lies (0 for lifetime).
+    pub fn reach(self) -> EventDuration {
+        match self {
+            Self::Lifetime => EventDuration::ZERO,
+            Self::Tumbling { size } => EventDuration(size.0.saturating_mul(2)),
+            Self::Hopping { size, hop } => EventDuration(size.0.saturating_add(hop.0)),
+            Self::Sliding { size, .. } => size,
+            Self::Session { gap } => gap,
+        }
+    }
+
+    fn check(self) -> Result<(), String> {
+        let positive = |what: &str, d: EventDuration| {
+            if d.0 > 0 {
+                Ok(())
+            } else {
+                Err(format!("window {what} must be longer than 0"))
+            }
+        };
+        match self {
+            Self::Lifetime => Ok(()),
+            Self::Tumbling { size } => positive("size", size),
+            Self::Session { gap } => positive("gap", gap),
+            Self::Hopping { size, hop: step }
+            | Self::Sliding {
+                size,
+                granularity: step,
+            } => {
+                positive("size", size)?;
+                positive("step", step)?;
+                if size.0 % step.0 != 0 {
+                    return Err(format!(
+                        "window size {size} is not a whole number of steps of {step}"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A length of event time, written `500ms`, `90s`, `15m`, `1h` or `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventDuration(i64);
+
+impl EventDuration {
+    pub const ZERO: Self = Self(0);
+
+    pub fn from_micros(us: i64) -> Self {
+        Self(us.max(0))
+    }
+
+    pub fn from_secs(secs: i64) -> Self {
+        Self(secs.max(0).saturating_mul(1_000_000))
+    }
+
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for EventDuration {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let unit_us: i64 = match unit {
+            "ms" => 1_000,
+            "s" => 1_000_000,
+            "m" => 60_000_000,
+            "h" => 3_600_000_000,
+            "d" => 86_400_000_000,
+            _ => {
+                return Err(format!(
+                    "duration `{text}`: write a whole number and a unit: ms, s, m, h or d (e.g. \"15m\")"
+                ))
+            }
+        };
+        let n: i64 = digits
+            .parse()
+            .map_err(|_| format!("duration `{text}`: `{digits}` is not a whole number"))?;
+        n.checked_mul(unit_us)
+            .map(Self)
+            .ok_or_else(|| format!("duration `{text}` is too long"))
+    }
+}
+
+impl From<EventDuration> for String {
+    fn from(d: EventDuration) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for EventDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let units = [
+            (86_400_000_000, "d"),
+            (3_600_000_000, "h"),
+            (60_000_000, "m"),
+            (1_000_000, "s"),
+            (1_000, "ms"),
+        ];
+        for (size, unit) in units {
+            if self.0 % size == 0 {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}us", self.0)
+    }
+}
+
+/// The entity a feature is kept for: one field or a combination of fields.
+/// It reads as its name (`origin`, `origin+dest`) where a `&str` is expected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "EntityFields", into = "EntityFields")]
+pub struct EntityKey {
+    fields: Vec<String>,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum EntityFields {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TryFrom<EntityFields> for EntityKey {
+    type Error = String;
+
+    fn try_from(f: EntityFields) -> Result<Self, String> {
+        let fields = match f {
+            EntityFields::One(one) => vec![one],
+            EntityFields::Many(many) => many,
+        };
+        Self::new(fields)
+    }
+}
+
+impl From<EntityKey> for EntityFields {
+    fn from(k: EntityKey) -> Self {
+        match <[String; 1]>::try_from(k.fields) {
+            Ok([one]) => EntityFields::One(one),
+            Err(many) => EntityFields::Many(many),
+        }
+    }
+}
+
+impl EntityKey {
+    pub fn new(fields: Vec<String>) -> Result<Self, String> {
+        if fields.is_empty() || fields.iter().any(|f| f.is_empty()) {
+            return Err("entity: name one field or a list of fields".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = fields.iter().find(|f| !seen.insert(f.as_str())) {
+            return Err(format!("entity: field `{twice}` is named twice"));
+        }
+        Ok(Self {
+            name: fields.join("+"),
+            fields,
+        })
+    }
+
+    pub fn fields(&self) -> &[String] {
+        &self.fields
+    }
+
+    /// `origin`, or `origin+dest` for a combination.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key of the entity a record names: the field's value printed
+    /// (strings as they are, numbers and bools in Rust's `Display`); for a
+    /// combination, the values joined with `|`, with `|` and `\` inside a string
+    /// escaped by `\` (`JFK|LAX`). `None` when a field is absent or null.
+    pub fn key_of<'a>(
+        &self,
+        lookup: impl Fn(&str) -> Option<&'a millrace_proto::Value>,
+    ) -> Option<String> {
+        let mut key = String::new();
+        self.write_key(lookup, &mut key).then_some(key)
+    }
+
+    /// Like [`Self::key_of`] into a reused buffer (cleared first); false when a field is missing.
+    pub fn write_key<'a>(
+        &self,
+        lookup: impl Fn(&str) -> Option<&'a millrace_proto::Value>,
+        out: &mut String,
+    ) -> bool {
+        use millrace_proto::value::Kind;
+        use std::fmt::Write as _;
+        out.clear();
+        for (i, field) in self.fields.iter().enumerate() {
+            let Some(kind) = lookup(field).and_then(|v| v.kind.as_ref()) else {
+                return false;
+            };
+            if i > 0 {
+                out.push('|');
+            }
+            // Writing into a String cannot fail.
+            let _ = match kind {
+                Kind::StringValue(s) if self.fields.len() == 1 => {
+                    out.push_str(s);
+                    Ok(())
+                }
+                Kind::StringValue(s) => {
+                    for c in s.chars() {
+                        if c == '|' || c == '\\' {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                    Ok(())
+                }
+                Kind::IntValue(v) => write!(out, "{v}"),
+                Kind::TimestampUs(v) => write!(out, "{v}"),
+                Kind::BoolValue(v) => write!(out, "{v}"),
+                Kind::DoubleValue(v) => write!(out, "{v}"),
+            };
+        }
+        true
+    }
+}
+
+impl std::ops::Deref for EntityKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How feature-state treats event time and bounds its state (`[feature_state]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureStateSettings {
+    /// An event older than its partition's newest event time minus this is
+    /// late: counted, sent to `dlq.feature-state` (reason `late`), not applied.
+    pub allowed_lateness: EventDuration,
+    /// An entity without events for this long in event time is forgotten.
+    /// At least the reach of every window.
+    pub entity_ttl: EventDuration,
+    /// Default bound of `distinct_count` features.
+    pub max_distinct: usize,
+}
+
+impl Default for FeatureStateSettings {
+    fn default() -> Self {
+        Self {
+            allowed_lateness: EventDuration::from_secs(300),
+            entity_ttl: EventDuration::from_secs(7 * 86_400),
+            max_distinct: 10_000,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Fields an event of type `event` carries once enriched: its own and
+    /// those enrich joins onto it.
+    fn enriched_field_type(&self, event: &str, field: &str) -> Option<Option<FieldType>> {
+        if let Some(def) = self.events.get(event).and_then(|s| s.fields.get(field)) {
+            return Some(Some(def.kind));
+        }
+        self.enrich
+            .joins
+            .iter()
+            .filter(|j| j.event == event)
+            .find_map(|j| {
+                let column = field.strip_prefix(j.prefix.as_str())?;
+                j.fields.iter().any(|f| f == column).then(|| {
+                    let table = self.enrich.tables.iter().find(|t| t.name == j.table)?;
+                    Some(self.events.get(&table.source)?.fields.get(column)?.kind)
+                })
+            })
+    }
+
+    fn check_features(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        let settings = &self.feature_state;
+        for f in &self.features {
+            let what = format!("feature {}", f.name);
+            if !names.insert(f.name.as_str()) {
+                return Err(format!("{what}: declared twice"));
+            }
+            let schema = self.events.get(&f.source).ok_or_else(|| {
+                format!("{what}: source event type `{}` is not declared", f.source)
+            })?;
+            if schema.label {
+                return Err(format!(
+                    "{what}: `{}` is a label type: ingest routes it to LABELS, which feature-state does not read",
+                    f.source
+                ));
+            }
+            for field in f.entity.fields() {
+                if self.enriched_field_type(&f.source, field).is_none() {
+                    return Err(format!(
+                        "{what}: entity field `{field}` is not a field of `{}`",
+                        f.source
+                    ));
+                }
+            }
+            let (reads, numeric) = f.aggregation.reads();
+            match (&f.field, reads) {
+                (None, true) => {
+                    return Err(format!(
+                        "{what}: {} needs `field`, the field it aggregates",
+                        f.aggregation.name()
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(format!("{what}: count reads no `field`; leave it out"))
+                }
+                (Some(field), true) => match self.enriched_field_type(&f.source, field) {
+                    None => {
+                        return Err(format!(
+                            "{what}: field `{field}` is not a field of `{}`",
+                            f.source
+                        ))
+                    }
+                    Some(Some(FieldType::String)) if numeric => {
+                        return Err(format!(
+                            "{what}: {} needs a numeric field; `{field}` is a string",
+                            f.aggregation.name()
+                        ))
+                    }
+                    Some(_) => {}
+                },
+                (None, false) => {}
+            }
+            if let Some(text) = &f.filter {
+                let expr =
+                    crate::filter::Expr::parse(text).map_err(|e| format!("{what}: filter: {e}"))?;
+                if let Some(field) = expr
+                    .fields()
+                    .into_iter()
+                    .find(|x| self.enriched_field_type(&f.source, x).is_none())
+                {
+                    return Err(format!(
+                        "{what}: filter reads `{field}`, which is not a field of `{}`",
+                        f.source
+                    ));
+                }
+            }
+            f.window.check().map_err(|e| format!("{what}: {e}"))?;
+            if f.max_distinct.is_some() && f.aggregation != Aggregation::DistinctCount {
+                return Err(format!("{what}: max_distinct is for distinct_count only"));
+            }
+            if f.distinct_bound(settings) == 0 {
+                return Err(format!("{what}: max_distinct must be at least 1"));
+            }
+            if f.window.reach() > settings.entity_ttl {
+                return Err(format!(
+                    "{what}: its window reaches back {}, longer than feature_state.entity_ttl ({}): entities would be forgotten while the window still holds their events",
+                    f.window.reach(),
+                    settings.entity_ttl
+                ));
+            }
+            if let Some((t, _)) = self
+                .events
+                .iter()
+                .find(|(_, s)| s.score && s.fields.contains_key(&f.name))
+            {
+                return Err(format!(
+                    "{what}: `{t}` has a field of the same name; a feature vector would carry both"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod feature_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [pipeline]
+        name = "t"
+        partitions = 2
+        [events.flight]
+        key_field = "origin"
+        score = true
+        [events.flight.fields]
+        origin = { type = "string", required = true }
+        dest = { type = "string", required = true }
+        distance = { type = "double" }
+        [events.departed]
+        label = true
+        [events.departed.fields]
+        id = { type = "string", required = true }
+        delay = { type = "double", required = true }
+        [label]
+        event = "departed"
+        key_field = "id"
+        scored_key_field = "origin"
+        value_field = "delay"
+        op = ">="
+        threshold = 15.0
+        [model]
+        name = "m"
+        version = "1"
+        inputs = [{ name = "x", weight = 0.5 }]
+    "#;
+
+    fn with(feature: &str) -> Result<Pipeline, String> {
+        Pipeline::parse(
+            &format!("{BASE}\n[[features]]\n{feature}"),
+            Path::new("t.toml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn feature_definitions_parse_with_their_windows() {
+        let us = |s: i64| EventDuration::from_secs(s);
+        let cases = [
+            (
+                r#"name = "n"
+                source = "flight"
+                entity = "origin"
+                aggregation = "count""#,
+                Aggregation::Count,
+                WindowDef::Lifetime,
+                vec!["origin"],
+            ),
+            (
+                r#"name = "n"
+                source = "flight"
+                entity = ["origin", "dest"]
+                aggregation = "mean"
+                field = "distance"
+                window = { kind = "sliding", size = "1h", granularity = "1m" }"#,
+                Aggregation::Mean,
+                WindowDef::Sliding {
+                    size: us(3600),
+                    granularity: us(60),
+                },
+                vec!["origin", "dest"],
+            ),
+            (
+                r#"name = "n"
+                source = "flight"
+                entity = "dest"
+                aggregation = "distinct_count"
+                field = "origin"
+                max_distinct = 50
+                window = { kind = "hopping", size = "1d", hop = "6h" }"#,
+                Aggregation::DistinctCount,
+                WindowDef::Hopping {
+                    size: us(86_400),
+                    hop: us(21_600),
+                },
+                vec!["dest"],
+            ),
+            (
+                r#"name = "n"
+                source = "flight"
+                entity = "origin"
+                aggregation = "stddev"
+                field = "distance"
+                filter = "distance > 100"
+                window = { kind = "tumbling", size = "30m" }"#,
+                Aggregation::Stddev,
+                WindowDef::Tumbling { size: us(1800) },
+                vec!["origin"],
+            ),
+            (
+                r#"name = "n"
+                source = "flight"
+                entity = "origin"
+                aggregation = "last"
+                field = "distance"
+                window = { kind = "session", gap = "90s" }"#,
+                Aggregation::Last,
+                WindowDef::Session { gap: us(90) },
+                vec!["origin"],
+            ),
+        ];
+        for (text, aggregation, window, entity) in cases {
+            let p = with(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let f = &p.features[0];
+            assert_eq!((f.aggregation, f.window), (aggregation, window), "{text}");
+            assert_eq!(f.entity.fields(), entity.as_slice());
+            assert_eq!(&*f.entity, entity.join("+"));
+        }
+    }
+
+    #[test]
+    fn invalid_feature_definitions_are_refused_with_the_reason() {
+        let base = "name = \"n\"\nsource = \"flight\"\nentity = \"origin\"\n";
+        let cases = [
+            ("aggregation = \"sum\"", "sum needs `field`"),
+            ("aggregation = \"count\"\nfield = \"distance\"", "count reads no `field`"),
+            ("aggregation = \"mean\"\nfield = \"dest\"", "needs a numeric field; `dest` is a string"),
+            ("aggregation = \"sum\"\nfield = \"nope\"", "field `nope` is not a field of `flight`"),
+            ("aggregation = \"count\"\nfilter = \"distance >\"", "filter"),
+            ("aggregation = \"count\"\nfilter = \"seats > 3\"", "filter reads `seats`"),
+            ("aggregation = \"count\"\nwindow = { kind = \"sliding\", size = \"1h\", granularity = \"7m\" }", "not a whole number of steps"),
+            ("aggregation = \"count\"\nwindow = { kind = \"tumbling\", size = \"0s\" }", "longer than 0"),
+            ("aggregation = \"count\"\nwindow = { kind = \"tumbling\", size = \"1 hour\" }", "duration `1 hour`"),
+            ("aggregation = \"count\"\nwindow = { kind = \"tumbling\", size = \"60\" }", "a unit"),
+            ("aggregation = \"count\"\nwindow = { kind = \"weekly\" }", "unknown variant `weekly`"),
+            ("aggregation = \"count\"\nwindow = { kind = \"session\", gap = \"8d\" }", "longer than feature_state.entity_ttl"),
+            ("aggregation = \"count\"\nmax_distinct = 5", "max_distinct is for distinct_count"),
+            ("aggregation = \"median\"", "unknown variant `median`"),
+        ];
+        for (rest, expected) in cases {
+            let err = with(&format!("{base}{rest}")).expect_err(expected);
+            assert!(err.contains(expected), "{rest}: {err}");
+        }
+        let others = [
+            ("name = \"n\"\nsource = \"departed\"\nentity = \"id\"\naggregation = \"count\"", "is a label type"),
+            ("name = \"n\"\nsource = \"flight\"\nentity = [\"origin\", \"nope\"]\naggregation = \"count\"", "entity field `nope`"),
+            ("name = \"n\"\nsource = \"flight\"\nentity = [\"origin\", \"origin\"]\naggregation = \"count\"", "named twice"),
+            ("name = \"n\"\nsource = \"flight\"\nentity = []\naggregation = \"count\"", "name one field"),
+            ("name = \"dest\"\nsource = \"flight\"\nentity = \"origin\"\naggregation = \"count\"", "has a field of the same name"),
+            ("name = \"n\"\nsource = \"flight\"\nentity = \"origin\"\naggregation = \"count\"\n[[features]]\nname = \"n\"\nsource = \"flight\"\nentity = \"dest\"\naggregation = \"count\"", "declared twice"),
+        ];
+        for (text, expected) in others {
+            let err = with(text).expect_err(expected);
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn feature_state_settings_default_and_parse() {
+        let p =
+            with("name = \"n\"\nsource = \"flight\"\nentity = \"origin\"\naggregation = \"count\"")
+                .expect("parses");
+        assert_eq!(p.feature_state, FeatureStateSettings::default());
+        assert_eq!(p.feature_state.allowed_lateness.to_string(), "5m");
+        let p = Pipeline::parse(
+            &format!("{BASE}\n[feature_state]\nallowed_lateness = \"2h\"\nentity_ttl = \"30d\"\nmax_distinct = 7\n"),
+            Path::new("t.toml"),
+        )
+        .expect("parses");
+        assert_eq!(
+            p.feature_state.allowed_lateness,
+            EventDuration::from_secs(7200)
+        );
+        assert_eq!(p.feature_state.entity_ttl.to_string(), "30d");
+        assert_eq!(p.feature_state.max_distinct, 7);
+    }
+
+    #[test]
+    fn entity_keys_join_field_values_deterministically() {
+        let v = millrace_proto::Value::string;
+        let fields: BTreeMap<&str, millrace_proto::Value> = [
+            ("origin", v("JFK")),
+            ("dest", v("LAX")),
+            ("odd", v("a|b\\c")),
+            ("flight", millrace_proto::Value::int(1545)),
+            ("delayed", millrace_proto::Value::bool(true)),
+        ]
+        .into();
+        let key = |names: &[&str]| {
+            EntityKey::new(names.iter().map(|s| s.to_string()).collect())
+                .expect("entity")
+                .key_of(|f| fields.get(f))
+        };
+        let cases: [(&[&str], Option<&str>); 6] = [
+            (&["origin"], Some("JFK")),
+            (&["origin", "dest"], Some("JFK|LAX")),
+            (&["dest", "origin"], Some("LAX|JFK")),
+            (&["odd"], Some("a|b\\c")),
+            (&["origin", "odd"], Some("JFK|a\\|b\\\\c")),
+            (&["origin", "missing"], None),
+        ];
+        for (names, expected) in cases {
+            assert_eq!(key(names).as_deref(), expected, "{names:?}");
+        }
+        assert_eq!(key(&["flight", "delayed"]).as_deref(), Some("1545|true"));
+    }
 }
 
 /// Turns a label event into a [`millrace_proto::Label`]: which field names the
@@ -452,20 +1119,7 @@ impl Pipeline {
                 }
             }
         }
-        for f in &self.features {
-            let schema = self.events.get(&f.source).ok_or_else(|| {
-                format!(
-                    "feature {}: source event type `{}` is not declared",
-                    f.name, f.source
-                )
-            })?;
-            if !schema.fields.contains_key(&f.entity) {
-                return Err(format!(
-                    "feature {}: entity field `{}` is not a field of `{}`",
-                    f.name, f.entity, f.source
-                ));
-            }
-        }
+        self.check_features()?;
         let label_types: Vec<&String> = self
             .events
             .iter()

@@ -1,17 +1,25 @@
-//! `GetOnlineFeatures` over gRPC: a thin adapter onto the `FeatureStore` actor.
+//! `GetOnlineFeatures` over gRPC: a thin adapter onto the store's actor.
+//!
+//! Windows are evaluated at feature-state's clock, the newest event time it has
+//! applied (not the wall clock: a replay of 2013 reads as of 2013). Each value
+//! answers PRESENT with the event time of the newest event that updated it (its
+//! freshness is the clock minus that), NOT_FOUND for an entity never seen or
+//! forgotten after its TTL, UNKNOWN_FEATURE for a name the pipeline does not
+//! declare; a PRESENT value left unset means the entity is known but its window
+//! holds nothing to summarise (the mean of no events).
 
 use actix::Addr;
 use millrace_proto::feature_state_server::FeatureState;
 use millrace_proto::{GetOnlineFeaturesRequest, GetOnlineFeaturesResponse};
 use tonic::{Request, Response, Status};
 
-use crate::state::{FeatureStore, Lookup};
+use crate::actor::{FeatureStoreActor, Lookup};
 
 /// Most entities one call may ask for, so one caller cannot stall the actor.
 const MAX_ENTITIES: usize = 10_000;
 
 pub struct OnlineFeatures {
-    pub store: Addr<FeatureStore>,
+    pub store: Addr<FeatureStoreActor>,
 }
 
 #[tonic::async_trait]

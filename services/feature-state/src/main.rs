@@ -1,14 +1,7 @@
-//! millrace-feature-state: reads ENRICHED, keeps per-entity features, publishes
-//! a point-in-time feature vector to FEATURES for every scored event, and
-//! serves `GetOnlineFeatures`.
-//!
-//! # Layout
-//! - [`state`]: the `FeatureStore` actor: aggregates, vectors, lookups.
-//! - [`api`]: the gRPC adapter.
-//! - `main` wires config, NATS, the actor, the stage loop, gRPC and HTTP.
+//! millrace-feature-state: wires config, NATS, the store's actor, the stage
+//! loop, gRPC and HTTP. The work is in the library (see its layout).
 
-mod api;
-mod state;
+use std::time::Instant;
 
 use actix::Actor;
 use anyhow::Context as _;
@@ -20,6 +13,9 @@ use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_chassis::stage::{self, Source, StageSpec};
 use millrace_chassis::{runtime, telemetry};
+use millrace_feature_state::{
+    api, EncodedState, FeatureSpec, FeatureStore, FeatureStoreActor, STAGE,
+};
 use millrace_proto::feature_state_server::FeatureStateServer;
 
 fn main() -> anyhow::Result<()> {
@@ -45,7 +41,7 @@ async fn run() -> anyhow::Result<()> {
     let store = SnapshotStore::open(&env.data_dir)?;
 
     let spec = StageSpec {
-        stage: "feature-state",
+        stage: STAGE,
         sources: vec![Source::new(StreamKind::Enriched, "feature-state")],
         snapshot_key: "feature-state".into(),
         batch_size: 512,
@@ -53,13 +49,26 @@ async fn run() -> anyhow::Result<()> {
         snapshot_every: env.snapshot_every,
         span_name: "feature-state",
     };
-    let (tables, resume_after) = stage::load_state::<state::FeatureTables>(&store, &spec)?;
-    let features = state::FeatureStore::new(
-        state::FeatureSpec::from_pipeline(&pipeline),
-        tables,
-        &metrics,
-    )
-    .start();
+    let started = Instant::now();
+    let (state, resume_after) = stage::load_state::<EncodedState>(&store, &spec)?;
+    let (features, restored) = FeatureStore::new(FeatureSpec::from_pipeline(&pipeline), &metrics)
+        .restore(&state.0)
+        .context("restoring feature state")?;
+    drop(state);
+    tracing::info!(
+        entities = restored.entities,
+        started_empty = ?restored.started_empty,
+        dropped = ?restored.dropped,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "feature state loaded"
+    );
+    if resume_after.0.iter().any(|&s| s > 0) && !restored.started_empty.is_empty() {
+        tracing::warn!(
+            features = ?restored.started_empty,
+            "these features are new or changed since the snapshot: they start empty (no backfill from the stream)"
+        );
+    }
+    let features = FeatureStoreActor::new(features).start();
 
     let grpc_addr = env
         .grpc_addr

@@ -2,6 +2,9 @@
 //! JSON at `GET /v1/model-health[?model=NAME]`, for dashboards and `curl`.
 //! Both are thin adapters onto the `HealthBoard` actor; an empty or absent
 //! model means every model, and an unknown model is an empty list, not an error.
+//! The JSON carries every figure of the [`HealthReport`] (quality, drift,
+//! latency, the join); the gRPC message carries the prediction stats and the
+//! alerts firing, which is what its fields hold.
 
 use actix::Addr;
 use axum::extract::{RawQuery, State};
@@ -10,13 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use millrace_proto::monitor_server::Monitor;
-use millrace_proto::{
-    Alert, AlertState, GetModelHealthRequest, GetModelHealthResponse, ModelHealth,
-};
+use millrace_proto::{Alert, AlertState, GetModelHealthRequest, GetModelHealthResponse};
 use serde::Serialize;
 use tonic::{Request, Status};
 
 use crate::health::{HealthBoard, ModelHealthQuery};
+use crate::report::{FeatureReport, HealthReport, JoinReport, ModelReport};
 
 /// The HTTP path of the JSON view.
 pub const MODEL_HEALTH_PATH: &str = "/v1/model-health";
@@ -38,7 +40,7 @@ impl Monitor for ModelHealthApi {
             .send(ModelHealthQuery { model })
             .await
             .map_err(|e| Status::unavailable(format!("the health board is not running: {e}")))?;
-        Ok(tonic::Response::new(report))
+        Ok(tonic::Response::new(report.to_proto()))
     }
 }
 
@@ -119,41 +121,25 @@ fn percent_decode(text: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "not UTF-8 once decoded".into())
 }
 
-/// The JSON shape of `GetModelHealthResponse`, field for field.
+/// The JSON shape: each model version's fields of `GetModelHealthResponse`
+/// first, then every other figure of the report.
 #[derive(Serialize)]
 struct HealthReportJson<'a> {
-    models: Vec<ModelHealthJson<'a>>,
+    models: &'a [ModelReport],
+    features: &'a [FeatureReport],
+    join: &'a JoinReport,
+    throughput: &'a std::collections::BTreeMap<String, Option<f64>>,
     firing: Vec<AlertJson<'a>>,
 }
 
-impl<'a> From<&'a GetModelHealthResponse> for HealthReportJson<'a> {
-    fn from(r: &'a GetModelHealthResponse) -> Self {
+impl<'a> From<&'a HealthReport> for HealthReportJson<'a> {
+    fn from(r: &'a HealthReport) -> Self {
         Self {
-            models: r.models.iter().map(ModelHealthJson::from).collect(),
+            models: &r.models,
+            features: &r.features,
+            join: &r.join,
+            throughput: &r.throughput,
             firing: r.firing.iter().map(AlertJson::from).collect(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ModelHealthJson<'a> {
-    model: &'a str,
-    model_version: &'a str,
-    predictions: u64,
-    predicted_positive: u64,
-    mean_score: f64,
-    last_prediction_time_us: i64,
-}
-
-impl<'a> From<&'a ModelHealth> for ModelHealthJson<'a> {
-    fn from(h: &'a ModelHealth) -> Self {
-        Self {
-            model: &h.model,
-            model_version: &h.model_version,
-            predictions: h.predictions,
-            predicted_positive: h.predicted_positive,
-            mean_score: h.mean_score,
-            last_prediction_time_us: h.last_prediction_time_us,
         }
     }
 }
@@ -202,7 +188,8 @@ impl<'a> From<&'a Alert> for AlertJson<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{HealthMetrics, MonitorState};
+    use crate::health::MonitorState;
+    use crate::metrics::MonitorMetrics;
     use actix::Actor;
     use millrace_chassis::metrics::Metrics;
     use millrace_proto::Prediction;
@@ -234,20 +221,26 @@ mod tests {
     }
 
     fn board() -> Addr<HealthBoard> {
-        let mut b = HealthBoard::new(MonitorState::default(), HealthMetrics::new(&Metrics::new()));
+        let mut b = HealthBoard::with_defaults(
+            MonitorState::default(),
+            MonitorMetrics::new(&Metrics::new()),
+        );
         for (id, model, score) in [
             ("a", "fraud", 0.5),
             ("b", "fraud", 1.0),
             ("c", "delay", 0.0),
         ] {
-            b.observe(&Prediction {
-                event_id: id.into(),
-                model: model.into(),
-                model_version: "1".into(),
-                score,
-                predict_time_us: 7,
-                ..Default::default()
-            });
+            b.observe(
+                &Prediction {
+                    event_id: id.into(),
+                    model: model.into(),
+                    model_version: "1".into(),
+                    score,
+                    predict_time_us: 7,
+                    ..Default::default()
+                },
+                &opentelemetry::Context::new(),
+            );
         }
         b.start()
     }
@@ -276,12 +269,26 @@ mod tests {
         assert_eq!(all["firing"], serde_json::json!([]));
 
         let (_, fraud) = get_json(board.clone(), Some("model=fraud")).await;
+        let models = fraud["models"].as_array().unwrap();
+        assert_eq!(models.len(), 1);
+        // The fields GetModelHealth has always had, then the figures the report adds.
+        let expected = serde_json::json!({
+            "model": "fraud", "model_version": "1", "predictions": 2, "predicted_positive": 0,
+            "mean_score": 0.75, "last_prediction_time_us": 7
+        });
+        for (field, value) in expected.as_object().unwrap() {
+            assert_eq!(&models[0][field], value, "{field}");
+        }
+        assert_eq!(models[0]["labelled"], 0);
         assert_eq!(
-            fraud["models"],
-            serde_json::json!([{
-                "model": "fraud", "model_version": "1", "predictions": 2, "predicted_positive": 0,
-                "mean_score": 0.75, "last_prediction_time_us": 7
-            }])
+            models[0]["quality"]["labels"]["accuracy"],
+            serde_json::Value::Null
+        );
+        assert_eq!(models[0]["quality"]["time"]["labelled"], 0);
+        assert!(models[0]["latency"]["event_to_prediction_seconds"].is_object());
+        assert_eq!(
+            fraud["join"]["waiting_predictions"], 0,
+            "no label_key: nothing waits"
         );
         let (status, unknown) = get_json(board.clone(), Some("model=nope")).await;
         assert_eq!(status, StatusCode::OK);

@@ -1,17 +1,6 @@
-//! millrace-monitor: reads PREDICTIONS, keeps per model version what the
-//! predictions say about the model, exports it as Prometheus metrics and
-//! answers `GetModelHealth` (gRPC, and JSON at `/v1/model-health`).
-//!
-//! # Layout
-//! - [`stats`]: per model version prediction stats (counts, positives, mean score).
-//! - [`health`]: the `HealthBoard` actor: owns the state monitor snapshots and
-//!   mirrors it into metrics.
-//! - [`api`]: the gRPC and HTTP adapters onto the board.
-//! - `main` wires config, NATS, the actor, the stage loop, gRPC and HTTP.
-
-mod api;
-mod health;
-mod stats;
+//! millrace-monitor: wires config, NATS, the `HealthBoard` actor, the stage loop
+//! over PREDICTIONS, LABELS and FEATURES, gRPC and HTTP. The library
+//! (`millrace_monitor`) does the work; see its layout.
 
 use actix::Actor;
 use anyhow::Context as _;
@@ -21,9 +10,13 @@ use millrace_chassis::http::{self, Readiness};
 use millrace_chassis::metrics::{Metrics, StageMetrics};
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, Source, StageSpec};
+use millrace_chassis::stage::{self, StageSpec};
 use millrace_chassis::{runtime, telemetry};
 use millrace_proto::monitor_server::MonitorServer;
+
+use millrace_monitor::health::{HealthBoard, MonitorState, SharedState};
+use millrace_monitor::input::{self, MonitorInput};
+use millrace_monitor::{alerts, api, metrics};
 
 fn main() -> anyhow::Result<()> {
     runtime::block_on(run())
@@ -33,6 +26,8 @@ async fn run() -> anyhow::Result<()> {
     let env = ServiceEnv::from_env(Service::Monitor)?;
     let telemetry = telemetry::init(env.service)?;
     let pipeline = Pipeline::load(&env.pipeline_path)?;
+    let rules = alerts::check(&pipeline.monitor)
+        .map_err(|m| anyhow::anyhow!("pipeline file {}: {m}", env.pipeline_path.display()))?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let metrics = Metrics::new();
 
@@ -43,21 +38,36 @@ async fn run() -> anyhow::Result<()> {
         &shutdown,
     )
     .await?;
-    bus.provision(&[StreamKind::Predictions, StreamKind::Alerts, StreamKind::Dlq])
-        .await?;
+    bus.provision(&[
+        StreamKind::Predictions,
+        StreamKind::Labels,
+        StreamKind::Features,
+        StreamKind::Alerts,
+        StreamKind::Dlq,
+    ])
+    .await?;
     let store = SnapshotStore::open(&env.data_dir)?;
 
+    // One stage over the three streams: its snapshot is the whole state with
+    // the last sequence applied from each stream (see `input`).
     let spec = StageSpec {
         stage: "monitor",
-        sources: vec![Source::new(StreamKind::Predictions, "monitor")],
-        snapshot_key: "monitor".into(),
+        sources: input::sources(),
+        snapshot_key: input::SNAPSHOT_KEY.into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,
         snapshot_every: env.snapshot_every,
         span_name: "monitor",
     };
-    let (state, resume_after) = stage::load_state::<health::MonitorState>(&store, &spec)?;
-    let board = health::HealthBoard::new(state, health::HealthMetrics::new(&metrics)).start();
+    let (state, resume) = stage::load_state::<MonitorState>(&store, &spec)?;
+    tracing::info!(resume = ?resume.0, rules = rules.len(), "monitor state loaded");
+    let board = HealthBoard::new(
+        state,
+        pipeline.monitor.clone(),
+        rules,
+        metrics::MonitorMetrics::new(&metrics),
+    )
+    .start();
 
     let grpc_addr = env.grpc_addr.context("monitor needs a gRPC address")?;
     let grpc = millrace_chassis::grpc::spawn(
@@ -76,12 +86,13 @@ async fn run() -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     readiness.set_started();
-    let result = stage::run(
+
+    let result = stage::run::<HealthBoard, MonitorInput, SharedState>(
         bus,
         store,
         spec,
         board,
-        resume_after,
+        resume,
         StageMetrics::new(&metrics),
         shutdown,
     )

@@ -84,12 +84,21 @@ pub struct PredictionLedger {
 impl PredictionLedger {
     /// Records one prediction; returns its version's stats after the update.
     pub fn record(&mut self, prediction: &Prediction) -> &ModelStats {
-        let stats = self
+        // Looked up before inserting: the names are cloned once per version, not per prediction.
+        if !self.models.contains_key(&prediction.model) {
+            self.models
+                .insert(prediction.model.clone(), BTreeMap::new());
+        }
+        let versions = self
             .models
-            .entry(prediction.model.clone())
-            .or_default()
-            .entry(prediction.model_version.clone())
-            .or_default();
+            .get_mut(&prediction.model)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        if !versions.contains_key(&prediction.model_version) {
+            versions.insert(prediction.model_version.clone(), ModelStats::default());
+        }
+        let stats = versions
+            .get_mut(&prediction.model_version)
+            .unwrap_or_else(|| unreachable!("inserted above"));
         stats.record(prediction);
         stats
     }

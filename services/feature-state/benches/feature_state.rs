@@ -1,0 +1,627 @@
+//! feature-state's benchmark, one run, one table (`cargo bench -p millrace-feature-state`):
+//!
+//! 1. in-process state updates per second on one core: 10 features of every
+//!    aggregation and window over 100k entities, and the same with a vector per event;
+//! 2. memory per entity (the store's own accounting, and the process's RSS growth);
+//! 3. snapshot size and time, and recovery (load the snapshot → ready), with 1M entities:
+//!    in process, and the release binary restarted on that snapshot until `/readyz`;
+//! 4. end to end over a real nats-server: EVENTS → enrich → ENRICHED → feature-state →
+//!    FEATURES with the release binaries, next to a raw JetStream consume of the same
+//!    EVENTS stream (the baseline: ≥ 50% of it is the target).
+//!
+//! Binaries come from `MILLRACE_BIN_DIR`, default `target/release`
+//! (`cargo build --release --bins` first). `FS_BENCH_QUICK=1` shrinks every size 10×.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+use millrace_chassis::config::Pipeline;
+use millrace_chassis::metrics::Metrics;
+use millrace_chassis::partition::partition_of;
+use millrace_chassis::snapshot::SnapshotStore;
+use millrace_feature_state::{Applied, EncodedState, FeatureSpec, FeatureStore};
+use millrace_integration_tests::service::{Service, ServiceProcess, ServiceSettings};
+use millrace_integration_tests::{http_get, metric_value, metrics, test_dir, NatsServer};
+use millrace_proto::{EnrichedEvent, Event, Value};
+use prost::Message;
+
+const FEATURES: &str = r#"
+[[features]]
+name = "txn_count"
+source = "txn"
+entity = "account"
+aggregation = "count"
+
+[[features]]
+name = "amount_sum_1h"
+source = "txn"
+entity = "account"
+aggregation = "sum"
+field = "amount"
+window = { kind = "sliding", size = "1h", granularity = "1m" }
+
+[[features]]
+name = "amount_mean_prev_hour"
+source = "txn"
+entity = "account"
+aggregation = "mean"
+field = "amount"
+window = { kind = "tumbling", size = "1h" }
+
+[[features]]
+name = "amount_min_prev_hour"
+source = "txn"
+entity = "account"
+aggregation = "min"
+field = "amount"
+window = { kind = "hopping", size = "1h", hop = "15m" }
+
+[[features]]
+name = "amount_max_1d"
+source = "txn"
+entity = "account"
+aggregation = "max"
+field = "amount"
+window = { kind = "sliding", size = "1d", granularity = "1h" }
+
+[[features]]
+name = "amount_stddev"
+source = "txn"
+entity = "account"
+aggregation = "stddev"
+field = "amount"
+
+[[features]]
+name = "amount_last"
+source = "txn"
+entity = "account"
+aggregation = "last"
+field = "amount"
+
+[[features]]
+name = "merchants_1d"
+source = "txn"
+entity = "account"
+aggregation = "distinct_count"
+field = "merchant"
+window = { kind = "sliding", size = "1d", granularity = "1h" }
+
+[[features]]
+name = "session_txns"
+source = "txn"
+entity = "account"
+aggregation = "count"
+window = { kind = "session", gap = "30m" }
+
+[[features]]
+name = "amount_mean_10m"
+source = "txn"
+entity = "account"
+aggregation = "mean"
+field = "amount"
+window = { kind = "sliding", size = "10m", granularity = "1m" }
+"#;
+
+fn pipeline_toml(scored: bool) -> String {
+    format!(
+        r#"[pipeline]
+name = "bench"
+partitions = 4
+
+[events.txn]
+key_field = "account"
+score = {scored}
+[events.txn.fields]
+account = {{ type = "string", required = true }}
+merchant = {{ type = "string", required = true }}
+amount = {{ type = "double", required = true }}
+{FEATURES}
+[feature_state]
+allowed_lateness = "5m"
+entity_ttl = "7d"
+
+[model]
+name = "bench"
+version = "1"
+inputs = [{{ name = "txn_count", weight = 0.1 }}]
+"#
+    )
+}
+
+const BASE_US: i64 = 1_700_002_800_000_000;
+const DAY_US: i64 = 86_400_000_000;
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `n` transactions over `entities` accounts (each at least once when `n` allows),
+/// spread evenly over `span_us` of event time from `start_us`.
+fn txns(n: usize, entities: u64, start_us: i64, span_us: i64, seed: u64) -> Vec<EnrichedEvent> {
+    let mut rng = Rng(seed);
+    (0..n)
+        .map(|i| {
+            let account = if (i as u64) < entities {
+                i as u64
+            } else {
+                rng.below(entities)
+            };
+            let account = format!("acct-{account:07}");
+            let id = format!("t-{seed}-{i}");
+            EnrichedEvent {
+                event_id: id.clone(),
+                event: Some(Event {
+                    event_id: id,
+                    r#type: "txn".into(),
+                    schema_version: 1,
+                    partition: partition_of(&account, 4),
+                    key: account.clone(),
+                    event_time_us: start_us + span_us * i as i64 / n.max(1) as i64,
+                    fields: [
+                        ("account".to_string(), Value::string(account)),
+                        (
+                            "merchant".to_string(),
+                            Value::string(format!("m{}", rng.below(1000))),
+                        ),
+                        (
+                            "amount".to_string(),
+                            Value::double((rng.below(100_000) as f64) / 100.0),
+                        ),
+                    ]
+                    .into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn store(scored: bool) -> Result<FeatureStore> {
+    let pipeline = Pipeline::parse(&pipeline_toml(scored), std::path::Path::new("bench.toml"))?;
+    Ok(FeatureStore::new(
+        FeatureSpec::from_pipeline(&pipeline),
+        &Metrics::new(),
+    ))
+}
+
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<usize>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+struct Row(String, String, String);
+
+fn main() -> Result<()> {
+    let quick = std::env::var_os("FS_BENCH_QUICK").is_some();
+    let scale = |n: usize| if quick { n / 10 } else { n };
+    if std::env::var_os("MILLRACE_BIN_DIR").is_none() {
+        let release = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release");
+        std::env::set_var("MILLRACE_BIN_DIR", release);
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row = |what: &str, value: String, note: &str| {
+        eprintln!("  {what}: {value}");
+        rows.push(Row(what.into(), value, note.into()));
+    };
+
+    // 1. In-process updates, one core.
+    let entities = scale(100_000) as u64;
+    let n = scale(2_000_000);
+    eprintln!("generating {n} events over {entities} entities…");
+    let events = txns(n, entities, BASE_US, DAY_US, 1);
+    let rss_before = rss_bytes();
+    let mut s = store(false)?;
+    let started = Instant::now();
+    for e in &events {
+        s.apply(e, 0);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    row(
+        "in-process: events/s (10 features, unscored)",
+        format!("{:.0}", n as f64 / secs),
+        &format!("{n} events, {entities} entities, 1 core"),
+    );
+    row(
+        "in-process: feature updates/s",
+        format!("{:.0}", 10.0 * n as f64 / secs),
+        "target ≥ 1,000,000 per core",
+    );
+    let sweep = s.sweep();
+    let rss_after = rss_bytes();
+    row(
+        "memory per entity (store accounting)",
+        format!("{:.0} B", sweep.bytes as f64 / sweep.rows.max(1) as f64),
+        &format!(
+            "{} entities, {:.1} MB of state, 10 features each",
+            sweep.rows,
+            sweep.bytes as f64 / 1e6
+        ),
+    );
+    row(
+        "memory per entity (RSS growth)",
+        format!(
+            "{:.0} B",
+            rss_after.saturating_sub(rss_before) as f64 / sweep.rows.max(1) as f64
+        ),
+        "allocator overhead included",
+    );
+    drop(s);
+    let mut s = store(true)?;
+    let started = Instant::now();
+    let mut vectors = 0usize;
+    for e in &events {
+        if let Applied::OnTime(Some(_)) = s.apply(e, 0) {
+            vectors += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    row(
+        "in-process: events/s with a vector each",
+        format!("{:.0}", n as f64 / secs),
+        &format!("{vectors} point-in-time vectors of 10 features + own fields"),
+    );
+    drop(s);
+    drop(events);
+
+    // 2. 1M entities: snapshot and recovery.
+    let big = scale(1_000_000);
+    let per_entity: i64 = 3;
+    eprintln!("building {big} entities…");
+    let mut s = store(false)?;
+    for chunk in 0..per_entity {
+        for e in txns(
+            big,
+            big as u64,
+            BASE_US + chunk * DAY_US / 4,
+            DAY_US / 4,
+            100 + chunk as u64,
+        ) {
+            s.apply(&e, 0);
+        }
+    }
+    let entities = s.entity_count();
+    let dir = test_dir("fs-bench")?;
+    let data_dir = dir.path().join("data").join("feature-state");
+    std::fs::create_dir_all(&data_dir)?;
+    let snapshots = SnapshotStore::open(&data_dir)?;
+    let started = Instant::now();
+    s.sweep();
+    let sweep = started.elapsed();
+    let started = Instant::now();
+    let state = s.encode()?;
+    let encode = started.elapsed();
+    let saved = Instant::now();
+    let size = snapshots.save("feature-state", &[0], &state)?;
+    let save = saved.elapsed();
+    row(
+        "snapshot size (1M entities)",
+        format!("{:.1} MB", size as f64 / 1e6),
+        &format!(
+            "{entities} entities × 10 features, {per_entity} events each; {:.0} B/entity",
+            size as f64 / entities as f64
+        ),
+    );
+    row(
+        "snapshot time: sweep in the actor (TTL, trim, measure)",
+        format!("{:.0} ms", sweep.as_secs_f64() * 1e3),
+        "",
+    );
+    row(
+        "snapshot time: encode in the actor",
+        format!("{:.0} ms", encode.as_secs_f64() * 1e3),
+        "the actor is busy for sweep + encode",
+    );
+    row(
+        "snapshot time: chassis save (postcard, CRC, sled, fsync)",
+        format!("{:.0} ms", save.as_secs_f64() * 1e3),
+        "",
+    );
+    drop(state);
+    drop(s);
+    let started = Instant::now();
+    let loaded = snapshots
+        .load::<EncodedState>("feature-state")?
+        .context("the snapshot just saved")?;
+    let read = started.elapsed();
+    let (restored, report) = store(false)?.restore(&loaded.state.0)?;
+    let total = started.elapsed();
+    row(
+        "recovery in process: load + decode (1M entities)",
+        format!("{:.0} ms", total.as_secs_f64() * 1e3),
+        &format!(
+            "sled read + CRC {:.0} ms; {} entities restored; target < 5 s",
+            read.as_secs_f64() * 1e3,
+            report.entities
+        ),
+    );
+    drop(loaded);
+    drop(restored);
+    drop(snapshots);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let nats = NatsServer::start().await?;
+        let pipeline_path = dir.path().join("pipeline.toml");
+        std::fs::write(&pipeline_path, pipeline_toml(false))?;
+        let settings = ServiceSettings {
+            nats_url: nats.url(),
+            pipeline_path,
+            dir: dir.path().to_path_buf(),
+            otlp_endpoint: None,
+        };
+        let started = Instant::now();
+        let mut fs = ServiceProcess::spawn(Service::FeatureState, &settings)?;
+        let ready = poll_ready(&mut fs, Duration::from_secs(120)).await?;
+        let log = std::fs::read_to_string(fs.log_path()).unwrap_or_default();
+        if !log.contains(&format!("entities={entities}"))
+            && !log.contains(&format!("entities: {entities}"))
+        {
+            eprintln!(
+                "note: the log does not show {entities} entities restored:\n{}",
+                fs.log_tail(5)
+            );
+        }
+        row(
+            "recovery of the release binary: spawn → /readyz (1M entities)",
+            format!("{:.2} s", ready.as_secs_f64()),
+            &format!(
+                "process start, NATS connect, load, consumer; measured {:.2} s",
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        fs.kill().await?;
+        drop(nats);
+        anyhow::Ok(())
+    })?;
+    drop(dir);
+
+    // 3. End to end over NATS.
+    let e2e = scale(200_000);
+    let (raw, scored) = runtime.block_on(one_pipeline(e2e, true, DEFAULT_CADENCE, true, false))?;
+    let (_, unscored) =
+        runtime.block_on(one_pipeline(e2e, false, DEFAULT_CADENCE, false, false))?;
+    let (_, relaxed) = runtime.block_on(one_pipeline(e2e, true, RELAXED_CADENCE, false, false))?;
+    let (raw_enriched, alone) =
+        runtime.block_on(one_pipeline(e2e, true, DEFAULT_CADENCE, true, true))?;
+    let (_, alone_relaxed) =
+        runtime.block_on(one_pipeline(e2e, true, RELAXED_CADENCE, false, true))?;
+    row(
+        "raw JetStream consume of EVENTS",
+        format!("{raw:.0} msg/s"),
+        &format!("{e2e} events; pull consumer, no acks, 512 per batch: the baseline"),
+    );
+    row(
+        "end to end: enrich + feature-state, every event scored",
+        format!("{scored:.0} events/s"),
+        &format!(
+            "{:.0}% of raw consume (target ≥ 50%); snapshots every 1 s / 10k events (the defaults)",
+            100.0 * scored / raw
+        ),
+    );
+    row(
+        "end to end: same, no event scored (no FEATURES publish)",
+        format!("{unscored:.0} events/s"),
+        &format!("{:.0}% of raw consume", 100.0 * unscored / raw),
+    );
+    row(
+        "end to end: every event scored, snapshots every 10 s",
+        format!("{relaxed:.0} events/s"),
+        &format!("{:.0}% of raw consume", 100.0 * relaxed / raw),
+    );
+    row(
+        "raw JetStream consume of ENRICHED",
+        format!("{raw_enriched:.0} msg/s"),
+        "the same events as enrich publishes them",
+    );
+    row(
+        "feature-state alone over ENRICHED, every event scored",
+        format!("{alone:.0} events/s"),
+        &format!(
+            "{:.0}% of raw consume of ENRICHED; snapshots every 1 s / 10k events",
+            100.0 * alone / raw_enriched
+        ),
+    );
+    row(
+        "feature-state alone, snapshots every 10 s",
+        format!("{alone_relaxed:.0} events/s"),
+        &format!(
+            "{:.0}% of raw consume of ENRICHED",
+            100.0 * alone_relaxed / raw_enriched
+        ),
+    );
+
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+    println!(
+        "\nfeature-state benchmark ({} cores){}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if quick { " — QUICK sizes" } else { "" }
+    );
+    println!("| {:w0$} | {:>w1$} | note |", "measure", "value");
+    println!("|{}|{}|---|", "-".repeat(w0 + 2), "-".repeat(w1 + 2));
+    for Row(a, b, c) in &rows {
+        println!("| {a:w0$} | {b:>w1$} | {c} |");
+    }
+    Ok(())
+}
+
+async fn poll_ready(process: &mut ServiceProcess, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http_get(process.http_addr(), "/readyz").await {
+            if r.status == 200 {
+                return Ok(started.elapsed());
+            }
+        }
+        if !process.is_running() {
+            bail!(
+                "{} exited:\n{}",
+                process.service().binary(),
+                process.log_tail(20)
+            );
+        }
+        if started.elapsed() > limit {
+            bail!("not ready within {limit:?}:\n{}", process.log_tail(20));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Snapshot cadence of both services: (interval ms, every this many events).
+type Cadence = (&'static str, &'static str);
+const DEFAULT_CADENCE: Cadence = ("1000", "10000");
+const RELAXED_CADENCE: Cadence = ("10000", "100000000");
+
+/// Starts both services on an empty broker (so they provision their streams) and stops
+/// them; publishes `n` events to EVENTS as ingest would; optionally measures a raw
+/// consume of them; then restarts the services with `cadence` and measures the time until
+/// feature-state has applied all `n`.
+async fn one_pipeline(
+    n: usize,
+    scored: bool,
+    cadence: Cadence,
+    measure_raw: bool,
+    alone: bool,
+) -> Result<(f64, f64)> {
+    let nats = NatsServer::start().await?;
+    let dir = test_dir("fs-bench-e2e")?;
+    let pipeline_path = dir.path().join("pipeline.toml");
+    std::fs::write(&pipeline_path, pipeline_toml(scored))?;
+    let settings = ServiceSettings {
+        nats_url: nats.url(),
+        pipeline_path,
+        dir: dir.path().to_path_buf(),
+        otlp_endpoint: None,
+    };
+    let mut feature_state = ServiceProcess::spawn(Service::FeatureState, &settings)?;
+    feature_state.wait_ready().await?;
+    let mut enrich = ServiceProcess::spawn(Service::Enrich, &settings)?;
+    enrich.wait_ready().await?;
+    for process in [&mut feature_state, &mut enrich] {
+        process.terminate().await?;
+        process.set_env("MILLRACE_SNAPSHOT_INTERVAL_MS", cadence.0);
+        process.set_env("MILLRACE_SNAPSHOT_EVERY", cadence.1);
+        process.set_env("RUST_LOG", "warn");
+    }
+    let js = nats.jetstream().await?;
+    // Alone: feature-state reads an ENRICHED stream filled here, as enrich would.
+    let stream = if alone { "ENRICHED" } else { "EVENTS" };
+    eprintln!("publishing {n} events to {stream}…");
+    let events = txns(n, 100_000, BASE_US, DAY_US, 7);
+    let mut acks = std::collections::VecDeque::new();
+    for e in events {
+        let Some(event) = e.event.as_ref() else {
+            continue;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        let (subject, id, payload) = if alone {
+            (
+                format!("enriched.{}", event.partition),
+                format!("enrich:{}", e.event_id),
+                e.encode_to_vec(),
+            )
+        } else {
+            (
+                format!("events.txn.{}", event.partition),
+                format!("ingest:{}", e.event_id),
+                event.encode_to_vec(),
+            )
+        };
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let ack = js
+            .publish_with_headers(subject, headers, payload.into())
+            .await?;
+        acks.push_back(ack);
+        if acks.len() >= 512 {
+            if let Some(oldest) = acks.pop_front() {
+                oldest.await?;
+            }
+        }
+    }
+    while let Some(oldest) = acks.pop_front() {
+        oldest.await?;
+    }
+
+    let mut raw = 0.0;
+    if measure_raw {
+        let stream = js.get_stream(stream).await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await?;
+        let started = Instant::now();
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(512)
+            .messages()
+            .await?;
+        let mut seen = 0;
+        while seen < n {
+            match messages.next().await {
+                Some(Ok(_)) => seen += 1,
+                Some(Err(e)) => bail!("raw consume: {e}"),
+                None => bail!("raw consume ended at {seen}"),
+            }
+        }
+        raw = n as f64 / started.elapsed().as_secs_f64();
+    }
+
+    feature_state.restart().await?;
+    let started = Instant::now();
+    if !alone {
+        enrich.restart().await?;
+    }
+    loop {
+        let text = metrics(feature_state.http_addr()).await.unwrap_or_default();
+        let consumed =
+            metric_value(&text, "millrace_stage_messages_consumed_total", &[]).unwrap_or(0.0);
+        if consumed >= n as f64 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) || !(alone || enrich.is_running()) {
+            bail!(
+                "end to end stalled at {consumed} of {n}:\n{}\n{}",
+                enrich.log_tail(10),
+                feature_state.log_tail(10)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let through = n as f64 / started.elapsed().as_secs_f64();
+    let text = metrics(feature_state.http_addr()).await.unwrap_or_default();
+    let batches = metric_value(&text, "millrace_feature_state_batches_total", &[]).unwrap_or(0.0);
+    eprintln!(
+        "    feature-state applied {n} events in {batches} batches ({:.1} per batch)",
+        n as f64 / batches.max(1.0)
+    );
+    if !alone {
+        enrich.kill().await?;
+    }
+    feature_state.kill().await?;
+    Ok((raw, through))
+}

@@ -1,0 +1,129 @@
+//! The actor the stage loop feeds: applies batches in stream order, turns what
+//! they produce into messages (vectors to FEATURES, late events to the DLQ),
+//! hands its state over for snapshots and answers the gRPC API's lookups.
+
+use actix::{Actor, Context, Handler, Message, MessageResult};
+use millrace_chassis::bus::{subject, Outgoing};
+use millrace_chassis::stage::{Apply, TakeSnapshot};
+use millrace_proto::{DeadLetter, EnrichedEvent, EntityFeatures};
+use prost::Message as _;
+
+use crate::snapshot::EncodedState;
+use crate::store::{Applied, FeatureStore};
+
+/// Stage name: the DLQ subject suffix (`dlq.feature-state`).
+pub const STAGE: &str = "feature-state";
+
+pub struct FeatureStoreActor {
+    store: FeatureStore,
+}
+
+impl FeatureStoreActor {
+    pub fn new(store: FeatureStore) -> Self {
+        Self { store }
+    }
+}
+
+impl Actor for FeatureStoreActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Apply<EnrichedEvent>> for FeatureStoreActor {
+    type Result = Vec<Outgoing>;
+
+    fn handle(
+        &mut self,
+        Apply(batch): Apply<EnrichedEvent>,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let now = millrace_chassis::time::now_us();
+        self.store.metrics.batches.inc();
+        let mut out = Vec::new();
+        for d in batch {
+            match self.store.apply(&d.message, now) {
+                Applied::OnTime(Some(vector)) => {
+                    let id = format!("features:{}", vector.event_id);
+                    out.push(Outgoing::new(
+                        subject::features(vector.partition),
+                        id,
+                        &vector,
+                        d.trace,
+                    ));
+                }
+                Applied::OnTime(None) | Applied::Empty => {}
+                Applied::Late { watermark_us } => {
+                    out.push(late_letter(&d.message, watermark_us, now, d.trace));
+                }
+            }
+        }
+        self.store.report_watermarks();
+        out
+    }
+}
+
+/// The DLQ record of a late event: the whole enriched event, re-drivable.
+fn late_letter(
+    enriched: &EnrichedEvent,
+    watermark_us: i64,
+    now_us: i64,
+    trace: opentelemetry::Context,
+) -> Outgoing {
+    let (event_type, partition, time_us) = enriched
+        .event
+        .as_ref()
+        .map(|e| (e.r#type.clone(), e.partition, e.event_time_us))
+        .unwrap_or_default();
+    let letter = DeadLetter {
+        stage: STAGE.into(),
+        reason: "late".into(),
+        message: format!(
+            "event {} ({event_type}, partition {partition}) at event time {time_us} µs is {} µs older than the partition's watermark {watermark_us} µs (newest event time minus allowed lateness): not applied, not scored",
+            enriched.event_id,
+            watermark_us.saturating_sub(time_us)
+        ),
+        event_id: enriched.event_id.clone(),
+        event_type,
+        payload: enriched.encode_to_vec(),
+        time_us: now_us,
+    };
+    Outgoing::new(
+        subject::dlq(STAGE),
+        format!("{STAGE}:late:{}", enriched.event_id),
+        &letter,
+        trace,
+    )
+}
+
+impl Handler<TakeSnapshot<EncodedState>> for FeatureStoreActor {
+    type Result = MessageResult<TakeSnapshot<EncodedState>>;
+
+    fn handle(&mut self, _: TakeSnapshot<EncodedState>, _: &mut Self::Context) -> Self::Result {
+        match self.store.snapshot() {
+            Ok(state) => MessageResult(state),
+            Err(e) => {
+                // Encoding plain state into a Vec fails only on a bug; stopping
+                // beats storing a snapshot that does not hold the state.
+                tracing::error!("{e}");
+                panic!("{e}");
+            }
+        }
+    }
+}
+
+/// The gRPC API's read of the latest values.
+pub struct Lookup {
+    pub entity_keys: Vec<String>,
+    pub features: Vec<String>,
+}
+
+impl Message for Lookup {
+    type Result = Vec<EntityFeatures>;
+}
+
+impl Handler<Lookup> for FeatureStoreActor {
+    type Result = MessageResult<Lookup>;
+
+    fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.store.lookup(&msg.entity_keys, &msg.features))
+    }
+}

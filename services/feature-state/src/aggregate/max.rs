@@ -1,0 +1,42 @@
+//! `max`: the field's largest value; empty over no events.
+
+use super::{Aggregator, Observation, Reading};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Max;
+
+impl Aggregator for Max {
+    type State = Option<f64>;
+
+    fn add(&self, state: &mut Option<f64>, obs: &Observation) {
+        *state = Some(state.map_or(obs.value, |m| m.max(obs.value)));
+    }
+
+    fn merge(&self, into: &mut Option<f64>, other: &Option<f64>) {
+        if let Some(v) = *other {
+            *into = Some(into.map_or(v, |m| m.max(v)));
+        }
+    }
+
+    fn read(&self, state: &Option<f64>) -> Reading {
+        state.map_or(Reading::Empty, Reading::Double)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::testing::check;
+
+    #[test]
+    fn max_table() {
+        let cases: [(&str, &[f64], Reading); 3] = [
+            ("no_events_is_empty", &[], Reading::Empty),
+            ("all_negative", &[-3.0, -2.0, -10.0], Reading::Double(-2.0)),
+            ("wind_gusts", &[5.0, 23.0, 12.7], Reading::Double(23.0)),
+        ];
+        for (name, values, expected) in cases {
+            check(&Max, name, values, expected);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! A partition of feature state: for each entity kind (`origin`,
+//! `origin+dest`, …), the table of the entities that hash to this partition,
+//! one row per entity and one column per feature kept for that kind.
+//!
+//! Rows follow the entity's TTL in event time: an entity whose newest event is
+//! more than `ttl` before the time it is touched or read at is treated as
+//! absent (and restarts empty when touched); [`EntityTable::sweep`] frees such
+//! rows once no later add or read could see them, so sweeping never changes a
+//! value.
+
+use std::collections::HashMap;
+
+use crate::aggregate::{Observation, Reading};
+use crate::column::Column;
+
+/// Marks a row that holds no entity.
+const FREE: i64 = i64::MIN;
+
+pub struct EntityTable {
+    index: HashMap<Box<str>, u32>,
+    /// Bytes of the keys in `index`.
+    key_bytes: usize,
+    /// Per row: the newest event time of the entity (`FREE` for a free row).
+    last_seen: Vec<i64>,
+    free: Vec<u32>,
+    columns: Vec<Box<dyn Column>>,
+}
+
+/// What a sweep found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    pub expired: usize,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl EntityTable {
+    pub fn new(columns: Vec<Box<dyn Column>>) -> Self {
+        Self {
+            index: HashMap::new(),
+            key_bytes: 0,
+            last_seen: Vec::new(),
+            free: Vec::new(),
+            columns,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn columns(&self) -> &[Box<dyn Column>] {
+        &self.columns
+    }
+
+    pub fn columns_mut(&mut self) -> &mut [Box<dyn Column>] {
+        &mut self.columns
+    }
+
+    /// The row of `key` ready for an event at `t`: created, or emptied when the
+    /// entity had expired, and stamped with `t`.
+    pub fn row_for_update(&mut self, key: &str, t: i64, ttl_us: i64) -> usize {
+        if let Some(&row) = self.index.get(key) {
+            let row = row as usize;
+            let seen = &mut self.last_seen[row];
+            if t.saturating_sub(*seen) > ttl_us {
+                *seen = t;
+                for c in &mut self.columns {
+                    c.reset(row);
+                }
+            } else {
+                *seen = (*seen).max(t);
+            }
+            return row;
+        }
+        let row = self.allocate(t);
+        self.index.insert(key.into(), row as u32);
+        self.key_bytes += key.len();
+        row
+    }
+
+    fn allocate(&mut self, t: i64) -> usize {
+        if let Some(row) = self.free.pop() {
+            self.last_seen[row as usize] = t;
+            return row as usize;
+        }
+        self.last_seen.push(t);
+        for c in &mut self.columns {
+            c.push_rows(1);
+        }
+        self.last_seen.len() - 1
+    }
+
+    pub fn add(&mut self, row: usize, column: usize, obs: &Observation) {
+        self.columns[column].add(row, obs);
+    }
+
+    /// The row of `key` if the entity is alive at `at`.
+    pub fn live_row(&self, key: &str, at: i64, ttl_us: i64) -> Option<usize> {
+        let row = *self.index.get(key)? as usize;
+        (at.saturating_sub(self.last_seen[row]) <= ttl_us).then_some(row)
+    }
+
+    pub fn read(&self, row: usize, column: usize, at: i64) -> Reading {
+        self.columns[column].read(row, at)
+    }
+
+    /// Trims the row's windows to `floor`.
+    pub fn evict(&mut self, row: usize, floor: i64) {
+        for c in &mut self.columns {
+            c.evict(row, floor);
+        }
+    }
+
+    /// Frees the rows of entities last seen before `expire_before`, trims the
+    /// others' windows to `floor`, and measures what is left.
+    pub fn sweep(&mut self, expire_before: i64, floor: i64) -> Sweep {
+        let mut sweep = Sweep::default();
+        let freed_from = self.free.len();
+        let Self {
+            index,
+            key_bytes,
+            last_seen,
+            free,
+            ..
+        } = self;
+        index.retain(|key, row| {
+            let r = *row as usize;
+            if last_seen[r] < expire_before {
+                last_seen[r] = FREE;
+                free.push(*row);
+                *key_bytes -= key.len();
+                return false;
+            }
+            true
+        });
+        sweep.expired = self.free.len() - freed_from;
+        for i in freed_from..self.free.len() {
+            let row = self.free[i] as usize;
+            for c in &mut self.columns {
+                c.reset(row);
+            }
+        }
+        // Column by column, rows in order: the states are read front to back.
+        let live = self.live_rows();
+        for c in &mut self.columns {
+            sweep.bytes += c.evict_and_measure(&live, floor);
+        }
+        sweep.rows = self.index.len();
+        // Keys, index entries (key pointer and row), the rows' times.
+        sweep.bytes += self.key_bytes
+            + self.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+            + self.last_seen.capacity() * std::mem::size_of::<i64>();
+        sweep
+    }
+
+    /// Adds an entity restored from a snapshot; returns its row.
+    pub fn restore(&mut self, key: &str, last_seen: i64) -> usize {
+        let row = self.allocate(last_seen);
+        self.index.insert(key.into(), row as u32);
+        self.key_bytes += key.len();
+        row
+    }
+
+    /// The rows holding an entity, ascending (the order snapshots encode them in,
+    /// so columns are read front to back).
+    pub fn live_rows(&self) -> Vec<usize> {
+        (0..self.last_seen.len())
+            .filter(|&r| self.last_seen[r] != FREE)
+            .collect()
+    }
+
+    /// The entity of each row of `live_rows`, in the same order, with its newest event time.
+    pub fn keys_by_row(&self) -> Vec<(&str, i64)> {
+        let mut by_row = vec![("", FREE); self.last_seen.len()];
+        for (key, &row) in &self.index {
+            by_row[row as usize] = (key.as_ref(), self.last_seen[row as usize]);
+        }
+        by_row.retain(|(_, seen)| *seen != FREE);
+        by_row
+    }
+
+    pub fn reserve(&mut self, rows: usize) {
+        self.index.reserve(rows);
+        self.last_seen.reserve(rows);
+    }
+}
+
+/// One partition: a table per entity kind, in the store's kind order.
+pub struct PartitionState {
+    pub tables: Vec<EntityTable>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Count;
+    use crate::column::FeatureColumn;
+    use crate::window::Lifetime;
+
+    /// Name, events (key, time), the read (key, time), what it reads.
+    type TtlCase<'a> = (
+        &'a str,
+        &'a [(&'a str, i64)],
+        (&'a str, i64),
+        Option<Reading>,
+    );
+
+    fn table() -> EntityTable {
+        EntityTable::new(vec![Box::new(FeatureColumn::new(Count, Lifetime))])
+    }
+
+    fn touch(t: &mut EntityTable, key: &str, at: i64) {
+        let row = t.row_for_update(key, at, 100);
+        t.add(row, 0, &Observation::at(at, 0.0));
+    }
+
+    #[test]
+    fn ttl_table() {
+        // TTL 100. Each case: events (key, time), then a read of key at a time.
+        let cases: [TtlCase; 6] = [
+            (
+                "seen_entity_counts",
+                &[("a", 0), ("a", 50)],
+                ("a", 60),
+                Some(Reading::Int(2)),
+            ),
+            ("never_seen_is_absent", &[("a", 0)], ("b", 0), None),
+            (
+                "alive_exactly_at_ttl",
+                &[("a", 0)],
+                ("a", 100),
+                Some(Reading::Int(1)),
+            ),
+            ("expired_past_ttl", &[("a", 0)], ("a", 101), None),
+            (
+                "touch_after_expiry_starts_empty",
+                &[("a", 0), ("a", 10), ("a", 500)],
+                ("a", 500),
+                Some(Reading::Int(1)),
+            ),
+            (
+                "out_of_order_touch_keeps_newest",
+                &[("a", 200), ("a", 150)],
+                ("a", 300),
+                Some(Reading::Int(2)),
+            ),
+        ];
+        for (name, events, (key, at), expected) in cases {
+            let mut t = table();
+            for &(k, time) in events {
+                touch(&mut t, k, time);
+            }
+            let got = t.live_row(key, at, 100).map(|r| t.read(r, 0, at));
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn sweep_frees_expired_rows_for_reuse() {
+        let mut t = table();
+        touch(&mut t, "old", 0);
+        touch(&mut t, "new", 500);
+        let sweep = t.sweep(500 - 100, 400);
+        assert_eq!((sweep.expired, sweep.rows), (1, 1));
+        assert!(t.live_row("old", 500, 100).is_none());
+        touch(&mut t, "again", 510);
+        assert_eq!(t.last_seen.len(), 2, "the freed row is reused");
+        let row = t.live_row("again", 510, 100).expect("alive");
+        assert_eq!(
+            t.read(row, 0, 510),
+            Reading::Int(1),
+            "a reused row starts empty"
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! What feature-state hands the stage loop to snapshot: its whole state as one
+//! byte string, encoded straight from the tables (no copy of the state is
+//! made), which the chassis stores with the stream sequence.
+//!
+//! Layout: `b"MRFS"`, format version (u8), a postcard header (watermarks,
+//! partition count, the entity kinds with their features' names and
+//! fingerprints), then per partition and entity kind one block: row count
+//! (u64 LE), key block (length u64 LE, then each entity's key and newest event
+//! time), and per feature a column block (length u64 LE, then each row's newest
+//! update time and window state, postcard). Blocks carry their lengths so a
+//! restore can skip what it no longer declares.
+//!
+//! Restoring is forgiving about the pipeline file and strict about bytes: a
+//! feature restores only into a feature of the same name whose definition did
+//! not change (same fingerprint); others start empty and are logged (the stream
+//! is not replayed to backfill them). Entities move to the partition their key
+//! hashes to now, so the partition count may change. Bytes that do not decode
+//! are an error naming what failed.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::FeatureStore;
+use crate::watermark::Watermarks;
+
+const MAGIC: &[u8; 4] = b"MRFS";
+const VERSION: u8 = 1;
+
+/// How often a snapshot also sweeps: a sweep walks every row, so with many
+/// entities it is not done at every snapshot.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The encoded state; empty means a fresh start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EncodedState(pub Vec<u8>);
+
+impl Serialize for EncodedState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EncodedState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = EncodedState;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("feature-state bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<EncodedState, E> {
+                Ok(EncodedState(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<EncodedState, E> {
+                Ok(EncodedState(v))
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("feature-state snapshot: {0}")]
+    Format(String),
+    #[error("feature-state snapshot: {what}: {source}")]
+    Decode {
+        what: String,
+        source: postcard::Error,
+    },
+    #[error("feature-state snapshot: encoding {what}: {source}")]
+    Encode {
+        what: String,
+        source: postcard::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    watermarks: Watermarks,
+    partitions: u32,
+    kinds: Vec<KindHeader>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KindHeader {
+    name: String,
+    /// (feature name, fingerprint), in column order.
+    columns: Vec<(String, u64)>,
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub entities: usize,
+    /// Features that start empty: new, or changed since the snapshot.
+    pub started_empty: Vec<String>,
+    /// Features of the snapshot no longer declared.
+    pub dropped: Vec<String>,
+}
+
+impl FeatureStore {
+    /// Encodes the state, sweeping first (expired entities out, windows
+    /// trimmed, memory measured) when the last sweep is [`SWEEP_EVERY`] old: a
+    /// sweep changes no value, only memory and the gauges.
+    pub fn snapshot(&mut self) -> Result<EncodedState, SnapshotError> {
+        if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            self.sweep();
+        }
+        self.encode()
+    }
+
+    /// Encodes the state as it is.
+    pub fn encode(&mut self) -> Result<EncodedState, SnapshotError> {
+        let mut out = Vec::with_capacity(self.last_snapshot_len + self.last_snapshot_len / 8);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        let header = Header {
+            watermarks: self.watermarks.clone(),
+            partitions: self.spec.partitions,
+            kinds: self
+                .kinds
+                .iter()
+                .enumerate()
+                .map(|(k, kind)| KindHeader {
+                    name: kind.name().to_string(),
+                    columns: self
+                        .features
+                        .iter()
+                        .filter(|f| f.kind == k)
+                        .map(|f| (f.def.name.clone(), f.fingerprint))
+                        .collect(),
+                })
+                .collect(),
+        };
+        out = postcard::to_extend(&header, out).map_err(|source| SnapshotError::Encode {
+            what: "header".into(),
+            source,
+        })?;
+        for partition in &self.partitions {
+            for table in &partition.tables {
+                let rows = table.live_rows();
+                let keys = table.keys_by_row();
+                out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+                let block = begin_block(&mut out);
+                for (key, seen) in &keys {
+                    out = postcard::to_extend(&(key, seen), out).map_err(|source| {
+                        SnapshotError::Encode {
+                            what: format!("entity {key}"),
+                            source,
+                        }
+                    })?;
+                }
+                end_block(&mut out, block);
+                for (c, column) in table.columns().iter().enumerate() {
+                    let block = begin_block(&mut out);
+                    column.encode_rows(&rows, &mut out).map_err(|source| {
+                        SnapshotError::Encode {
+                            what: format!("column {c}"),
+                            source,
+                        }
+                    })?;
+                    end_block(&mut out, block);
+                }
+            }
+        }
+        self.last_snapshot_len = out.len();
+        Ok(EncodedState(out))
+    }
+
+    /// The store for `spec` with the state `bytes` encode (a fresh one for no bytes).
+    pub fn restore(mut self, bytes: &[u8]) -> Result<(Self, Restored), SnapshotError> {
+        let mut restored = Restored::default();
+        if bytes.is_empty() {
+            return Ok((self, restored));
+        }
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| SnapshotError::Format("not feature-state bytes (bad magic)".into()))?;
+        let (&version, rest) = rest
+            .split_first()
+            .ok_or_else(|| SnapshotError::Format("truncated before the version".into()))?;
+        if version != VERSION {
+            return Err(SnapshotError::Format(format!(
+                "format version {version}, this build reads {VERSION}"
+            )));
+        }
+        let (header, mut input) =
+            postcard::take_from_bytes::<Header>(rest).map_err(|source| SnapshotError::Decode {
+                what: "header".into(),
+                source,
+            })?;
+        self.watermarks = header
+            .watermarks
+            .with_lateness(self.spec.settings.allowed_lateness.as_micros());
+
+        // For each kind of the snapshot: the current kind and, per column, the current column.
+        let mut placement: Vec<Option<(usize, Vec<Option<usize>>)>> = Vec::new();
+        let mut kept = HashMap::new();
+        for kind in &header.kinds {
+            let current = self.kinds.iter().position(|k| k.name() == kind.name);
+            let columns = kind
+                .columns
+                .iter()
+                .map(|(name, fp)| {
+                    let target = current.and_then(|k| {
+                        self.features
+                            .iter()
+                            .find(|f| f.kind == k && &f.def.name == name && f.fingerprint == *fp)
+                    });
+                    match target {
+                        Some(f) => {
+                            kept.insert(f.def.name.clone(), ());
+                            Some(f.column)
+                        }
+                        None => {
+                            restored.dropped.push(name.clone());
+                            None
+                        }
+                    }
+                })
+                .collect();
+            placement.push(current.map(|k| (k, columns)));
+        }
+        restored.started_empty = self
+            .features
+            .iter()
+            .filter(|f| !kept.contains_key(&f.def.name))
+            .map(|f| f.def.name.clone())
+            .collect();
+        restored
+            .dropped
+            .retain(|name| !self.features.iter().any(|f| &f.def.name == name));
+
+        for p in 0..header.partitions {
+            for (k, place) in placement.iter().enumerate() {
+                let what = || format!("partition {p}, entity kind {}", header.kinds[k].name);
+                let (rows, rest) = take_u64(input).ok_or_else(|| {
+                    SnapshotError::Format(format!("{}: truncated row count", what()))
+                })?;
+                let (keys, rest) = take_block(rest)
+                    .ok_or_else(|| SnapshotError::Format(format!("{}: truncated keys", what())))?;
+                input = rest;
+                let Some((kind, columns)) = place else {
+                    for _ in &header.kinds[k].columns {
+                        let (_, rest) = take_block(input).ok_or_else(|| {
+                            SnapshotError::Format(format!("{}: truncated column", what()))
+                        })?;
+                        input = rest;
+                    }
+                    continue;
+                };
+                let rows = usize::try_from(rows)
+                    .map_err(|_| SnapshotError::Format(format!("{}: row count", what())))?;
+                let mut targets = Vec::with_capacity(rows.min(keys.len()));
+                let mut keys = keys;
+                for _ in 0..rows {
+                    let ((key, seen), rest) = postcard::take_from_bytes::<(&str, i64)>(keys)
+                        .map_err(|source| SnapshotError::Decode {
+                            what: format!("{}: entity key", what()),
+                            source,
+                        })?;
+                    keys = rest;
+                    let partition = self.partition_of_key(key);
+                    let table = &mut self.partitions[partition].tables[*kind];
+                    if targets.is_empty() {
+                        table.reserve(rows / self.spec.partitions.max(1) as usize);
+                    }
+                    targets.push((partition, table.restore(key, seen)));
+                }
+                restored.entities += rows;
+                for (c, column) in columns.iter().enumerate() {
+                    let (mut block, rest) = take_block(input).ok_or_else(|| {
+                        SnapshotError::Format(format!("{}: truncated column", what()))
+                    })?;
+                    input = rest;
+                    let Some(column) = column else { continue };
+                    for &(partition, row) in &targets {
+                        let table = &mut self.partitions[partition].tables[*kind];
+                        block = table.columns_mut()[*column]
+                            .decode_row(row, block)
+                            .map_err(|source| SnapshotError::Decode {
+                                what: format!(
+                                    "{}: feature {}",
+                                    what(),
+                                    header.kinds[k].columns[c].0
+                                ),
+                                source,
+                            })?;
+                    }
+                }
+            }
+        }
+        if !input.is_empty() {
+            return Err(SnapshotError::Format(format!(
+                "{} bytes left over after the last block",
+                input.len()
+            )));
+        }
+        self.sweep();
+        Ok((self, restored))
+    }
+}
+
+fn begin_block(out: &mut Vec<u8>) -> usize {
+    out.extend_from_slice(&[0; 8]);
+    out.len()
+}
+
+fn end_block(out: &mut [u8], start: usize) {
+    let len = (out.len() - start) as u64;
+    out[start - 8..start].copy_from_slice(&len.to_le_bytes());
+}
+
+fn take_u64(input: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = input.split_at_checked(8)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(head);
+    Some((u64::from_le_bytes(b), rest))
+}
+
+fn take_block(input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = take_u64(input)?;
+    rest.split_at_checked(usize::try_from(len).ok()?)
+}

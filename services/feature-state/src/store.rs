@@ -1,0 +1,1046 @@
+//! The feature store: judges each enriched event against its partition's
+//! watermark, routes it to the features it feeds, keeps their per-entity state
+//! in partitions (an entity lives in the partition its key hashes to, whatever
+//! partition the event came from, so a carrier's features see every airport's
+//! flights), assembles point-in-time vectors for scored events and answers
+//! online lookups. Plain state: the actor in [`crate::actor`] drives it and
+//! the stage loop snapshots what [`FeatureStore::snapshot`] encodes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use millrace_chassis::config::{EntityKey, FeatureDef, FeatureStateSettings, Pipeline};
+use millrace_chassis::filter::Expr;
+use millrace_chassis::metrics::Metrics;
+use millrace_chassis::partition::{fnv1a64, partition_of};
+use millrace_proto::value::Kind;
+use millrace_proto::{
+    EnrichedEvent, EntityFeatures, Event, FeatureStatus, FeatureValue, FeatureVector, Value,
+};
+
+use crate::aggregate::Observation;
+use crate::column::{column_for, Column};
+use crate::metrics::StoreMetrics;
+use crate::partition::{EntityTable, PartitionState, Sweep};
+use crate::watermark::{Verdict, Watermarks};
+
+/// The pipeline's part feature-state needs.
+#[derive(Debug, Clone)]
+pub struct FeatureSpec {
+    pub features: Vec<FeatureDef>,
+    pub settings: FeatureStateSettings,
+    /// Event types that get a feature vector.
+    pub scored_types: Vec<String>,
+    /// Field of a scored event that a later label will name (see `[label]`).
+    pub label_key_field: Option<String>,
+    /// Partitions of feature state (the pipeline's partition count).
+    pub partitions: u32,
+}
+
+impl FeatureSpec {
+    pub fn from_pipeline(p: &Pipeline) -> Self {
+        Self {
+            features: p.features.clone(),
+            settings: p.feature_state.clone(),
+            scored_types: p
+                .events
+                .iter()
+                .filter(|(_, s)| s.score)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            label_key_field: p.label.as_ref().map(|l| l.scored_key_field.clone()),
+            partitions: p.pipeline.partitions.max(1),
+        }
+    }
+}
+
+/// One declared feature, placed.
+pub(crate) struct Feature {
+    pub def: FeatureDef,
+    /// Index of its entity kind.
+    pub kind: usize,
+    /// Its column in the kind's tables.
+    pub column: usize,
+    pub filter: Option<Expr>,
+    /// Changes whenever the definition does: a snapshot's column is restored only into
+    /// a feature with the same fingerprint.
+    pub fingerprint: u64,
+}
+
+/// The entity kinds and features one event type feeds.
+struct Route {
+    kind: usize,
+    features: Vec<usize>,
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Applied; with its vector when the event type is scored.
+    OnTime(Option<FeatureVector>),
+    /// Older than its partition's watermark: nothing applied, nothing scored.
+    Late { watermark_us: i64 },
+    /// An enriched event without an event: nothing to do.
+    Empty,
+}
+
+/// Where a scored event's entity of one kind stands.
+#[derive(Clone, Copy)]
+enum KindRow {
+    /// The event does not carry the kind's fields.
+    NoKey,
+    Absent,
+    Row {
+        partition: usize,
+        row: usize,
+    },
+}
+
+pub struct FeatureStore {
+    pub(crate) spec: FeatureSpec,
+    pub(crate) features: Vec<Feature>,
+    pub(crate) kinds: Vec<EntityKey>,
+    by_name: HashMap<String, usize>,
+    routes: HashMap<String, Vec<Route>>,
+    pub(crate) partitions: Vec<PartitionState>,
+    pub(crate) watermarks: Watermarks,
+    pub(crate) metrics: StoreMetrics,
+    ttl_us: i64,
+    key: String,
+    text: String,
+    pending: Vec<(usize, Observation)>,
+    kind_rows: Vec<KindRow>,
+    /// Size of the last snapshot, to size the next one's buffer.
+    pub(crate) last_snapshot_len: usize,
+    pub(crate) last_sweep: Option<std::time::Instant>,
+}
+
+impl FeatureStore {
+    /// An empty store for `spec`. Filters were checked when the pipeline was loaded.
+    pub fn new(spec: FeatureSpec, metrics: &Metrics) -> Self {
+        Self::with_metrics(spec, StoreMetrics::new(metrics))
+    }
+
+    pub(crate) fn with_metrics(spec: FeatureSpec, metrics: StoreMetrics) -> Self {
+        let mut kinds: Vec<EntityKey> = Vec::new();
+        let mut columns_per_kind: Vec<usize> = Vec::new();
+        let mut features = Vec::with_capacity(spec.features.len());
+        for def in &spec.features {
+            let kind = match kinds.iter().position(|k| k == &def.entity) {
+                Some(k) => k,
+                None => {
+                    kinds.push(def.entity.clone());
+                    columns_per_kind.push(0);
+                    kinds.len() - 1
+                }
+            };
+            features.push(Feature {
+                def: def.clone(),
+                kind,
+                column: columns_per_kind[kind],
+                filter: def.filter.as_deref().and_then(|f| match Expr::parse(f) {
+                    Ok(expr) => Some(expr),
+                    Err(e) => {
+                        tracing::error!(feature = %def.name, "filter does not parse, ignoring it: {e}");
+                        None
+                    }
+                }),
+                fingerprint: fingerprint(def, &spec.settings),
+            });
+            columns_per_kind[kind] += 1;
+        }
+        let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
+        for (i, f) in features.iter().enumerate() {
+            let routes = routes.entry(f.def.source.clone()).or_default();
+            match routes.iter_mut().find(|r| r.kind == f.kind) {
+                Some(route) => route.features.push(i),
+                None => routes.push(Route {
+                    kind: f.kind,
+                    features: vec![i],
+                }),
+            }
+        }
+        let partitions = (0..spec.partitions)
+            .map(|_| {
+                let mut columns: Vec<Vec<Box<dyn Column>>> =
+                    kinds.iter().map(|_| Vec::new()).collect();
+                for f in &features {
+                    columns[f.kind].push(column_for(&f.def, &spec.settings, &metrics.saturated));
+                }
+                PartitionState {
+                    tables: columns.into_iter().map(EntityTable::new).collect(),
+                }
+            })
+            .collect();
+        Self {
+            by_name: features
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.def.name.clone(), i))
+                .collect(),
+            ttl_us: spec.settings.entity_ttl.as_micros(),
+            watermarks: Watermarks::new(spec.settings.allowed_lateness.as_micros()),
+            kind_rows: vec![KindRow::NoKey; kinds.len()],
+            spec,
+            features,
+            kinds,
+            routes,
+            partitions,
+            metrics,
+            key: String::new(),
+            text: String::new(),
+            pending: Vec::new(),
+            last_snapshot_len: 0,
+            last_sweep: None,
+        }
+    }
+
+    pub fn watermarks(&self) -> &Watermarks {
+        &self.watermarks
+    }
+
+    pub(crate) fn partition_of_key(&self, key: &str) -> usize {
+        partition_of(key, self.spec.partitions) as usize
+    }
+
+    /// Applies one event to every feature it feeds; returns its point-in-time
+    /// vector when its type is scored. The vector includes this event.
+    pub fn apply(&mut self, enriched: &EnrichedEvent, now_us: i64) -> Applied {
+        let Some(event) = enriched.event.as_ref() else {
+            return Applied::Empty;
+        };
+        let t = event.event_time_us;
+        if let Verdict::Late { watermark_us } = self.watermarks.observe(event.partition, t) {
+            self.metrics.late.inc();
+            return Applied::Late { watermark_us };
+        }
+        let floor = self.watermarks.floor();
+        let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
+        let tiebreak = fnv1a64(enriched.event_id.as_bytes());
+        let mut updates = 0u64;
+        if let Some(routes) = self.routes.get(&event.r#type) {
+            for route in routes {
+                if !self.kinds[route.kind].write_key(lookup, &mut self.key) {
+                    continue;
+                }
+                self.pending.clear();
+                for &f in &route.features {
+                    let feature = &self.features[f];
+                    if let Some(filter) = &feature.filter {
+                        if !filter.eval(&lookup) {
+                            continue;
+                        }
+                    }
+                    let mut obs = Observation {
+                        time_us: t,
+                        value: 0.0,
+                        fingerprint: 0,
+                        tiebreak,
+                    };
+                    if let Some(field) = &feature.def.field {
+                        let Some(kind) = lookup(field).and_then(|v| v.kind.as_ref()) else {
+                            continue;
+                        };
+                        if feature.def.aggregation
+                            == millrace_chassis::config::Aggregation::DistinctCount
+                        {
+                            obs.fingerprint = value_fingerprint(kind, &mut self.text);
+                        } else {
+                            match numeric(kind) {
+                                Some(x) => obs.value = x,
+                                None => continue,
+                            }
+                        }
+                    }
+                    self.pending.push((feature.column, obs));
+                }
+                if self.pending.is_empty() {
+                    continue;
+                }
+                let partition = partition_of(&self.key, self.spec.partitions) as usize;
+                let table = &mut self.partitions[partition].tables[route.kind];
+                let row = table.row_for_update(&self.key, t, self.ttl_us);
+                for (column, obs) in &self.pending {
+                    table.add(row, *column, obs);
+                }
+                table.evict(row, floor);
+                updates += self.pending.len() as u64;
+            }
+        }
+        self.metrics.updates.inc_by(updates);
+        if !self.spec.scored_types.iter().any(|s| s == &event.r#type) {
+            return Applied::OnTime(None);
+        }
+        Applied::OnTime(Some(self.vector(enriched, event, now_us)))
+    }
+
+    /// Every feature whose entity the event names, read at the event's time (in
+    /// pipeline order; a feature with no value in its window is left out), then
+    /// the event's own numeric fields and joined values, by name.
+    fn vector(&mut self, enriched: &EnrichedEvent, event: &Event, now_us: i64) -> FeatureVector {
+        let t = event.event_time_us;
+        let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
+        for (k, kind) in self.kinds.iter().enumerate() {
+            self.kind_rows[k] = if !kind.write_key(lookup, &mut self.key) {
+                KindRow::NoKey
+            } else {
+                let partition = partition_of(&self.key, self.spec.partitions) as usize;
+                match self.partitions[partition].tables[k].live_row(&self.key, t, self.ttl_us) {
+                    Some(row) => KindRow::Row { partition, row },
+                    None => KindRow::Absent,
+                }
+            };
+        }
+        let own: BTreeMap<&String, &Value> =
+            event.fields.iter().chain(enriched.joined.iter()).collect();
+        let mut names = Vec::with_capacity(self.features.len() + own.len());
+        let mut values = Vec::with_capacity(self.features.len() + own.len());
+        for f in &self.features {
+            let reading = match self.kind_rows[f.kind] {
+                KindRow::NoKey => continue,
+                KindRow::Absent => {
+                    self.partitions[0].tables[f.kind].columns()[f.column].read_absent()
+                }
+                KindRow::Row { partition, row } => {
+                    self.partitions[partition].tables[f.kind].read(row, f.column, t)
+                }
+            };
+            if let Some(x) = reading.as_f64() {
+                names.push(f.def.name.clone());
+                values.push(x);
+            }
+        }
+        for (name, value) in own {
+            if let Some(x) = value.as_f64() {
+                names.push(name.clone());
+                values.push(x);
+            }
+        }
+        self.metrics.vectors.inc();
+        let label_key = self
+            .spec
+            .label_key_field
+            .as_deref()
+            .and_then(|field| EntityKey::new(vec![field.to_string()]).ok())
+            .and_then(|k| k.key_of(lookup))
+            .unwrap_or_else(|| enriched.event_id.clone());
+        FeatureVector {
+            label_key,
+            event_id: enriched.event_id.clone(),
+            event_type: event.r#type.clone(),
+            entity_key: event.key.clone(),
+            partition: event.partition,
+            event_time_us: t,
+            ingest_time_us: event.ingest_time_us,
+            feature_time_us: now_us,
+            names,
+            values,
+        }
+    }
+
+    /// Latest values, evaluated at the clock (the newest event time applied);
+    /// every requested feature of every entity gets an answer.
+    pub fn lookup(&self, entity_keys: &[String], features: &[String]) -> Vec<EntityFeatures> {
+        let wanted: Vec<&str> = if features.is_empty() {
+            self.features.iter().map(|f| f.def.name.as_str()).collect()
+        } else {
+            features.iter().map(String::as_str).collect()
+        };
+        entity_keys
+            .iter()
+            .map(|entity| EntityFeatures {
+                entity_key: entity.clone(),
+                values: wanted
+                    .iter()
+                    .map(|name| self.feature_value(name, entity))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn feature_value(&self, name: &str, entity: &str) -> FeatureValue {
+        let answer = |status: FeatureStatus| FeatureValue {
+            name: name.to_string(),
+            status: status as i32,
+            ..Default::default()
+        };
+        let Some(f) = self.by_name.get(name).map(|&i| &self.features[i]) else {
+            return answer(FeatureStatus::UnknownFeature);
+        };
+        let Some(at) = self.watermarks.clock() else {
+            return answer(FeatureStatus::NotFound);
+        };
+        let table = &self.partitions[self.partition_of_key(entity)].tables[f.kind];
+        let Some(row) = table.live_row(entity, at, self.ttl_us) else {
+            return answer(FeatureStatus::NotFound);
+        };
+        let updated = table.columns()[f.column].updated_us(row);
+        FeatureValue {
+            name: name.to_string(),
+            // No value (the mean of an empty window) stays unset, with status PRESENT:
+            // the entity is known.
+            value: table.read(row, f.column, at).to_value(),
+            status: FeatureStatus::Present as i32,
+            event_time_us: if updated == i64::MIN { 0 } else { updated },
+        }
+    }
+
+    /// Frees expired entities and trims windows to the floor; measures what is
+    /// left and reports it.
+    pub fn sweep(&mut self) -> Sweep {
+        self.last_sweep = Some(std::time::Instant::now());
+        let floor = self.watermarks.floor();
+        let expire_before = floor.saturating_sub(self.ttl_us);
+        let mut total = Sweep::default();
+        for (p, partition) in self.partitions.iter_mut().enumerate() {
+            let mut rows = 0;
+            for table in &mut partition.tables {
+                let s = table.sweep(expire_before, floor);
+                rows += s.rows;
+                total.rows += s.rows;
+                total.bytes += s.bytes;
+                total.expired += s.expired;
+            }
+            self.metrics
+                .entities
+                .with_label_values(&[&p.to_string()])
+                .set(i64::try_from(rows).unwrap_or(i64::MAX));
+        }
+        self.metrics.expired.inc_by(total.expired as u64);
+        self.metrics
+            .state_bytes
+            .set(i64::try_from(total.bytes).unwrap_or(i64::MAX));
+        self.metrics.bytes_per_entity.set(if total.rows == 0 {
+            0.0
+        } else {
+            total.bytes as f64 / total.rows as f64
+        });
+        total
+    }
+
+    pub fn report_watermarks(&self) {
+        for (p, w) in self.watermarks.partitions() {
+            self.metrics
+                .watermark
+                .with_label_values(&[&p.to_string()])
+                .set(w as f64 / 1e6);
+        }
+    }
+
+    /// Entities held, summed over entity kinds and partitions.
+    pub fn entity_count(&self) -> usize {
+        self.partitions
+            .iter()
+            .flat_map(|p| p.tables.iter())
+            .map(EntityTable::len)
+            .sum()
+    }
+}
+
+/// A numeric field's value (bools as 0/1); `None` for strings.
+fn numeric(kind: &Kind) -> Option<f64> {
+    match kind {
+        Kind::DoubleValue(v) => Some(*v),
+        Kind::IntValue(v) => Some(*v as f64),
+        Kind::BoolValue(v) => Some(f64::from(u8::from(*v))),
+        Kind::TimestampUs(v) => Some(*v as f64),
+        Kind::StringValue(_) => None,
+    }
+}
+
+/// FNV-1a of the value's canonical text (the text an entity key would print).
+fn value_fingerprint(kind: &Kind, scratch: &mut String) -> u64 {
+    use std::fmt::Write as _;
+    if let Kind::StringValue(s) = kind {
+        return fnv1a64(s.as_bytes());
+    }
+    scratch.clear();
+    // Writing into a String cannot fail.
+    let _ = match kind {
+        Kind::IntValue(v) => write!(scratch, "{v}"),
+        Kind::TimestampUs(v) => write!(scratch, "{v}"),
+        Kind::BoolValue(v) => write!(scratch, "{v}"),
+        Kind::DoubleValue(v) => write!(scratch, "{v}"),
+        Kind::StringValue(_) => Ok(()),
+    };
+    fnv1a64(scratch.as_bytes())
+}
+
+/// Fingerprint of everything that decides a feature's state.
+fn fingerprint(def: &FeatureDef, settings: &FeatureStateSettings) -> u64 {
+    let decisive = (
+        &def.source,
+        def.entity.fields(),
+        def.aggregation,
+        &def.field,
+        &def.filter,
+        def.window,
+        def.distinct_bound(settings),
+    );
+    postcard::to_stdvec(&decisive)
+        .map(|bytes| fnv1a64(&bytes))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_chassis::config::{Aggregation, EventDuration, WindowDef};
+
+    const MIN: i64 = 60_000_000;
+
+    fn feature(
+        name: &str,
+        entity: &[&str],
+        aggregation: Aggregation,
+        field: Option<&str>,
+        window: WindowDef,
+    ) -> FeatureDef {
+        FeatureDef {
+            name: name.into(),
+            source: "flight_scheduled".into(),
+            entity: EntityKey::new(entity.iter().map(|s| s.to_string()).collect()).expect("entity"),
+            aggregation,
+            field: field.map(str::to_string),
+            filter: None,
+            window,
+            max_distinct: None,
+        }
+    }
+
+    fn minutes(n: i64) -> EventDuration {
+        EventDuration::from_micros(n * MIN)
+    }
+
+    /// Lateness 10 min, TTL 1 day, 4 partitions.
+    fn spec(features: Vec<FeatureDef>) -> FeatureSpec {
+        FeatureSpec {
+            features,
+            settings: FeatureStateSettings {
+                allowed_lateness: minutes(10),
+                entity_ttl: minutes(24 * 60),
+                max_distinct: 100,
+            },
+            scored_types: vec!["flight_scheduled".into()],
+            label_key_field: Some("flight_id".into()),
+            partitions: 4,
+        }
+    }
+
+    fn flight(
+        id: &str,
+        origin: &str,
+        dest: &str,
+        distance: f64,
+        minute: i64,
+        partition: u32,
+    ) -> EnrichedEvent {
+        EnrichedEvent {
+            event_id: id.into(),
+            event: Some(Event {
+                event_id: id.into(),
+                r#type: "flight_scheduled".into(),
+                key: origin.into(),
+                partition,
+                event_time_us: minute * MIN,
+                fields: [
+                    ("flight_id".to_string(), Value::string(format!("f-{id}"))),
+                    ("origin".to_string(), Value::string(origin)),
+                    ("dest".to_string(), Value::string(dest)),
+                    ("distance".to_string(), Value::double(distance)),
+                ]
+                .into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn store(features: Vec<FeatureDef>) -> FeatureStore {
+        FeatureStore::new(spec(features), &Metrics::new())
+    }
+
+    fn vector(s: &mut FeatureStore, e: &EnrichedEvent) -> Vec<(String, f64)> {
+        match s.apply(e, 0) {
+            Applied::OnTime(Some(v)) => v.names.into_iter().zip(v.values).collect(),
+            other => panic!("{}: expected a vector, got {other:?}", e.event_id),
+        }
+    }
+
+    fn get(v: &[(String, f64)], name: &str) -> Option<f64> {
+        v.iter().find(|(n, _)| n == name).map(|(_, x)| *x)
+    }
+
+    #[test]
+    fn vectors_are_point_in_time_and_include_the_event() {
+        let sliding = WindowDef::Sliding {
+            size: minutes(60),
+            granularity: minutes(1),
+        };
+        let mut s = store(vec![
+            feature(
+                "origin_flights_1h",
+                &["origin"],
+                Aggregation::Count,
+                None,
+                sliding,
+            ),
+            feature(
+                "route_mean_distance",
+                &["origin", "dest"],
+                Aggregation::Mean,
+                Some("distance"),
+                WindowDef::Lifetime,
+            ),
+            feature(
+                "origin_dests_1h",
+                &["origin"],
+                Aggregation::DistinctCount,
+                Some("dest"),
+                sliding,
+            ),
+            feature(
+                "origin_last_distance",
+                &["origin"],
+                Aggregation::Last,
+                Some("distance"),
+                WindowDef::Lifetime,
+            ),
+        ]);
+        // (event, minute, expected origin_flights_1h, route mean, distinct dests, last)
+        let cases = [
+            (
+                flight("a", "JFK", "LAX", 2475.0, 0, 1),
+                1.0,
+                2475.0,
+                1.0,
+                2475.0,
+            ),
+            (
+                flight("b", "JFK", "SFO", 2586.0, 10, 1),
+                2.0,
+                2586.0,
+                2.0,
+                2586.0,
+            ),
+            (
+                flight("c", "JFK", "LAX", 2475.0, 59, 1),
+                3.0,
+                2475.0,
+                2.0,
+                2475.0,
+            ),
+            // Minute 60: the flight at minute 0 slid out of the hour.
+            (
+                flight("d", "JFK", "LAX", 2477.0, 60, 1),
+                3.0,
+                2_475.666_666_666_666_5,
+                2.0,
+                2477.0,
+            ),
+            // Another origin: its own entity; JFK untouched.
+            (
+                flight("e", "EWR", "LAX", 2454.0, 61, 2),
+                1.0,
+                2454.0,
+                1.0,
+                2454.0,
+            ),
+            // Out of order within lateness (minute 55 < 60): read as of minute 55, the
+            // buckets of minutes 59 and 60 are later and not counted; `last` keeps the
+            // minute-60 value, the latest in event time.
+            (
+                flight("f", "JFK", "BOS", 187.0, 55, 1),
+                3.0,
+                187.0,
+                3.0,
+                2477.0,
+            ),
+        ];
+        for (event, count, mean, distinct, last) in cases {
+            let v = vector(&mut s, &event);
+            let id = &event.event_id;
+            assert_eq!(get(&v, "origin_flights_1h"), Some(count), "{id}: count");
+            let got_mean = get(&v, "route_mean_distance").expect("mean");
+            assert!(
+                (got_mean - mean).abs() < 1e-6,
+                "{id}: mean {got_mean} != {mean}"
+            );
+            assert_eq!(get(&v, "origin_dests_1h"), Some(distinct), "{id}: distinct");
+            assert_eq!(get(&v, "origin_last_distance"), Some(last), "{id}: last");
+            assert_eq!(
+                get(&v, "distance"),
+                Some(
+                    event
+                        .event
+                        .as_ref()
+                        .map_or(0.0, |e| e.fields["distance"].as_f64().unwrap_or(0.0))
+                ),
+                "{id}: own field"
+            );
+        }
+    }
+
+    #[test]
+    fn vector_names_run_in_pipeline_order_then_own_fields_and_carry_the_label_key() {
+        let mut s = store(vec![
+            feature(
+                "b_count",
+                &["origin"],
+                Aggregation::Count,
+                None,
+                WindowDef::Lifetime,
+            ),
+            feature(
+                "a_mean",
+                &["dest"],
+                Aggregation::Mean,
+                Some("distance"),
+                WindowDef::Lifetime,
+            ),
+        ]);
+        let Applied::OnTime(Some(v)) = s.apply(&flight("a", "JFK", "LAX", 10.0, 0, 1), 7) else {
+            panic!("no vector")
+        };
+        assert_eq!(v.names, ["b_count", "a_mean", "distance"]);
+        assert_eq!(v.values, [1.0, 10.0, 10.0]);
+        assert_eq!(
+            (v.label_key.as_str(), v.feature_time_us, v.partition),
+            ("f-a", 7, 1)
+        );
+    }
+
+    #[test]
+    fn empty_window_leaves_value_features_out_but_counts_read_zero() {
+        let tumbling = WindowDef::Tumbling { size: minutes(60) };
+        let mut s = store(vec![
+            feature(
+                "origin_flights_prev_hour",
+                &["origin"],
+                Aggregation::Count,
+                None,
+                tumbling,
+            ),
+            feature(
+                "origin_mean_distance_prev_hour",
+                &["origin"],
+                Aggregation::Mean,
+                Some("distance"),
+                tumbling,
+            ),
+        ]);
+        let v = vector(&mut s, &flight("a", "JFK", "LAX", 100.0, 5, 1));
+        assert_eq!(get(&v, "origin_flights_prev_hour"), Some(0.0));
+        assert_eq!(get(&v, "origin_mean_distance_prev_hour"), None);
+        let v = vector(&mut s, &flight("b", "JFK", "LAX", 300.0, 65, 1));
+        assert_eq!(get(&v, "origin_flights_prev_hour"), Some(1.0));
+        assert_eq!(get(&v, "origin_mean_distance_prev_hour"), Some(100.0));
+    }
+
+    #[test]
+    fn late_event_beyond_allowed_lateness_is_neither_applied_nor_scored() {
+        let mut s = store(vec![feature(
+            "origin_flights",
+            &["origin"],
+            Aggregation::Count,
+            None,
+            WindowDef::Lifetime,
+        )]);
+        vector(&mut s, &flight("a", "JFK", "LAX", 1.0, 100, 1));
+        // Lateness 10 min: minute 90 is on time, 89 late (watermark 90), in partition 1 only.
+        vector(&mut s, &flight("b", "JFK", "LAX", 1.0, 90, 1));
+        assert_eq!(
+            s.apply(&flight("c", "JFK", "LAX", 1.0, 89, 1), 0),
+            Applied::Late {
+                watermark_us: 90 * MIN
+            }
+        );
+        let v = vector(&mut s, &flight("d", "JFK", "LAX", 1.0, 5, 3));
+        assert_eq!(
+            get(&v, "origin_flights"),
+            Some(3.0),
+            "the late one was not counted"
+        );
+        assert_eq!(s.metrics.late.get(), 1);
+    }
+
+    #[test]
+    fn filter_selects_the_events_a_feature_counts() {
+        let mut long_haul = feature(
+            "origin_long_haul",
+            &["origin"],
+            Aggregation::Count,
+            None,
+            WindowDef::Lifetime,
+        );
+        long_haul.filter = Some("distance >= 1000".into());
+        let mut s = store(vec![long_haul]);
+        for (id, d) in [("a", 2475.0), ("b", 187.0), ("c", 1000.0)] {
+            s.apply(&flight(id, "JFK", "LAX", d, 1, 1), 0);
+        }
+        let got = s.lookup(&["JFK".into()], &[]);
+        assert_eq!(got[0].values[0].value, Some(Value::int(2)));
+    }
+
+    #[test]
+    fn lookup_answers_present_not_found_unknown_and_valueless() {
+        let mut s = store(vec![
+            feature(
+                "origin_flights",
+                &["origin"],
+                Aggregation::Count,
+                None,
+                WindowDef::Lifetime,
+            ),
+            feature(
+                "origin_prev_hour_mean",
+                &["origin"],
+                Aggregation::Mean,
+                Some("distance"),
+                WindowDef::Tumbling { size: minutes(60) },
+            ),
+        ]);
+        let nothing = s.lookup(&["JFK".into()], &["origin_flights".into()]);
+        assert_eq!(
+            nothing[0].values[0].status,
+            FeatureStatus::NotFound as i32,
+            "before any event"
+        );
+        s.apply(&flight("a", "JFK", "LAX", 10.0, 5, 1), 0);
+        let got = s.lookup(
+            &["JFK".into(), "nowhere".into()],
+            &[
+                "origin_flights".into(),
+                "origin_prev_hour_mean".into(),
+                "nope".into(),
+            ],
+        );
+        let v = |e: usize, f: usize| &got[e].values[f];
+        assert_eq!(
+            (v(0, 0).status, v(0, 0).value.clone(), v(0, 0).event_time_us),
+            (FeatureStatus::Present as i32, Some(Value::int(1)), 5 * MIN)
+        );
+        assert_eq!(
+            (v(0, 1).status, v(0, 1).value.clone()),
+            (FeatureStatus::Present as i32, None),
+            "known entity, empty window"
+        );
+        assert_eq!(v(0, 2).status, FeatureStatus::UnknownFeature as i32);
+        assert_eq!(v(1, 0).status, FeatureStatus::NotFound as i32);
+        assert_eq!(v(1, 2).status, FeatureStatus::UnknownFeature as i32);
+    }
+
+    #[test]
+    fn entities_expire_after_their_ttl_of_event_time() {
+        let mut s = store(vec![feature(
+            "origin_flights",
+            &["origin"],
+            Aggregation::Count,
+            None,
+            WindowDef::Lifetime,
+        )]);
+        s.apply(&flight("a", "JFK", "LAX", 1.0, 0, 1), 0);
+        s.apply(&flight("b", "EWR", "LAX", 1.0, 24 * 60 + 20, 2), 0);
+        // The clock is a day and 20 minutes on, JFK idle since minute 0 (TTL one day).
+        let got = s.lookup(&["JFK".into()], &[]);
+        assert_eq!(got[0].values[0].status, FeatureStatus::NotFound as i32);
+        // Partition 1's watermark still holds the floor back: the row stays until it moves.
+        s.sweep();
+        assert_eq!(s.entity_count(), 2);
+        s.apply(&flight("c", "LGA", "LAX", 1.0, 24 * 60 + 20, 1), 0);
+        assert_eq!(s.sweep().expired, 1);
+        assert_eq!(s.entity_count(), 2);
+        let v = vector(&mut s, &flight("d", "JFK", "LAX", 1.0, 24 * 60 + 25, 1));
+        assert_eq!(
+            get(&v, "origin_flights"),
+            Some(1.0),
+            "a returning entity starts afresh"
+        );
+    }
+
+    fn every_kind() -> Vec<FeatureDef> {
+        vec![
+            feature(
+                "c",
+                &["origin"],
+                Aggregation::Count,
+                None,
+                WindowDef::Lifetime,
+            ),
+            feature(
+                "s",
+                &["origin"],
+                Aggregation::Sum,
+                Some("distance"),
+                WindowDef::Sliding {
+                    size: minutes(60),
+                    granularity: minutes(5),
+                },
+            ),
+            feature(
+                "m",
+                &["origin", "dest"],
+                Aggregation::Mean,
+                Some("distance"),
+                WindowDef::Hopping {
+                    size: minutes(60),
+                    hop: minutes(15),
+                },
+            ),
+            feature(
+                "lo",
+                &["dest"],
+                Aggregation::Min,
+                Some("distance"),
+                WindowDef::Tumbling { size: minutes(30) },
+            ),
+            feature(
+                "hi",
+                &["dest"],
+                Aggregation::Max,
+                Some("distance"),
+                WindowDef::Session { gap: minutes(20) },
+            ),
+            feature(
+                "sd",
+                &["origin"],
+                Aggregation::Stddev,
+                Some("distance"),
+                WindowDef::Lifetime,
+            ),
+            feature(
+                "l",
+                &["origin"],
+                Aggregation::Last,
+                Some("distance"),
+                WindowDef::Lifetime,
+            ),
+            feature(
+                "d",
+                &["origin"],
+                Aggregation::DistinctCount,
+                Some("dest"),
+                WindowDef::Sliding {
+                    size: minutes(120),
+                    granularity: minutes(10),
+                },
+            ),
+        ]
+    }
+
+    fn traffic(range: std::ops::Range<i64>) -> Vec<EnrichedEvent> {
+        let origins = ["JFK", "EWR", "LGA"];
+        let dests = ["LAX", "SFO", "BOS", "ORD", "ATL"];
+        range
+            .map(|i| {
+                let origin = origins[(i % 3) as usize];
+                flight(
+                    &format!("e{i}"),
+                    origin,
+                    dests[((i * 7) % 5) as usize],
+                    (100 + (i * 37) % 900) as f64,
+                    i * 3 - (i % 4),
+                    (i % 3) as u32,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_state_and_the_same_future() {
+        let events = traffic(0..400);
+        let (first, second) = events.split_at(250);
+        let mut straight = store(every_kind());
+        let mut resumed = store(every_kind());
+        for e in first {
+            straight.apply(e, 0);
+            resumed.apply(e, 0);
+        }
+        let bytes = resumed.snapshot().expect("encode");
+        let (mut resumed, restored) = store(every_kind()).restore(&bytes.0).expect("decode");
+        assert!(
+            restored.started_empty.is_empty() && restored.dropped.is_empty(),
+            "{restored:?}"
+        );
+        assert_eq!(restored.entities, straight.entity_count());
+        for e in second {
+            assert_eq!(straight.apply(e, 0), resumed.apply(e, 0), "{}", e.event_id);
+        }
+        let keys: Vec<String> = ["JFK", "EWR", "LGA", "LAX", "BOS", "JFK|LAX", "EWR|ORD"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(straight.lookup(&keys, &[]), resumed.lookup(&keys, &[]));
+        // The same state encodes to the same size (rows may sit in other slots).
+        straight.sweep();
+        resumed.sweep();
+        assert_eq!(
+            straight.encode().expect("a").0.len(),
+            resumed.encode().expect("b").0.len()
+        );
+    }
+
+    #[test]
+    fn restore_keeps_unchanged_features_and_starts_changed_ones_empty() {
+        let mut before = store(every_kind());
+        for e in traffic(0..50) {
+            before.apply(&e, 0);
+        }
+        let bytes = before.snapshot().expect("encode");
+        let mut changed = every_kind();
+        changed.retain(|f| f.name != "l");
+        changed[0].window = WindowDef::Sliding {
+            size: minutes(60),
+            granularity: minutes(1),
+        };
+        changed.push(feature(
+            "new",
+            &["carrier"],
+            Aggregation::Count,
+            None,
+            WindowDef::Lifetime,
+        ));
+        let (after, restored) = store(changed).restore(&bytes.0).expect("decode");
+        assert_eq!(restored.started_empty, ["c", "new"]);
+        assert_eq!(restored.dropped, ["l"]);
+        let kept = |s: &FeatureStore| s.lookup(&["JFK".into()], &["sd".into(), "s".into()]);
+        assert_eq!(kept(&before), kept(&after));
+    }
+
+    #[test]
+    fn the_flights_pipeline_builds_a_store() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/flights/pipeline.toml");
+        let p = Pipeline::load(&path).expect("the flights pipeline parses");
+        let s = FeatureStore::new(FeatureSpec::from_pipeline(&p), &Metrics::new());
+        assert!(s.features.len() >= 10, "{} features", s.features.len());
+        assert!(s
+            .features
+            .iter()
+            .all(|f| f.def.filter.is_none() || f.filter.is_some()));
+    }
+
+    #[test]
+    fn corrupt_snapshot_bytes_are_refused_with_the_reason() {
+        let mut s = store(every_kind());
+        for e in traffic(0..20) {
+            s.apply(&e, 0);
+        }
+        let good = s.snapshot().expect("encode").0;
+        let cases: [(&str, Vec<u8>, &str); 3] = [
+            ("bad_magic", b"XXXX".to_vec(), "bad magic"),
+            (
+                "future_version",
+                [b"MRFS".as_slice(), &[9]].concat(),
+                "format version 9",
+            ),
+            ("truncated", good[..good.len() - 3].to_vec(), "truncated"),
+        ];
+        for (name, bytes, expected) in cases {
+            let err = store(every_kind())
+                .restore(&bytes)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(expected), "{name}: {err}");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Session: an entity's events grouped into runs in which consecutive events
+//! are less than `gap` apart. As of `t` the value is the session open at `t`:
+//! the one that started at or before `t` and whose last event is less than
+//! `gap` before `t`; empty when there is none (the entity has been idle for
+//! `gap`). An out-of-order event that bridges two sessions merges them.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Aggregator, Observation, Reading, Window};
+use crate::aggregate::AggState;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    gap_us: i64,
+}
+
+impl Session {
+    pub fn new(gap_us: i64) -> Self {
+        Self {
+            gap_us: gap_us.max(1),
+        }
+    }
+}
+
+/// The sessions of one entity, ascending and at least `gap` apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sessions<S> {
+    /// (first event time, last event time, state).
+    items: Vec<(i64, i64, S)>,
+}
+
+impl<S> Default for Sessions<S> {
+    fn default() -> Self {
+        Self { items: Vec::new() }
+    }
+}
+
+impl Window for Session {
+    type State<S: AggState> = Sessions<S>;
+
+    fn add<A: Aggregator>(&self, agg: &A, state: &mut Sessions<A::State>, obs: &Observation) {
+        let t = obs.time_us;
+        let gap = self.gap_us;
+        // Sessions this event touches: it lies less than `gap` from them.
+        let touches = |&(start, end, _): &(i64, i64, A::State)| {
+            t > start.saturating_sub(gap) && t < end.saturating_add(gap)
+        };
+        let first = state.items.iter().position(touches);
+        match first {
+            None => {
+                let at = state.items.partition_point(|(start, _, _)| *start < t);
+                let mut s = A::State::default();
+                agg.add(&mut s, obs);
+                state.items.insert(at, (t, t, s));
+            }
+            Some(i) => {
+                let count = state.items[i..].iter().take_while(|x| touches(x)).count();
+                let mut merged = state.items.drain(i + 1..i + count).collect::<Vec<_>>();
+                let target = &mut state.items[i];
+                for (start, end, s) in merged.drain(..) {
+                    target.0 = target.0.min(start);
+                    target.1 = target.1.max(end);
+                    agg.merge(&mut target.2, &s);
+                }
+                target.0 = target.0.min(t);
+                target.1 = target.1.max(t);
+                agg.add(&mut target.2, obs);
+            }
+        }
+    }
+
+    fn read<A: Aggregator>(&self, agg: &A, state: &Sessions<A::State>, at_us: i64) -> Reading {
+        state
+            .items
+            .iter()
+            .find(|(start, end, _)| *start <= at_us && at_us < end.saturating_add(self.gap_us))
+            .map_or_else(|| agg.read(&A::State::default()), |(_, _, s)| agg.read(s))
+    }
+
+    fn evict<S: AggState>(&self, state: &mut Sessions<S>, floor_us: i64) {
+        // A session that ended `gap` before the floor can neither be read nor grow again.
+        state
+            .items
+            .retain(|(_, end, _)| end.saturating_add(self.gap_us) > floor_us);
+        if state.items.is_empty() && state.items.capacity() > 0 {
+            state.items = Vec::new();
+        }
+    }
+
+    fn heap_bytes<A: Aggregator>(&self, agg: &A, state: &Sessions<A::State>) -> usize {
+        state.items.capacity() * std::mem::size_of::<(i64, i64, A::State)>()
+            + state
+                .items
+                .iter()
+                .map(|(_, _, s)| agg.heap_bytes(s))
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::testing::check_table;
+
+    #[test]
+    fn session_table() {
+        // gap 10.
+        check_table(
+            &Session::new(10),
+            &[
+                ("one_event_opens_a_session", &[(100, 1.0)], 100, 1.0, 1),
+                (
+                    "events_under_gap_apart_chain",
+                    &[(100, 1.0), (109, 2.0), (118, 4.0)],
+                    118,
+                    7.0,
+                    3,
+                ),
+                (
+                    "gap_apart_starts_a_new_one",
+                    &[(100, 1.0), (110, 2.0)],
+                    110,
+                    2.0,
+                    1,
+                ),
+                (
+                    "still_open_just_before_gap",
+                    &[(100, 1.0), (105, 2.0)],
+                    114,
+                    3.0,
+                    2,
+                ),
+                (
+                    "closed_after_gap_of_silence",
+                    &[(100, 1.0), (105, 2.0)],
+                    115,
+                    0.0,
+                    0,
+                ),
+                (
+                    "earlier_session_read_in_its_time",
+                    &[(100, 1.0), (200, 2.0)],
+                    104,
+                    1.0,
+                    1,
+                ),
+                ("before_any_session_is_empty", &[(100, 1.0)], 99, 0.0, 0),
+                // 100 and 115 are two sessions until 108 arrives late and bridges them.
+                (
+                    "late_event_bridges_two_sessions",
+                    &[(100, 1.0), (115, 2.0), (108, 4.0)],
+                    115,
+                    7.0,
+                    3,
+                ),
+                (
+                    "late_event_extends_start",
+                    &[(100, 1.0), (95, 2.0)],
+                    100,
+                    3.0,
+                    2,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn sessions_stay_sorted_and_apart() {
+        let w = Session::new(10);
+        let mut s = Sessions::<u64>::default();
+        for t in [50, 10, 30, 31, 70, 12, 60] {
+            w.add(&crate::aggregate::Count, &mut s, &Observation::at(t, 0.0));
+        }
+        let spans: Vec<(i64, i64, u64)> = s.items.clone();
+        // 10,12 | 30,31 | 50 | 60 | 70: exactly `gap` apart is apart.
+        assert_eq!(
+            spans,
+            vec![
+                (10, 12, 2),
+                (30, 31, 2),
+                (50, 50, 1),
+                (60, 60, 1),
+                (70, 70, 1)
+            ]
+        );
+    }
+}

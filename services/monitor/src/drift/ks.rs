@@ -1,0 +1,177 @@
+//! The two-sample Kolmogorov–Smirnov statistic: the largest gap between the
+//! empirical distribution functions of the reference and the current window.
+//! Not defined for categorical values, whose order means nothing.
+//!
+//! Two exact ways to the same number. [`ks_of_sorted`] merges two sorted
+//! samples, taking every value equal to the current step from both before it
+//! reads the gap (stepping through tied values one side at a time would report
+//! gaps that do not exist). [`ks_of_buckets`], what monitor runs, reads the
+//! window's counts per bucket of the frozen reference instead, so no window is
+//! ever sorted.
+
+use millrace_chassis::config::FeatureKind;
+
+use super::{Current, DriftStatistic, Reference};
+
+pub struct Ks;
+
+impl DriftStatistic for Ks {
+    fn measure(&self, reference: &Reference, current: &Current<'_>) -> Option<f64> {
+        match reference.kind {
+            FeatureKind::Numeric => ks_of_buckets(reference, current.bucket_counts, current.len),
+            FeatureKind::Categorical => None,
+        }
+    }
+}
+
+/// KS statistic of the reference and a window given as counts per bucket (see
+/// [`Reference::bucket_of`]); `None` when either is empty.
+///
+/// Both distribution functions are steps, so the largest gap is found at a data
+/// point. At the j-th distinct reference value both functions are known exactly.
+/// Between the (j−1)-th and the j-th the reference's is flat while the window's
+/// climbs, so the gap there is largest either at the last window value of the
+/// stretch (read after adding its count) or at its first, where it is never
+/// larger than at the (j−1)-th reference value, already read. Integers
+/// throughout: |R·m − C·n| / (n·m).
+pub fn ks_of_buckets(reference: &Reference, bucket_counts: &[u32], len: u64) -> Option<f64> {
+    let (n, m) = (u128::from(reference.size), u128::from(len));
+    if n == 0 || m == 0 {
+        return None;
+    }
+    let count = |b: usize| u128::from(bucket_counts.get(b).copied().unwrap_or(0));
+    let (mut seen, mut widest) = (0u128, 0u128);
+    let mut gap = |r: u128, c: u128| widest = widest.max((r * m).abs_diff(c * n));
+    for (j, &at_or_below) in reference.cumulative.iter().enumerate() {
+        let below = if j == 0 {
+            0
+        } else {
+            u128::from(reference.cumulative[j - 1])
+        };
+        seen += count(2 * j);
+        gap(below, seen);
+        seen += count(2 * j + 1);
+        gap(u128::from(at_or_below), seen);
+    }
+    // Beyond the last reference value the reference's function is 1 and the
+    // window's only climbs to 1: nothing wider there.
+    Some(widest as f64 / (n * m) as f64)
+}
+
+/// KS statistic of two ascending samples; `None` when either is empty.
+pub fn ks_of_sorted(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let (n, m) = (a.len() as f64, b.len() as f64);
+    let (mut i, mut j, mut gap) = (0usize, 0usize, 0.0f64);
+    while i < a.len() && j < b.len() {
+        let step = a[i].min(b[j]);
+        while i < a.len() && a[i] <= step {
+            i += 1;
+        }
+        while j < b.len() && b[j] <= step {
+            j += 1;
+        }
+        gap = gap.max((i as f64 / n - j as f64 / m).abs());
+    }
+    // Once one sample is used up its function is 1 and the other only climbs
+    // towards 1: the gap can only shrink from here.
+    Some(gap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ks_matches_hand_values_including_ties() {
+        // (name, a, b, statistic worked out by hand)
+        type Case<'a> = (&'a str, &'a [f64], &'a [f64], Option<f64>);
+        let cases: [Case; 6] = [
+            (
+                "identical_is_zero",
+                &[1.0, 2.0, 3.0],
+                &[1.0, 2.0, 3.0],
+                Some(0.0),
+            ),
+            ("disjoint_is_one", &[1.0, 2.0], &[3.0, 4.0], Some(1.0)),
+            (
+                // F_a / F_b after x = 1: .25 / 0; x = 2: .75 / .75; x = 3: 1 / .75
+                "ties_are_stepped_together",
+                &[1.0, 2.0, 2.0, 3.0],
+                &[2.0, 2.0, 2.0, 4.0],
+                Some(0.25),
+            ),
+            (
+                // x = 1: 1/2 vs 1/3 ; x = 2: 1 vs 2/3
+                "unequal_sizes",
+                &[1.0, 2.0],
+                &[1.0, 2.0, 3.0],
+                Some(1.0 / 3.0),
+            ),
+            (
+                // after x = 0: 1/2 vs 0; after x = 1: 1 vs 1/2 ; after 5: 1 vs 1
+                "shifted_half",
+                &[0.0, 1.0],
+                &[1.0, 5.0],
+                Some(0.5),
+            ),
+            ("empty_is_undefined", &[], &[1.0], None),
+        ];
+        for (name, a, b, expected) in cases {
+            let got = ks_of_sorted(a, b);
+            match (got, expected) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-12, "{name}: {g} vs {w}"),
+                (g, w) => assert_eq!(g, w, "{name}"),
+            }
+            assert_eq!(got, ks_of_sorted(b, a), "{name}: symmetric");
+        }
+    }
+
+    /// The buckets give exactly what the merge gives, ties and values outside the
+    /// reference's range included.
+    #[test]
+    fn buckets_agree_with_the_merge() {
+        use crate::drift::{DriftSpec, Reference};
+        let mut state = 7u64;
+        let mut next = |modulo: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % modulo
+        };
+        let spec = DriftSpec {
+            kind: FeatureKind::Numeric,
+            bins: 10,
+            max_categories: 10,
+            reference_events: 0,
+            window_events: 0,
+            evaluate_every: 1,
+        };
+        for round in 0..200 {
+            // Few distinct values (many ties) in some rounds, many in others.
+            let spread = [3, 10, 1000][round % 3];
+            let shift = next(5);
+            let reference: Vec<f64> = (0..50 + next(100)).map(|_| next(spread) as f64).collect();
+            let window: Vec<f64> = (0..1 + next(100))
+                .map(|_| (next(spread) + shift) as f64 - 2.0 + next(2) as f64 * 0.5)
+                .collect();
+            let r = Reference::freeze(reference.clone(), &spec);
+            let mut counts = vec![0u32; r.buckets()];
+            for v in &window {
+                counts[r.bucket_of(*v) as usize] += 1;
+            }
+            let mut a = reference;
+            let mut b = window.clone();
+            a.sort_by(f64::total_cmp);
+            b.sort_by(f64::total_cmp);
+            let merged = ks_of_sorted(&a, &b).expect("non-empty");
+            let bucketed = ks_of_buckets(&r, &counts, window.len() as u64).expect("non-empty");
+            assert!(
+                (merged - bucketed).abs() < 1e-12,
+                "round {round}: merge {merged}, buckets {bucketed}"
+            );
+        }
+    }
+}

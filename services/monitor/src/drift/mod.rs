@@ -1,0 +1,522 @@
+//! Drift of a value's distribution (a feature, or a model version's score)
+//! against a reference window: the first `reference_events` values, frozen
+//! once complete, then compared with a sliding window of the last
+//! `window_events` values every `evaluate_every` values.
+//!
+//! The reference fixes the bins once: numeric values by the reference's
+//! quantiles (open-ended at both ends, so a value outside the reference's range
+//! still lands somewhere), categorical values by their most frequent
+//! categories plus one bin for every other value. Each statistic is a
+//! [`DriftStatistic`] in its own file: [`psi`] and [`ks`].
+//!
+//! Nothing is sorted per evaluation. A numeric value entering the window is
+//! placed once among the reference's distinct values, in a *bucket*: equal to
+//! the j-th distinct value, or strictly between the (j−1)-th and the j-th. The
+//! window keeps a count per bucket as values come and go; PSI bins and the
+//! exact KS statistic are both read from those counts in one pass over them
+//! (see [`ks::ks_of_buckets`]).
+
+pub mod ks;
+pub mod psi;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use millrace_chassis::config::FeatureKind;
+use serde::{Deserialize, Serialize};
+
+use crate::stats::ModelVersion;
+
+/// One way of measuring how far the current window is from the reference.
+pub trait DriftStatistic {
+    /// The statistic, or `None` where it does not apply to this kind of value.
+    fn measure(&self, reference: &Reference, current: &Current<'_>) -> Option<f64>;
+}
+
+/// How values fall into bins; fixed when the reference is frozen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Binning {
+    /// Bin `i` holds values in `[edges[i-1], edges[i])`; the first and last are open.
+    Quantiles { edges: Vec<f64> },
+    /// One bin per listed value (ascending), then one for every other value.
+    Categories { values: Vec<f64> },
+}
+
+impl Binning {
+    /// Edges at the `bins`-quantiles of `sorted`, without repeats and without one
+    /// at the minimum (a bin below every reference value would only be empty).
+    pub fn quantiles(sorted: &[f64], bins: usize) -> Self {
+        let mut edges: Vec<f64> = Vec::with_capacity(bins);
+        if let Some(&min) = sorted.first() {
+            for k in 1..bins.max(1) {
+                let edge = sorted[k * sorted.len() / bins];
+                if edge > min && edges.last().is_none_or(|last| edge > *last) {
+                    edges.push(edge);
+                }
+            }
+        }
+        Self::Quantiles { edges }
+    }
+
+    /// The `max` most frequent values (ties broken by the smaller value).
+    pub fn categories(values: &[f64], max: usize) -> Self {
+        let mut counts: HashMap<u64, (f64, u64)> = HashMap::new();
+        for v in values {
+            let v = canonical(*v);
+            counts.entry(v.to_bits()).or_insert((v, 0)).1 += 1;
+        }
+        let mut by_count: Vec<(f64, u64)> = counts.into_values().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.total_cmp(&b.0)));
+        let mut kept: Vec<f64> = by_count
+            .into_iter()
+            .take(max.max(1))
+            .map(|(v, _)| v)
+            .collect();
+        kept.sort_by(f64::total_cmp);
+        Self::Categories { values: kept }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Quantiles { edges } => edges.len() + 1,
+            Self::Categories { values } => values.len() + 1,
+        }
+    }
+
+    /// Never: there is always at least the catch-all bin.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn bin_of(&self, v: f64) -> usize {
+        match self {
+            Self::Quantiles { edges } => edges.partition_point(|e| *e <= v),
+            Self::Categories { values } => values
+                .binary_search_by(|c| c.total_cmp(&canonical(v)))
+                .unwrap_or(values.len()),
+        }
+    }
+
+    pub fn counts<'a>(&self, values: impl IntoIterator<Item = &'a f64>) -> Vec<u64> {
+        let mut counts = vec![0; self.len()];
+        for v in values {
+            counts[self.bin_of(*v)] += 1;
+        }
+        counts
+    }
+}
+
+/// -0.0 is 0.0 as a category.
+fn canonical(v: f64) -> f64 {
+    if v == 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// The frozen reference window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub kind: FeatureKind,
+    /// How many values it holds.
+    pub size: u64,
+    /// Numeric: its distinct values, ascending, and how many of its values are
+    /// at or below each (the empirical distribution at each step).
+    pub distinct: Vec<f64>,
+    pub cumulative: Vec<u64>,
+    pub binning: Binning,
+    /// Its count per PSI bin.
+    pub counts: Vec<u64>,
+    /// The PSI bin of each bucket (see [`Reference::bucket_of`]).
+    bucket_bins: Vec<u32>,
+}
+
+impl Reference {
+    pub fn freeze(mut values: Vec<f64>, spec: &DriftSpec) -> Self {
+        values.sort_unstable_by(f64::total_cmp);
+        let binning = match spec.kind {
+            FeatureKind::Numeric => Binning::quantiles(&values, spec.bins),
+            FeatureKind::Categorical => Binning::categories(&values, spec.max_categories),
+        };
+        let counts = binning.counts(&values);
+        let (mut distinct, mut cumulative) = (Vec::new(), Vec::new());
+        if spec.kind == FeatureKind::Numeric {
+            for (i, v) in values.iter().enumerate() {
+                if distinct.last() == Some(v) {
+                    if let Some(c) = cumulative.last_mut() {
+                        *c = i as u64 + 1;
+                    }
+                } else {
+                    distinct.push(*v);
+                    cumulative.push(i as u64 + 1);
+                }
+            }
+        }
+        let bucket_bins = match spec.kind {
+            // Gap j holds values strictly below distinct[j] and above distinct[j-1];
+            // every edge is a reference value, so the bin is fixed per bucket.
+            FeatureKind::Numeric => (0..=2 * distinct.len())
+                .map(|b| {
+                    let j = b / 2;
+                    let bin = if b % 2 == 0 {
+                        match distinct.get(j) {
+                            Some(d) => match &binning {
+                                Binning::Quantiles { edges } => edges.partition_point(|e| e < d),
+                                Binning::Categories { .. } => 0,
+                            },
+                            None => binning.len() - 1,
+                        }
+                    } else {
+                        binning.bin_of(distinct[j])
+                    };
+                    u32::try_from(bin).unwrap_or(u32::MAX)
+                })
+                .collect(),
+            FeatureKind::Categorical => (0..binning.len())
+                .map(|b| u32::try_from(b).unwrap_or(u32::MAX))
+                .collect(),
+        };
+        Self {
+            kind: spec.kind,
+            size: values.len() as u64,
+            distinct,
+            cumulative,
+            binning,
+            counts,
+            bucket_bins,
+        }
+    }
+
+    /// The bucket of a value: for numeric values `2j + 1` when it equals the j-th
+    /// distinct reference value, `2j` when it lies strictly between the (j−1)-th
+    /// and the j-th (or beyond the last); for categorical values its bin.
+    pub fn bucket_of(&self, v: f64) -> u32 {
+        let bucket = match self.kind {
+            FeatureKind::Numeric => {
+                let j = self.distinct.partition_point(|d| *d < v);
+                if self.distinct.get(j) == Some(&v) {
+                    2 * j + 1
+                } else {
+                    2 * j
+                }
+            }
+            FeatureKind::Categorical => self.binning.bin_of(v),
+        };
+        u32::try_from(bucket).unwrap_or(u32::MAX)
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.bucket_bins.len()
+    }
+}
+
+/// The current window as the statistics read it: its count per bucket and per PSI bin.
+pub struct Current<'a> {
+    pub len: u64,
+    pub bucket_counts: &'a [u32],
+    pub counts: Vec<u64>,
+}
+
+impl<'a> Current<'a> {
+    pub fn of(bucket_counts: &'a [u32], reference: &Reference) -> Self {
+        let mut counts = vec![0u64; reference.counts.len()];
+        let mut len = 0u64;
+        for (bucket, n) in bucket_counts.iter().enumerate() {
+            if *n > 0 {
+                let bin = reference.bucket_bins.get(bucket).copied().unwrap_or(0) as usize;
+                if let Some(c) = counts.get_mut(bin) {
+                    *c += u64::from(*n);
+                }
+                len += u64::from(*n);
+            }
+        }
+        Self {
+            len,
+            bucket_counts,
+            counts,
+        }
+    }
+}
+
+/// How one value is watched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftSpec {
+    pub kind: FeatureKind,
+    pub bins: usize,
+    pub max_categories: usize,
+    pub reference_events: usize,
+    pub window_events: usize,
+    pub evaluate_every: u64,
+}
+
+/// What one evaluation found.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DriftFigures {
+    pub psi: Option<f64>,
+    pub ks: Option<f64>,
+    /// How many values had been observed when it was measured.
+    pub at_value: u64,
+}
+
+/// The reference and the sliding window of one value.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "TrackerData")]
+pub struct DriftTracker {
+    filling: Vec<f64>,
+    reference: Option<Reference>,
+    /// The window's values, as their buckets.
+    window: VecDeque<u32>,
+    after_reference: u64,
+    /// Finite values observed.
+    pub observed: u64,
+    /// Values that were not finite (NaN, ±∞): counted, never binned.
+    pub skipped: u64,
+    pub last: Option<DriftFigures>,
+    /// The window's count per bucket; rebuilt from `window` on load.
+    #[serde(skip_serializing)]
+    bucket_counts: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct TrackerData {
+    filling: Vec<f64>,
+    reference: Option<Reference>,
+    window: VecDeque<u32>,
+    after_reference: u64,
+    observed: u64,
+    skipped: u64,
+    last: Option<DriftFigures>,
+}
+
+impl From<TrackerData> for DriftTracker {
+    fn from(d: TrackerData) -> Self {
+        let mut bucket_counts = vec![0u32; d.reference.as_ref().map_or(0, Reference::buckets)];
+        for b in &d.window {
+            if let Some(c) = bucket_counts.get_mut(*b as usize) {
+                *c += 1;
+            }
+        }
+        Self {
+            filling: d.filling,
+            reference: d.reference,
+            window: d.window,
+            after_reference: d.after_reference,
+            observed: d.observed,
+            skipped: d.skipped,
+            last: d.last,
+            bucket_counts,
+        }
+    }
+}
+
+impl DriftTracker {
+    /// Takes one value; answers the figures when this value completes an
+    /// evaluation: once the window is first full, then every `evaluate_every`.
+    pub fn observe(&mut self, v: f64, spec: &DriftSpec) -> Option<DriftFigures> {
+        if !v.is_finite() {
+            self.skipped += 1;
+            return None;
+        }
+        self.observed += 1;
+        let Some(reference) = &self.reference else {
+            self.filling.push(v);
+            if self.filling.len() >= spec.reference_events.max(1) {
+                let reference = Reference::freeze(std::mem::take(&mut self.filling), spec);
+                self.bucket_counts = vec![0; reference.buckets()];
+                self.reference = Some(reference);
+            }
+            return None;
+        };
+        let size = spec.window_events.max(1);
+        let bucket = reference.bucket_of(v);
+        self.window.push_back(bucket);
+        if let Some(c) = self.bucket_counts.get_mut(bucket as usize) {
+            *c += 1;
+        }
+        while self.window.len() > size {
+            if let Some(old) = self.window.pop_front() {
+                if let Some(c) = self.bucket_counts.get_mut(old as usize) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+        }
+        self.after_reference += 1;
+        let size = size as u64;
+        if self.after_reference < size
+            || !(self.after_reference - size).is_multiple_of(spec.evaluate_every.max(1))
+        {
+            return None;
+        }
+        let current = Current::of(&self.bucket_counts, reference);
+        let figures = DriftFigures {
+            psi: psi::Psi.measure(reference, &current),
+            ks: ks::Ks.measure(reference, &current),
+            at_value: self.observed,
+        };
+        self.last = Some(figures);
+        Some(figures)
+    }
+
+    pub fn reference_size(&self) -> usize {
+        self.reference.as_ref().map_or(self.filling.len(), |r| {
+            usize::try_from(r.size).unwrap_or(usize::MAX)
+        })
+    }
+
+    pub fn window_size(&self) -> usize {
+        self.window.len()
+    }
+}
+
+/// Every watched feature (by name) and every model version's score.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftBook {
+    pub features: BTreeMap<String, DriftTracker>,
+    pub scores: BTreeMap<ModelVersion, DriftTracker>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: FeatureKind) -> DriftSpec {
+        DriftSpec {
+            kind,
+            bins: 4,
+            max_categories: 2,
+            reference_events: 8,
+            window_events: 4,
+            evaluate_every: 2,
+        }
+    }
+
+    #[test]
+    fn quantile_edges_skip_repeats_and_the_minimum() {
+        let cases: [(&str, Vec<f64>, usize, Vec<f64>); 4] = [
+            (
+                "distinct",
+                (0..8).map(f64::from).collect(),
+                4,
+                vec![2.0, 4.0, 6.0],
+            ),
+            (
+                "repeated_values_merge_bins",
+                vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 3.0],
+                4,
+                vec![2.0],
+            ),
+            ("constant_is_one_bin", vec![5.0; 6], 3, vec![]),
+            ("empty", vec![], 4, vec![]),
+        ];
+        for (name, sorted, bins, edges) in cases {
+            assert_eq!(
+                Binning::quantiles(&sorted, bins),
+                Binning::Quantiles { edges },
+                "{name}"
+            );
+        }
+        let b = Binning::quantiles(&[0.0, 1.0, 2.0, 3.0], 2);
+        let bins: Vec<usize> = [-5.0, 0.0, 1.9, 2.0, 99.0]
+            .iter()
+            .map(|v| b.bin_of(*v))
+            .collect();
+        assert_eq!(bins, [0, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn categories_keep_the_most_frequent_and_pool_the_rest() {
+        let b = Binning::categories(&[3.0, 1.0, 3.0, 2.0, 2.0, 7.0, 3.0], 2);
+        assert_eq!(
+            b,
+            Binning::Categories {
+                values: vec![2.0, 3.0]
+            }
+        );
+        let bins: Vec<usize> = [2.0, 3.0, 1.0, 42.0].iter().map(|v| b.bin_of(*v)).collect();
+        assert_eq!(bins, [0, 1, 2, 2]);
+        assert_eq!(b.counts(&[2.0, 9.0, 9.0]), [1, 0, 2]);
+    }
+
+    #[test]
+    fn tracker_freezes_the_reference_then_evaluates_on_schedule() {
+        let s = spec(FeatureKind::Numeric);
+        let mut t = DriftTracker::default();
+        let mut evaluated_at = Vec::new();
+        for i in 0..8 {
+            assert_eq!(t.observe(f64::from(i), &s), None, "reference value {i}");
+        }
+        assert_eq!(t.reference_size(), 8);
+        // Window of 4 first full at the 4th value after the reference, then every 2.
+        for i in 0..9 {
+            if let Some(f) = t.observe(f64::from(i % 8), &s) {
+                evaluated_at.push(f.at_value);
+            }
+        }
+        assert_eq!(evaluated_at, [12, 14, 16]);
+        assert_eq!(t.window_size(), 4);
+        assert_eq!(t.observe(f64::NAN, &s), None);
+        assert_eq!((t.observed, t.skipped), (17, 1));
+    }
+
+    #[test]
+    fn a_window_like_the_reference_scores_low_and_a_shifted_one_high() {
+        let s = DriftSpec {
+            reference_events: 100,
+            window_events: 100,
+            bins: 10,
+            evaluate_every: 100,
+            ..spec(FeatureKind::Numeric)
+        };
+        let mut same = DriftTracker::default();
+        let mut shifted = DriftTracker::default();
+        let mut last = (None, None);
+        for i in 0..200 {
+            let v = f64::from(i % 100);
+            let a = same.observe(v, &s);
+            let b = shifted.observe(if i < 100 { v } else { v + 50.0 }, &s);
+            if a.is_some() {
+                last = (a, b);
+            }
+        }
+        let (Some(a), Some(b)) = last else {
+            panic!("both evaluated at value 200");
+        };
+        assert_eq!((a.psi, a.ks), (Some(0.0), Some(0.0)));
+        assert_eq!(b.ks, Some(0.5));
+        assert!(b.psi.is_some_and(|p| p > 1.0), "{b:?}");
+    }
+
+    #[test]
+    fn categorical_values_have_psi_and_no_ks() {
+        let s = DriftSpec {
+            max_categories: 10,
+            ..spec(FeatureKind::Categorical)
+        };
+        let mut t = DriftTracker::default();
+        let mut last = None;
+        for v in [1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0] {
+            last = t.observe(v, &s).or(last);
+        }
+        let f = last.expect("evaluated when the window filled");
+        assert_eq!(f.ks, None);
+        // reference 4 × 1, 4 × 2, other 0 → window 3 × 1, 0 × 2, 1 × other
+        let e = psi::EMPTY_BIN_PROPORTION;
+        let want = (0.75 - 0.5) * (0.75f64 / 0.5).ln()
+            + (e - 0.5) * (e / 0.5).ln()
+            + (0.25 - e) * (0.25 / e).ln();
+        let got = f.psi.expect("psi");
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+
+    #[test]
+    fn tracker_round_trips_through_postcard() {
+        let s = spec(FeatureKind::Numeric);
+        let mut t = DriftTracker::default();
+        for i in 0..11 {
+            t.observe(f64::from(i), &s);
+        }
+        let back: DriftTracker =
+            postcard::from_bytes(&postcard::to_stdvec(&t).expect("encode")).expect("decode");
+        assert_eq!(back, t);
+    }
+}
