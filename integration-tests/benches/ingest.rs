@@ -15,13 +15,18 @@
 //! - (e) the ingest process's peak RSS (VmHWM) over all of the above (target: < 100 MB);
 //! - (f) bytes per event on the wire and in the stream, S2-compressed and not.
 //!
+//! Each figure sends for 0.5 s of warmup and 3 s more, and counts what is answered from
+//! the end of the warmup to the last answer (see [`Window`]); calls still unanswered
+//! 20 s after sending stopped are abandoned and counted, so a run stays within minutes
+//! even on a slow disk.
+//!
 //! The release binaries come from `MILLRACE_BIN_DIR` (default `target/release`):
 //! `scripts/bench.sh` builds them and runs this. Client, ingest and nats-server share
 //! the machine's cores, as they do in DESIGN.md's figures.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,10 +48,11 @@ use tonic::Status;
 
 /// Excluded from every measurement: connections warm up, the first blocks are created.
 const WARMUP: Duration = Duration::from_millis(500);
-/// How long each throughput figure is measured, at least ...
+/// How long each figure's events are sent for.
 const MEASURE: Duration = Duration::from_secs(3);
-/// ... and at most, when answers are too slow to come a few times per producer in [`MEASURE`].
-const MAX_MEASURE: Duration = Duration::from_secs(15);
+/// How long after sending stops answers are still waited for; calls unanswered by then
+/// are abandoned and counted (a broker that slow makes every figure moot anyway).
+const GRACE: Duration = Duration::from_secs(20);
 /// How long each latency figure is measured.
 const LATENCY_MEASURE: Duration = Duration::from_secs(4);
 const RAW_ACKS_IN_FLIGHT: usize = 512;
@@ -149,6 +155,7 @@ struct Column {
     ingest_hwm_kb: u64,
     nats_hwm_kb: u64,
     unavailable: u64,
+    abandoned: u64,
     events_bytes: StreamBytes,
     raw_bytes: StreamBytes,
     raw_uncompressed: Option<(RawRun, StreamBytes)>,
@@ -195,6 +202,7 @@ async fn measure(durability: Durability, events: &Arc<FlightEvents>) -> Result<C
         events: events.clone(),
         ids: ids.clone(),
         unavailable: Arc::default(),
+        abandoned: Arc::default(),
     };
     let ingest_pid = ingest.pid().context("ingest has no pid")?;
 
@@ -228,6 +236,7 @@ async fn measure(durability: Durability, events: &Arc<FlightEvents>) -> Result<C
         ingest_hwm_kb,
         nats_hwm_kb,
         unavailable: target.unavailable.load(Ordering::Relaxed),
+        abandoned: target.abandoned.load(Ordering::Relaxed),
         events_bytes: stream_bytes(&nats, "EVENTS").await?,
         raw_bytes: stream_bytes(&nats, "RAW").await?,
         raw_uncompressed,
@@ -450,33 +459,26 @@ async fn raw_publish(
         .collect();
 
     let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(acks_in_flight);
-    let started = Instant::now();
-    let (from, until) = (started + WARMUP, started + WARMUP + MEASURE);
-    let (mut stored_in_window, mut timed_out) = (0u64, 0u64);
-    let mut settle =
-        |ack: Result<jetstream::publish::PublishAck, PublishError>, now: Instant| -> Result<()> {
-            match ack {
-                Ok(ack) => {
-                    ensure!(!ack.duplicate, "raw publish of a new id answered duplicate");
-                    if now >= from && now < until {
-                        stored_in_window += 1;
-                    }
-                }
-                // A broker slower than the ack timeout: counted, as ingest counts `unavailable`.
-                Err(e) if e.kind() == PublishErrorKind::TimedOut => timed_out += 1,
-                Err(e) => return Err(e).context("raw publish not acknowledged"),
+    let from = Instant::now() + WARMUP;
+    let until = from + MEASURE;
+    let mut counted = Window::new(from);
+    let mut timed_out = 0u64;
+    let mut settle = |ack: Result<jetstream::publish::PublishAck, PublishError>| {
+        match ack {
+            Ok(ack) => {
+                ensure!(!ack.duplicate, "raw publish of a new id answered duplicate");
+                counted.answered(1);
             }
-            Ok(())
-        };
-    loop {
-        let now = Instant::now();
-        if now >= until {
-            break;
+            // A broker slower than the ack timeout: counted, as ingest counts `unavailable`.
+            Err(e) if e.kind() == PublishErrorKind::TimedOut => timed_out += 1,
+            Err(e) => return Err(e).context("raw publish not acknowledged"),
         }
+        Ok(())
+    };
+    while Instant::now() < until {
         if in_flight.len() >= acks_in_flight {
             if let Some(oldest) = in_flight.pop_front() {
-                let ack = oldest.await;
-                settle(ack, Instant::now())?;
+                settle(oldest.await)?;
             }
         }
         let id = ids.fetch_add(1, Ordering::Relaxed);
@@ -493,13 +495,52 @@ async fn raw_publish(
         in_flight.push_back(ack);
     }
     for ack in in_flight {
-        let ack = ack.await;
-        settle(ack, Instant::now())?;
+        settle(ack.await)?;
     }
     Ok(RawRun {
-        rate: stored_in_window as f64 / MEASURE.as_secs_f64(),
+        rate: counted.rate(),
         timed_out,
     })
+}
+
+/// Events answered stored from `from` on, up to the last answer: sending stops after
+/// [`MEASURE`] but the broker keeps working through what is in flight, so its late
+/// answers count too, and a queue deeper than the window is still measured.
+struct Window {
+    from: Instant,
+    events: u64,
+    last: Option<Instant>,
+}
+
+impl Window {
+    fn new(from: Instant) -> Self {
+        Self {
+            from,
+            events: 0,
+            last: None,
+        }
+    }
+
+    /// `n` events were answered stored just now.
+    fn answered(&mut self, n: u64) {
+        let now = Instant::now();
+        if now >= self.from {
+            self.events += n;
+            self.last = Some(now);
+        }
+    }
+
+    fn merge(&mut self, other: &Window) {
+        self.events += other.events;
+        self.last = self.last.max(other.last);
+    }
+
+    fn rate(&self) -> f64 {
+        match self.last {
+            Some(last) if last > self.from => self.events as f64 / (last - self.from).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
 }
 
 // ---- (b) ingest throughput ---------------------------------------------------------
@@ -576,9 +617,27 @@ struct Target {
     ids: Arc<AtomicU64>,
     /// Records ingest answered `unavailable`: JetStream did not ack them in time.
     unavailable: Arc<AtomicU64>,
+    /// Calls (or stream records) still unanswered [`GRACE`] after sending stopped.
+    abandoned: Arc<AtomicU64>,
 }
 
 impl Target {
+    /// [`Self::publish_batch`], abandoned (`None`, counted) if unanswered by `deadline`.
+    async fn publish_batch_by(
+        &self,
+        grpc: &mut Grpc<Channel>,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<Option<u64>> {
+        match tokio::time::timeout_at(deadline, self.publish_batch(grpc, n)).await {
+            Ok(accepted) => accepted.map(Some),
+            Err(_) => {
+                self.abandoned.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
     /// One `PublishBatch` of `n` new events; returns how many were accepted. Fails on
     /// any answer but ACCEPTED and `unavailable` (counted).
     async fn publish_batch(&self, grpc: &mut Grpc<Channel>, n: usize) -> Result<u64> {
@@ -617,63 +676,34 @@ fn answered_stored(ack: &EventAck, unavailable: &AtomicU64) -> Result<bool> {
     }
 }
 
-/// `producers` clients, each sending batches of `batch` back to back; returns accepted
-/// events per second between the first and the last answer of the measured window.
-/// The window lasts [`MEASURE`], longer (up to [`MAX_MEASURE`]) until it holds a few
-/// answers per producer, so slow configurations are measured too.
+/// `producers` clients, each sending batches of `batch` back to back through the warmup
+/// and [`MEASURE`]; returns the accepted events per second of the [`Window`].
 async fn batch_throughput(target: &Target, batch: usize, producers: usize) -> Result<f64> {
-    // When each answer came, and how many events it accepted.
-    let answers: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
+    let from = Instant::now() + WARMUP;
+    let until = from + MEASURE;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..producers {
         let mut grpc = connect(&target.url).await?;
-        let (target, answers, stop) = (target.clone(), answers.clone(), stop.clone());
+        let target = target.clone();
         tasks.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let accepted = target.publish_batch(&mut grpc, batch).await?;
-                answers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((Instant::now(), accepted));
+            let mut counted = Window::new(from);
+            while Instant::now() < until {
+                match target
+                    .publish_batch_by(&mut grpc, batch, until + GRACE)
+                    .await?
+                {
+                    Some(accepted) => counted.answered(accepted),
+                    None => break,
+                }
             }
-            anyhow::Ok(())
+            anyhow::Ok(counted)
         });
     }
-    let from = Instant::now() + WARMUP;
-    let (enough, latest) = (from + MEASURE, from + MAX_MEASURE);
-    let in_window = |answers: &Mutex<Vec<(Instant, u64)>>| -> Vec<(Instant, u64)> {
-        let mut times: Vec<(Instant, u64)> = answers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .filter(|(t, _)| *t >= from)
-            .collect();
-        times.sort_unstable();
-        times
-    };
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = Instant::now();
-        let n = in_window(&answers).len();
-        if (now >= enough && n > 2 * producers) || now >= latest {
-            break;
-        }
-    }
-    let times = in_window(&answers);
-    stop.store(true, Ordering::Relaxed);
+    let mut counted = Window::new(from);
     while let Some(done) = tasks.join_next().await {
-        done.context("a producer panicked")??;
+        counted.merge(&done.context("a producer panicked")??);
     }
-    // From the first answer to the last: the events of every answer but the first.
-    Ok(match (times.first(), times.last()) {
-        (Some(first), Some(last)) if times.len() > 1 => {
-            let events: u64 = times[1..].iter().map(|(_, n)| n).sum();
-            events as f64 / (last.0 - first.0).as_secs_f64()
-        }
-        _ => 0.0,
-    })
+    Ok(counted.rate())
 }
 
 // ---- (d) latency at half of the peak rate ------------------------------------------
@@ -724,7 +754,13 @@ async fn batch_latency_at(target: &Target, rate: f64) -> Result<LatencyRun> {
             let mut due = start + every * k as u32 / LATENCY_PRODUCERS as u32;
             while due < until {
                 tokio::time::sleep_until(due).await;
-                let accepted = target.publish_batch(&mut grpc, LATENCY_BATCH).await?;
+                let deadline = until + GRACE;
+                let Some(accepted) = target
+                    .publish_batch_by(&mut grpc, LATENCY_BATCH, deadline)
+                    .await?
+                else {
+                    break;
+                };
                 if due >= from {
                     samples.push(due.elapsed());
                     sent += accepted;
@@ -765,11 +801,24 @@ async fn stream_latency_at(target: &Target, rate: f64) -> Result<LatencyRun> {
             .await
             .context("opening PublishStream")?
             .into_inner();
-        let (reader_due, unavailable) = (due_times.clone(), target.unavailable.clone());
+        let (reader_due, unavailable, abandoned) = (
+            due_times.clone(),
+            target.unavailable.clone(),
+            target.abandoned.clone(),
+        );
         let reader = tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut acked = 0u64;
-            while let Some(ack) = acks.message().await.context("PublishStream ack")? {
+            loop {
+                let next = tokio::time::timeout_at(until + GRACE, acks.message()).await;
+                let Ok(next) = next else {
+                    let left = reader_due.lock().unwrap_or_else(|p| p.into_inner()).len();
+                    abandoned.fetch_add(left as u64, Ordering::Relaxed);
+                    break;
+                };
+                let Some(ack) = next.context("PublishStream ack")? else {
+                    break;
+                };
                 let ack = EventAck::decode(ack).context("decoding an EventAck")?;
                 let stored = answered_stored(&ack, &unavailable)?;
                 let due = reader_due
@@ -804,10 +853,9 @@ async fn stream_latency_at(target: &Target, rate: f64) -> Result<LatencyRun> {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push_back(due);
-                    outbound
-                        .send(bytes)
-                        .await
-                        .context("PublishStream closed early")?;
+                    let send = tokio::time::timeout_at(until + GRACE, outbound.send(bytes));
+                    let Ok(sending) = send.await else { break };
+                    sending.context("PublishStream closed early")?;
                     sent += 1;
                 }
             }
@@ -977,6 +1025,10 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
     row("    records answered `unavailable` (ack timeout)", &|c| {
         thousands(c.unavailable as f64)
     });
+    row(
+        &format!("    calls abandoned unanswered {GRACE:?} after sending stopped"),
+        &|c| thousands(c.abandoned as f64),
+    );
     row("    raw publishes not acked within 10 s", &|c| {
         let plain = c.raw_uncompressed.map_or(0, |(run, _)| run.timed_out);
         thousands((c.raw.timed_out + c.raw_deep.timed_out + plain) as f64)
