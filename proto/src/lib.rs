@@ -53,6 +53,18 @@ impl v1::Value {
         }
     }
 
+    /// The value printed as a key (strings as they are, the rest by `Display`);
+    /// `None` for null. Ingest keys events and enrich keys reference rows by it.
+    pub fn key_text(&self) -> Option<String> {
+        Some(match self.kind.as_ref()? {
+            v1::value::Kind::StringValue(s) => s.clone(),
+            v1::value::Kind::IntValue(i) => i.to_string(),
+            v1::value::Kind::TimestampUs(t) => t.to_string(),
+            v1::value::Kind::BoolValue(b) => b.to_string(),
+            v1::value::Kind::DoubleValue(d) => d.to_string(),
+        })
+    }
+
     /// The type name used in schemas and error messages.
     pub fn type_name(&self) -> &'static str {
         match self.kind {

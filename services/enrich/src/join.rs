@@ -10,7 +10,7 @@ use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::{EnrichSettings, JoinDef, OnMissing, TableDef};
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::stage::{Apply, TakeSnapshot};
-use millrace_proto::{DeadLetter, EnrichedEvent, Event};
+use millrace_proto::{DeadLetter, EnrichedEvent, Event, Value};
 use prometheus::{IntCounterVec, IntGauge};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -107,7 +107,7 @@ impl Enricher {
             };
         }
         for def in self.tables.iter().filter(|t| t.source == event.r#type) {
-            let Some(key) = event.fields.get(&def.key).and_then(Cell::key_text) else {
+            let Some(key) = event.fields.get(&def.key).and_then(Value::key_text) else {
                 continue;
             };
             let row: Row = event
@@ -124,7 +124,7 @@ impl Enricher {
             let row = event
                 .fields
                 .get(&join.on)
-                .and_then(Cell::key_text)
+                .and_then(Value::key_text)
                 .and_then(|key| {
                     self.state
                         .tables
@@ -153,7 +153,7 @@ impl Enricher {
                     let key = event
                         .fields
                         .get(&join.on)
-                        .and_then(Cell::key_text)
+                        .and_then(Value::key_text)
                         .unwrap_or_default();
                     return Outcome::Refused {
                         reason: "missing_reference".into(),
@@ -240,7 +240,6 @@ impl Handler<TakeSnapshot<EnrichState>> for Enricher {
 mod tests {
     use super::*;
     use millrace_chassis::config::{FilterRule, Literal};
-    use millrace_proto::Value;
 
     fn settings(on_missing: OnMissing) -> EnrichSettings {
         EnrichSettings {

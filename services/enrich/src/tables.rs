@@ -40,16 +40,6 @@ impl Cell {
             Cell::Timestamp(t) => Value::timestamp_us(*t),
         }
     }
-
-    /// The text a key field holds, however it is typed.
-    pub fn key_text(v: &Value) -> Option<String> {
-        Some(match Cell::from_value(v)? {
-            Cell::Text(s) => s,
-            Cell::Int(i) | Cell::Timestamp(i) => i.to_string(),
-            Cell::Double(x) => x.to_string(),
-            Cell::Bool(b) => b.to_string(),
-        })
-    }
 }
 
 pub type Row = BTreeMap<String, Cell>;

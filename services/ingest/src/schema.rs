@@ -185,7 +185,7 @@ impl SchemaRegistry {
                 .key_field
                 .as_ref()
                 .and_then(|f| event.fields.get(f))
-                .and_then(key_text);
+                .and_then(Value::key_text);
             event.key = from_field.ok_or_else(|| {
                 Rejection::new(
                     "missing_key",
@@ -276,16 +276,6 @@ pub fn backward_compatible(old: &EventSchema, new: &EventSchema) -> Result<(), S
         return Err(format!("new field `{name}` must be optional"));
     }
     Ok(())
-}
-
-fn key_text(v: &Value) -> Option<String> {
-    Some(match v.kind.as_ref()? {
-        Kind::StringValue(s) => s.clone(),
-        Kind::IntValue(i) => i.to_string(),
-        Kind::TimestampUs(t) => t.to_string(),
-        Kind::BoolValue(b) => b.to_string(),
-        Kind::DoubleValue(d) => d.to_string(),
-    })
 }
 
 fn check_field(what: &str, name: &str, def: &FieldDef, value: &Value) -> Result<(), Rejection> {
