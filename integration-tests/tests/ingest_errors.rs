@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use anyhow::{ensure, Context, Result};
 use millrace_integration_tests::{
-    decode_all, http_get, order, read_stream, string_field, wait_for_stream_count, Pipeline,
-    Service, SHORT,
+    decode_all, http_get, order, orders, orders_pipeline_toml, read_stream, string_field,
+    wait_for_stream_count, Pipeline, Service, SHORT,
 };
 use millrace_proto::v1::{AckStatus, DeadLetter, Event, PublishBatchRequest, Value};
 use prost::Message;
@@ -392,5 +392,70 @@ async fn check_duplicates(
             .filter(|id| id == "good-0")
             .collect();
     ensure!(ids.len() == 1, "EVENTS holds good-0 {} times", ids.len());
+    Ok(())
+}
+
+/// A batch larger than ingest's whole waiting room (`max_pending_records`) could never
+/// be taken in, so it is no RESOURCE_EXHAUSTED ("retry") but INVALID_ARGUMENT naming both
+/// limits; a batch that fits goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_pending_limit_is_an_invalid_argument() {
+    let toml = format!(
+        "{}\n[ingest]\nmax_batch_records = 50\nmax_pending_records = 10\n",
+        orders_pipeline_toml()
+    );
+    let pipeline = Pipeline::builder()
+        .only(&[Service::Ingest])
+        .pipeline_toml(toml)
+        .start()
+        .await
+        .expect("ingest starts");
+    oversized_for_the_pending_limit(&pipeline)
+        .await
+        .expect("the batch size limits");
+}
+
+async fn oversized_for_the_pending_limit(pipeline: &Pipeline) -> Result<()> {
+    let mut ingest = pipeline.ingest().await?;
+    let status = ingest
+        .publish_batch(PublishBatchRequest {
+            events: orders("too-many", 0..11, 4),
+            encoded_events: Vec::new(),
+        })
+        .await
+        .err()
+        .context("a batch of 11 with room for 10 pending was taken")?;
+    ensure!(
+        status.code() == tonic::Code::InvalidArgument,
+        "a batch over max_pending_records got {status:?}, expected INVALID_ARGUMENT"
+    );
+    for words in [
+        "11 records",
+        "at most 10",
+        "max_pending_records",
+        "max_batch_records",
+    ] {
+        ensure!(
+            status.message().contains(words),
+            "the refusal {:?} does not name {words:?}",
+            status.message()
+        );
+    }
+    ensure!(
+        pipeline.stream_count("EVENTS").await? == 0,
+        "a refused batch left events in EVENTS"
+    );
+    let response = ingest
+        .publish_batch(PublishBatchRequest {
+            events: orders("fits", 0..10, 4),
+            encoded_events: Vec::new(),
+        })
+        .await
+        .context("a batch of 10 with room for 10 pending")?
+        .into_inner();
+    ensure!(
+        response.accepted == 10,
+        "a batch that fits the limits was answered {response:?}"
+    );
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use millrace_chassis::config::IngestLimits;
 use millrace_chassis::telemetry;
 use millrace_proto::ingest_server::Ingest;
 use millrace_proto::{AckStatus, Event, EventAck, PublishBatchRequest, PublishBatchResponse};
@@ -35,12 +36,29 @@ fn full(ingestor: &Ingestor) -> Status {
     ))
 }
 
+/// Why a batch of `n` records can never be taken in, if it cannot: over
+/// `max_batch_records`, or over `max_pending_records`, the room ingest has in
+/// all (a retry would be refused for ever, so it is no RESOURCE_EXHAUSTED).
+fn batch_size_problem(n: usize, limits: &IngestLimits) -> Option<String> {
+    let (max_batch, max_pending) = (limits.max_batch_records, limits.max_pending_records);
+    if n <= max_batch && n <= max_pending {
+        return None;
+    }
+    Some(format!(
+        "batch has {n} records, at most {} per call: the pipeline allows {max_batch} per batch \
+         (max_batch_records) and {max_pending} waiting for JetStream in all (max_pending_records); \
+         split the batch",
+        max_batch.min(max_pending)
+    ))
+}
+
 #[tonic::async_trait]
 impl Ingest for IngestApi {
     async fn publish_batch(
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
+        let taken_in = tokio::time::Instant::now();
         let parent = telemetry::context_from_grpc(request.metadata());
         let PublishBatchRequest {
             events,
@@ -52,11 +70,8 @@ impl Ingest for IngestApi {
                 "batch is empty: send at least one event",
             ));
         }
-        let max = self.ingestor.limits().max_batch_records;
-        if n > max {
-            return Err(Status::invalid_argument(format!(
-                "batch has {n} records, at most {max} per call"
-            )));
+        if let Some(problem) = batch_size_problem(n, self.ingestor.limits()) {
+            return Err(Status::invalid_argument(problem));
         }
         let _room = self
             .ingestor
@@ -69,7 +84,7 @@ impl Ingest for IngestApi {
         );
         let mut pending = Vec::with_capacity(n);
         for (index, record) in (0u32..).zip(records) {
-            pending.push(self.ingestor.submit(index, record, &parent).await);
+            pending.push(self.ingestor.submit(index, record, &parent, taken_in).await);
         }
         let mut response = PublishBatchResponse {
             acks: Vec::with_capacity(n),
@@ -107,7 +122,16 @@ impl Ingest for IngestApi {
                     Ok(event) => match reader.reserve(1) {
                         None => Step::Fail(full(&reader)),
                         Some(room) => Step::Record(
-                            Box::new(reader.submit(index, Record::Decoded(event), &parent).await),
+                            Box::new(
+                                reader
+                                    .submit(
+                                        index,
+                                        Record::Decoded(event),
+                                        &parent,
+                                        tokio::time::Instant::now(),
+                                    )
+                                    .await,
+                            ),
                             room,
                         ),
                     },
@@ -217,5 +241,38 @@ impl Schemas for SchemasApi {
             Status::not_found(format!("no schema `{event_type}` with {which}"))
         })?;
         Ok(Response::new(to_proto(&event_type, schema)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_over_either_limit_is_refused_naming_both() {
+        let limits = IngestLimits {
+            max_batch_records: 1000,
+            max_pending_records: 200,
+            ..IngestLimits::default()
+        };
+        assert_eq!(batch_size_problem(200, &limits), None);
+        for n in [201, 1000, 1001] {
+            let problem = batch_size_problem(n, &limits).expect("refused");
+            for words in [
+                "at most 200 per call",
+                "1000 per batch (max_batch_records)",
+                "200 waiting for JetStream in all (max_pending_records)",
+            ] {
+                assert!(problem.contains(words), "{problem:?} lacks {words:?}");
+            }
+        }
+        let roomy = IngestLimits {
+            max_batch_records: 10,
+            max_pending_records: 100,
+            ..IngestLimits::default()
+        };
+        assert_eq!(batch_size_problem(10, &roomy), None);
+        let problem = batch_size_problem(11, &roomy).expect("refused");
+        assert!(problem.contains("at most 10 per call"), "{problem}");
     }
 }

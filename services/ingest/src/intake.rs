@@ -99,7 +99,9 @@ pub async fn serve(
             Some(room) => {
                 let record = read(&msg, encoding, &schemas);
                 let parent = telemetry::context_from_headers(msg.headers.as_ref());
-                let pending = ingestor.submit(index, record, &parent).await;
+                let pending = ingestor
+                    .submit(index, record, &parent, tokio::time::Instant::now())
+                    .await;
                 Step::Record(Box::new(pending), room)
             }
         };

@@ -31,6 +31,30 @@ use millrace_proto::schemas_server::SchemasServer;
 /// Snapshot key of the schema book.
 pub(crate) const SCHEMAS_KEY: &str = "schemas";
 
+/// Refuses limits under which nothing could be taken in, and warns about
+/// batches that could never be (they are answered INVALID_ARGUMENT).
+fn check_limits(limits: &millrace_chassis::config::IngestLimits) -> anyhow::Result<()> {
+    let named = [
+        ("max_pending_records", limits.max_pending_records),
+        ("max_batch_records", limits.max_batch_records),
+        ("max_record_bytes", limits.max_record_bytes),
+        ("max_batch_bytes", limits.max_batch_bytes),
+    ];
+    if let Some((name, _)) = named.iter().find(|(_, v)| *v == 0) {
+        anyhow::bail!("[ingest] {name} is 0: ingest could take in no record");
+    }
+    if limits.max_batch_records > limits.max_pending_records {
+        tracing::warn!(
+            "[ingest] max_batch_records ({}) exceeds max_pending_records ({}): batches of more \
+             than {} records are refused with INVALID_ARGUMENT",
+            limits.max_batch_records,
+            limits.max_pending_records,
+            limits.max_pending_records
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     runtime::block_on(run())
 }
@@ -39,6 +63,7 @@ async fn run() -> anyhow::Result<()> {
     let env = ServiceEnv::from_env(Service::Ingest)?;
     let telemetry = telemetry::init(env.service)?;
     let pipeline = Pipeline::load(&env.pipeline_path)?;
+    check_limits(&pipeline.ingest)?;
     let (mut shutdown, _trigger) = Shutdown::on_signals();
     let metrics = Metrics::new();
 

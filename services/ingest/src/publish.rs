@@ -5,9 +5,16 @@
 //!
 //! Records are sent without waiting for each ack (JetStream acks are
 //! pipelined, bounded by the client's in-flight limit) and answered in order.
+//! Every record is answered within [`ACK_TIMEOUT`] of being taken in: sending
+//! and waiting for its ack are both bounded by that deadline, so a broker that
+//! dies with acks in flight costs a call at most that long, not one timeout
+//! per record awaited one after another.
 
+use std::future::IntoFuture as _;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
@@ -37,6 +44,10 @@ pub enum Record {
     /// Could not be read at all.
     Unreadable(Bytes, Rejection),
 }
+
+/// How long JetStream has to confirm a record after ingest took it in (the
+/// chassis `Bus` gives its JetStream context the same publish-ack timeout).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -68,6 +79,8 @@ pub struct Pending {
     ack: EventAck,
     event_type: String,
     wait: Wait,
+    /// When the record is answered `unavailable` if JetStream has not confirmed it.
+    deadline: Instant,
     _span: Context,
 }
 
@@ -121,8 +134,16 @@ impl Ingestor {
         self.capacity.clone().try_acquire_many_owned(n).ok()
     }
 
-    /// Validates and sends one record; the answer comes from [`Ingestor::settle`].
-    pub async fn submit(&self, index: u32, record: Record, parent: &Context) -> Pending {
+    /// Validates and sends one record taken in at `taken_in`; the answer comes
+    /// from [`Ingestor::settle`], at the latest [`ACK_TIMEOUT`] after `taken_in`.
+    pub async fn submit(
+        &self,
+        index: u32,
+        record: Record,
+        parent: &Context,
+        taken_in: Instant,
+    ) -> Pending {
+        let deadline = taken_in + ACK_TIMEOUT;
         self.metrics.pending.inc();
         let unreadable = match record {
             Record::Encoded(bytes) => match decode(&bytes, index, self.limits.max_record_bytes) {
@@ -139,7 +160,14 @@ impl Ingestor {
                 // No event id to name it by: the content's hash stands in.
                 let id = format!("malformed-{:016x}", fnv1a64(&bytes));
                 return self
-                    .reject(index, &id, "", rejection, bytes.to_vec(), parent.clone())
+                    .reject(
+                        (index, deadline),
+                        &id,
+                        "",
+                        rejection,
+                        bytes.to_vec(),
+                        parent.clone(),
+                    )
                     .await;
             }
         };
@@ -162,7 +190,9 @@ impl Ingestor {
             Err(rejection) => {
                 let payload = raw.map_or_else(|| event.encode_to_vec(), |b| b.to_vec());
                 let (id, ty) = (event.event_id.clone(), event.r#type.clone());
-                return self.reject(index, &id, &ty, rejection, payload, span).await;
+                return self
+                    .reject((index, deadline), &id, &ty, rejection, payload, span)
+                    .await;
             }
         };
         event.ingest_time_us = millrace_chassis::time::now_us();
@@ -198,7 +228,14 @@ impl Ingestor {
                 };
                 let (id, ty) = (event.event_id.clone(), event.r#type.clone());
                 return self
-                    .reject(index, &id, &ty, rejection, event.encode_to_vec(), span)
+                    .reject(
+                        (index, deadline),
+                        &id,
+                        &ty,
+                        rejection,
+                        event.encode_to_vec(),
+                        span,
+                    )
                     .await;
             }
         };
@@ -207,17 +244,29 @@ impl Ingestor {
             event_id: event.event_id.clone(),
             ..Default::default()
         };
-        let wait = match self.bus.send(&out).await {
-            Ok(ack) => Wait::Stored {
+        // Bounded: with the broker gone the client's queue and ack permits run out.
+        let wait = match tokio::time::timeout_at(deadline, self.bus.send(&out)).await {
+            Ok(Ok(ack)) => Wait::Stored {
                 ack,
                 sent: Instant::now(),
             },
-            Err(e) => {
+            Ok(Err(e)) => {
                 let ack = unavailable(ack, &e.to_string());
                 return Pending {
                     ack,
                     event_type: event.r#type,
                     wait: Wait::Nothing,
+                    deadline,
+                    _span: span,
+                };
+            }
+            Err(_) => {
+                let ack = unavailable(ack, &not_sent_in_time());
+                return Pending {
+                    ack,
+                    event_type: event.r#type,
+                    wait: Wait::Nothing,
+                    deadline,
                     _span: span,
                 };
             }
@@ -226,13 +275,15 @@ impl Ingestor {
             ack,
             event_type: event.r#type,
             wait,
+            deadline,
             _span: span,
         }
     }
 
+    /// Answers record `index` (due by `deadline`) REJECTED, after sending it to the DLQ.
     async fn reject(
         &self,
-        index: u32,
+        (index, deadline): (u32, Instant),
         event_id: &str,
         event_type: &str,
         rejection: Rejection,
@@ -256,10 +307,18 @@ impl Ingestor {
         };
         let id = format!("dlq:ingest:{}:{event_id}", rejection.code);
         let out = Outgoing::new(subject::dlq("ingest"), id, &letter, span.clone());
-        let wait = match self.bus.send(&out).await {
-            Ok(ack) => Wait::DeadLettered(ack),
-            Err(e) => {
+        let wait = match tokio::time::timeout_at(deadline, self.bus.send(&out)).await {
+            Ok(Ok(ack)) => Wait::DeadLettered(ack),
+            Ok(Err(e)) => {
                 tracing::error!(event_id, "could not send a rejected record to the DLQ: {e}");
+                Wait::Nothing
+            }
+            Err(_) => {
+                tracing::error!(
+                    event_id,
+                    "could not send a rejected record to the DLQ: {}",
+                    not_sent_in_time()
+                );
                 Wait::Nothing
             }
         };
@@ -275,39 +334,53 @@ impl Ingestor {
             ack,
             event_type: event_type.into(),
             wait,
+            deadline,
             _span: span,
         }
     }
 
-    /// Waits for JetStream and gives the producer its answer.
+    /// Waits for JetStream (until the record's deadline) and gives the producer its answer.
     pub async fn settle(&self, pending: Pending) -> EventAck {
         let Pending {
             mut ack,
             event_type,
             wait,
+            deadline,
             _span,
         } = pending;
         match wait {
             Wait::Nothing => {}
             Wait::DeadLettered(fut) => {
-                if let Err(e) = fut.await {
-                    tracing::error!(event_id = %ack.event_id, "DLQ did not store a rejected record: {e}");
+                match tokio::time::timeout_at(deadline, fut.into_future()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(event_id = %ack.event_id, "DLQ did not store a rejected record: {e}");
+                    }
+                    Err(_) => {
+                        tracing::error!(event_id = %ack.event_id, "DLQ did not confirm a rejected record within {ACK_TIMEOUT:?}");
+                    }
                 }
             }
-            Wait::Stored { ack: fut, sent } => match fut.await {
-                Ok(stored) => {
-                    self.metrics
-                        .ack_seconds
-                        .observe(sent.elapsed().as_secs_f64());
-                    ack.stream_sequence = stored.sequence;
-                    ack.status = if stored.duplicate {
-                        AckStatus::Duplicate
-                    } else {
-                        AckStatus::Accepted
-                    } as i32;
+            Wait::Stored { ack: fut, sent } => {
+                match tokio::time::timeout_at(deadline, fut.into_future()).await {
+                    Err(_) => {
+                        ack =
+                            unavailable(ack, &format!("no acknowledgement within {ACK_TIMEOUT:?}"))
+                    }
+                    Ok(Err(e)) => ack = unavailable(ack, &e.to_string()),
+                    Ok(Ok(stored)) => {
+                        self.metrics
+                            .ack_seconds
+                            .observe(sent.elapsed().as_secs_f64());
+                        ack.stream_sequence = stored.sequence;
+                        ack.status = if stored.duplicate {
+                            AckStatus::Duplicate
+                        } else {
+                            AckStatus::Accepted
+                        } as i32;
+                    }
                 }
-                Err(e) => ack = unavailable(ack, &e.to_string()),
-            },
+            }
         }
         let outcome = match AckStatus::try_from(ack.status) {
             Ok(AckStatus::Accepted) => "accepted",
@@ -342,9 +415,20 @@ fn decode(bytes: &[u8], index: u32, max_bytes: usize) -> Result<Event, Rejection
     })
 }
 
+/// The answer for a record JetStream did not confirm. It may have been stored
+/// all the same (its ack was lost, or came too late): a retry with the same
+/// `event_id` is then answered DUPLICATE, and the event is stored once either way.
 fn unavailable(mut ack: EventAck, why: &str) -> EventAck {
     ack.status = AckStatus::Rejected as i32;
     ack.code = "unavailable".into();
-    ack.message = format!("event {}: not stored, retry: {why}", ack.event_id);
+    ack.message = format!(
+        "event {}: not confirmed by JetStream ({why}); it may or may not be stored: \
+         retry with the same event_id (a stored one is then answered DUPLICATE)",
+        ack.event_id
+    );
     ack
+}
+
+fn not_sent_in_time() -> String {
+    format!("could not be sent to JetStream within {ACK_TIMEOUT:?}")
 }
