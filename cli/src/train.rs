@@ -240,8 +240,8 @@ async fn replay<M: prost::Message + Default>(
     while let Some(msg) = messages.next().await {
         let msg = msg.with_context(|| format!("reading {stream}"))?;
         let sequence = msg.info().map_err(anyhow::Error::msg)?.stream_sequence;
-        out.push(
-            M::decode(msg.payload.clone())
+        out.extend(
+            millrace_chassis::batch::decode_records::<M>(msg.headers.as_ref(), msg.payload.clone())
                 .with_context(|| format!("{stream} message {sequence} does not decode"))?,
         );
         if sequence >= state.last_sequence {

@@ -312,7 +312,59 @@ fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
     matches!(kind, GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// Waits until stream `name` holds at least `at_least` messages; returns the count seen.
+/// The header marking a message that packs several records (millrace.v1.Batch);
+/// its value is the record count.
+pub const BATCH_HEADER: &str = "Millrace-Batch";
+
+/// The records stream `name` holds: a batch message counts for its items. Reads the
+/// headers only, with an ordered consumer.
+pub async fn stream_record_count(js: &jetstream::Context, name: &str) -> Result<u64> {
+    let mut stream = match js.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(e) if is_stream_not_found(e.kind()) => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("stream {name}: lookup")),
+    };
+    let state = stream
+        .info()
+        .await
+        .with_context(|| format!("stream {name}: info"))?
+        .state
+        .clone();
+    if state.messages == 0 {
+        return Ok(0);
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("stream {name}: ordered consumer"))?;
+    let mut messages = consumer.messages().await?;
+    let mut records = 0;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        .await
+        .with_context(|| format!("stream {name}: stopped delivering"))?
+    {
+        let msg = msg.with_context(|| format!("stream {name}: reading"))?;
+        records += batch_len(msg.headers.as_ref());
+        let sequence = msg.info().map_err(|e| anyhow!("{e}"))?.stream_sequence;
+        if sequence >= state.last_sequence {
+            break;
+        }
+    }
+    Ok(records)
+}
+
+fn batch_len(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(BATCH_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(1)
+}
+
+/// Waits until stream `name` holds at least `at_least` records (items of batches
+/// count one each); returns the count seen.
 pub async fn wait_for_stream_count(
     js: &jetstream::Context,
     name: &str,
@@ -320,10 +372,10 @@ pub async fn wait_for_stream_count(
     limit: Duration,
 ) -> Result<u64> {
     wait_until(
-        &format!("stream {name} holds {at_least} messages"),
+        &format!("stream {name} holds {at_least} records"),
         limit,
         || async {
-            let n = stream_message_count(js, name).await?;
+            let n = stream_record_count(js, name).await?;
             Ok((n >= at_least, n))
         },
     )
@@ -382,24 +434,40 @@ pub async fn read_stream(js: &jetstream::Context, name: &str) -> Result<Vec<Stor
     Ok(messages.into_iter().flatten().collect())
 }
 
-/// Decodes every message's payload as `M`, naming the first that fails.
+/// Decodes every record of every message as `M` (a batch message holds several), naming
+/// the first that fails.
 pub fn decode_all<M: prost::Message + Default>(messages: &[StoredMessage]) -> Result<Vec<M>> {
-    messages
-        .iter()
-        .map(|m| {
-            M::decode(m.payload.as_ref()).with_context(|| {
-                format!(
-                    "message {} on {} is not a {}",
-                    m.sequence,
-                    m.subject,
-                    std::any::type_name::<M>()
-                )
-            })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        let what = || {
+            format!(
+                "message {} on {} is not a {}",
+                m.sequence,
+                m.subject,
+                std::any::type_name::<M>()
+            )
+        };
+        for payload in records(Some(&m.headers), m.payload.clone()).with_context(what)? {
+            out.push(M::decode(payload).with_context(what)?);
+        }
+    }
+    Ok(out)
 }
 
-/// What [`wait_idle`] saw last: per stream, its message count and the consumers that
+/// The record payloads of one message: a batch's items, or the payload itself.
+pub fn records(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<Vec<bytes::Bytes>, prost::DecodeError> {
+    if headers.is_some_and(|h| h.get(BATCH_HEADER).is_some()) {
+        let batch = <millrace_proto::Batch as prost::Message>::decode(payload)?;
+        Ok(batch.items.into_iter().map(|i| i.payload).collect())
+    } else {
+        Ok(vec![payload])
+    }
+}
+
+/// What [`wait_idle`] saw last: per stream, its record count and the consumers that
 /// still had work.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quiet {
@@ -408,7 +476,7 @@ pub struct Quiet {
 }
 
 /// Waits until the pipeline has stopped moving: every consumer on `streams` has been
-/// delivered everything and holds no unacknowledged message, and the message counts did
+/// delivered everything and holds no unacknowledged message, and the record counts did
 /// not change between two looks. Returns the counts.
 pub async fn wait_idle(
     js: &jetstream::Context,
@@ -437,7 +505,7 @@ async fn observe_quiet(js: &jetstream::Context, streams: &[&str]) -> Result<Quie
     for name in streams {
         quiet
             .counts
-            .push((name.to_string(), stream_message_count(js, name).await?));
+            .push((name.to_string(), stream_record_count(js, name).await?));
         let stream = match js.get_stream(name).await {
             Ok(s) => s,
             Err(e) if is_stream_not_found(e.kind()) => continue,

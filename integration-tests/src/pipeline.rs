@@ -22,9 +22,7 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use crate::http::{metric_value, metrics};
-use crate::nats::{
-    decode_all, read_stream, stream_message_count, wait_for_stream_count, wait_idle,
-};
+use crate::nats::{decode_all, read_stream, stream_record_count, wait_for_stream_count, wait_idle};
 use crate::service::{Service, ServiceProcess, ServiceSettings};
 use crate::wait::{wait_until, LONG};
 use crate::{test_dir, NatsServer};
@@ -351,8 +349,9 @@ impl Pipeline {
     }
 
     /// How many messages stream `name` holds now (0 before it exists).
+    /// The records stream `name` holds (a batch counts for its items).
     pub async fn stream_count(&self, name: &str) -> Result<u64> {
-        stream_message_count(&self.js, name).await
+        stream_record_count(&self.js, name).await
     }
 }
 
@@ -432,16 +431,21 @@ async fn check_predictions(
     expected_per_customer: &BTreeMap<String, u64>,
 ) -> Result<()> {
     let stored = read_stream(js, "PREDICTIONS").await?;
-    let predictions: Vec<Prediction> = decode_all(&stored)?;
+    let mut predictions: Vec<(Prediction, u64)> = Vec::with_capacity(sent.len());
+    for m in &stored {
+        for p in decode_all::<Prediction>(std::slice::from_ref(m))? {
+            predictions.push((p, m.sequence));
+        }
+    }
     let by_id: HashMap<&str, &Event> = sent.iter().map(|e| (e.event_id.as_str(), e)).collect();
     let mut seen = HashSet::new();
     let mut problems = Vec::new();
     let mut implied: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (p, m) in predictions.iter().zip(&stored) {
+    for (p, sequence) in &predictions {
         if !seen.insert(p.event_id.as_str()) {
             problems.push(format!(
                 "{} predicted twice (again at seq {})",
-                p.event_id, m.sequence
+                p.event_id, sequence
             ));
             continue;
         }

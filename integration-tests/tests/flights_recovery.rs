@@ -12,7 +12,8 @@ use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use millrace_integration_tests::service::bin_dir;
 use millrace_integration_tests::{
-    decode_all, read_stream, stream_message_count, wait_idle, wait_until, Pipeline, Service, LONG,
+    decode_all, read_stream, records, stream_record_count, wait_idle, wait_until, Pipeline,
+    Service, LONG,
 };
 use millrace_proto::v1::{
     DeadLetter, FeatureStatus, FeatureVector, GetOnlineFeaturesRequest, Value,
@@ -136,7 +137,7 @@ impl Lcg {
 }
 
 async fn features_count(pipeline: &Pipeline) -> Result<u64> {
-    stream_message_count(pipeline.jetstream(), "FEATURES").await
+    stream_record_count(pipeline.jetstream(), "FEATURES").await
 }
 
 /// Every vector in FEATURES, read with an ordered consumer (fast for 100k messages).
@@ -152,7 +153,9 @@ async fn read_features(pipeline: &Pipeline, total: u64) -> Result<Vec<FeatureVec
             .await
             .context("FEATURES stopped delivering")?
             .context("FEATURES consumer ended")??;
-        out.push(FeatureVector::decode(msg.payload.clone())?);
+        for payload in records(msg.headers.as_ref(), msg.payload.clone())? {
+            out.push(FeatureVector::decode(payload)?);
+        }
     }
     Ok(out)
 }

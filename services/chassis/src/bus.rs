@@ -4,7 +4,6 @@
 //! `traceparent`, and open durable consumers positioned right after the last
 //! sequence a snapshot covers.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
@@ -101,6 +100,8 @@ pub struct Outgoing {
     pub msg_id: String,
     pub payload: Bytes,
     pub trace: Context,
+    /// Headers beyond the id and the trace context (batch marks, see [`crate::batch`]).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Outgoing {
@@ -115,6 +116,7 @@ impl Outgoing {
             msg_id,
             payload: Bytes::from(message.encode_to_vec()),
             trace,
+            headers: Vec::new(),
         }
     }
 
@@ -122,6 +124,9 @@ impl Outgoing {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(MSG_ID_HEADER, self.msg_id.as_str());
         telemetry::inject_into_headers(&self.trace, &mut headers);
+        for (name, value) in &self.headers {
+            headers.insert(*name, value.as_str());
+        }
         headers
     }
 }
@@ -251,9 +256,17 @@ impl Bus {
         self.js
             .send_publish(out.subject.clone(), publish)
             .await
-            .map_err(|e| ChassisError::Publish {
-                subject: out.subject.clone(),
-                message: e.to_string(),
+            .map_err(|e| match e.kind() {
+                jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                    ChassisError::TooLarge {
+                        subject: out.subject.clone(),
+                        bytes: out.payload.len(),
+                    }
+                }
+                _ => ChassisError::Publish {
+                    subject: out.subject.clone(),
+                    message: e.to_string(),
+                },
             })
     }
 
@@ -330,7 +343,7 @@ impl Bus {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             bus: self.clone(),
-            in_flight: VecDeque::new(),
+            in_flight: Vec::new(),
             max_in_flight: 1024,
             stored: None,
         }
@@ -372,12 +385,15 @@ async fn try_connect(
         .map_err(|e| e.to_string())
 }
 
-/// Pipelined publishing for a stage: up to `max_in_flight` messages await their
-/// acks at once; a message whose ack fails is sent again with the same
-/// `Nats-Msg-Id` (so the server stores it once) until it is stored.
+/// Pipelined publishing for a stage: messages are sent without waiting, and
+/// [`Publisher::flush`] waits for all their acks at once, so each ack's timeout
+/// runs from about when its message was sent. A message whose ack fails is
+/// sent again with the same `Nats-Msg-Id` (so the server stores it once) until
+/// it is stored. A stage flushes before each chunk's batches: nothing of a
+/// chunk is stored before everything of the chunks before it (see [`crate::batch`]).
 pub struct Publisher {
     bus: Bus,
-    in_flight: VecDeque<(Outgoing, PublishAckFuture)>,
+    in_flight: Vec<(Outgoing, PublishAckFuture)>,
     max_in_flight: usize,
     stored: Option<prometheus::IntCounter>,
 }
@@ -390,18 +406,29 @@ impl Publisher {
     }
 
     pub async fn publish(&mut self, out: Outgoing) -> Result<(), ChassisError> {
-        while self.in_flight.len() >= self.max_in_flight {
-            self.settle_oldest().await?;
+        if self.in_flight.len() >= self.max_in_flight {
+            self.flush().await?;
         }
         let ack = self.send_until_sent(&out).await?;
-        self.in_flight.push_back((out, ack));
+        self.in_flight.push((out, ack));
         Ok(())
     }
 
     /// Waits until every published message is stored.
     pub async fn flush(&mut self) -> Result<(), ChassisError> {
-        while !self.in_flight.is_empty() {
-            self.settle_oldest().await?;
+        let (outs, acks): (Vec<Outgoing>, Vec<PublishAckFuture>) =
+            std::mem::take(&mut self.in_flight).into_iter().unzip();
+        let results =
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await;
+        for (out, result) in outs.iter().zip(results) {
+            if let Err(e) = result {
+                tracing::warn!(subject = %out.subject, msg_id = %out.msg_id, "publish not acknowledged, resending: {e}");
+                self.resend_until_stored(out).await;
+            }
+            if let Some(counter) = &self.stored {
+                counter.inc();
+            }
         }
         Ok(())
     }
@@ -410,25 +437,12 @@ impl Publisher {
         self.in_flight.len()
     }
 
-    async fn settle_oldest(&mut self) -> Result<(), ChassisError> {
-        let Some((out, ack)) = self.in_flight.pop_front() else {
-            return Ok(());
-        };
-        if let Err(e) = ack.await {
-            tracing::warn!(subject = %out.subject, msg_id = %out.msg_id, "publish not acknowledged, resending: {e}");
-            self.resend_until_stored(&out).await;
-        }
-        if let Some(counter) = &self.stored {
-            counter.inc();
-        }
-        Ok(())
-    }
-
     async fn send_until_sent(&self, out: &Outgoing) -> Result<PublishAckFuture, ChassisError> {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.bus.send(out).await {
                 Ok(ack) => return Ok(ack),
+                Err(e @ ChassisError::TooLarge { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!("{e}; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;

@@ -20,6 +20,8 @@ pub enum ChassisError {
     Provision { what: String, message: String },
     #[error("publishing to {subject}: {message}")]
     Publish { subject: String, message: String },
+    #[error("publishing to {subject}: {bytes} bytes is over the server's max_payload; retrying cannot help")]
+    TooLarge { subject: String, bytes: usize },
     #[error("consuming {stream}/{consumer}: {message}")]
     Consume {
         stream: String,

@@ -15,6 +15,7 @@
 //! - [`filter`]: the small expression form of filter rules and feature selections.
 //! - [`runtime`]: the actix system on a multi-threaded tokio runtime.
 
+pub mod batch;
 pub mod bus;
 pub mod config;
 pub mod error;

@@ -5,14 +5,17 @@
 //! 2. take whatever messages are ready (up to a batch, from any of them),
 //!    decode them, open one span per event as a child of the producer's, and
 //!    hand them to the actor in arrival order;
-//! 3. publish what the actor returns (pipelined, deduplicated by id);
+//! 3. publish what the actor returns: the records for the stage's output
+//!    stream packed one batch per subject ([`crate::batch`]), after the
+//!    previous chunk's are stored; others (DLQ, alerts) one by one;
 //! 4. every `snapshot_every` messages or `snapshot_interval`, and on shutdown:
 //!    wait until the outputs are stored, ask the actor for its state, store it
 //!    with the last applied sequence of every stream, then ack those (ack-all).
 //!
 //! A crash anywhere replays from the last snapshot: state is rebuilt from the
-//! same messages, and the republished outputs carry the same ids, which
-//! JetStream drops. That is the exactly-once contract of DESIGN.md. A stage
+//! same messages; outputs the output stream holds already are not published
+//! again ([`Covered`]), and the others carry deterministic ids, which JetStream
+//! deduplicates. That is the exactly-once contract of DESIGN.md. A stage
 //! that reads several streams (monitor: predictions and labels) keeps one
 //! snapshot with one sequence per stream, so no stream is applied twice even
 //! though the interleaving of streams may differ on replay.
@@ -27,6 +30,7 @@ use opentelemetry::Context;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::batch::{self, Covered};
 use crate::bus::{subject, Bus, Outgoing, StreamKind};
 use crate::metrics::StageMetrics;
 use crate::shutdown::Shutdown;
@@ -137,6 +141,8 @@ pub struct StageSpec {
     pub stage: &'static str,
     /// The streams read; a message's `Delivered::source` indexes this list.
     pub sources: Vec<Source>,
+    /// The stream the stage writes its records to, in batches; the stage must be its only writer.
+    pub output: Option<StreamKind>,
     /// Key of the stage's snapshot in the store.
     pub snapshot_key: String,
     pub batch_size: usize,
@@ -221,6 +227,13 @@ where
         streams.push(messages.map(move |m| (index, m)).boxed());
     }
     let mut chunks = futures::stream::select_all(streams).ready_chunks(spec.batch_size);
+    let mut covered = match spec.output {
+        Some(stream) => {
+            let covered = Covered::load(&bus, stream, spec.stage, spec.sources.len()).await?;
+            (!covered.is_empty()).then_some(covered)
+        }
+        None => None,
+    };
     let mut checkpoint = Checkpoint {
         bus: &bus,
         store: &store,
@@ -250,17 +263,18 @@ where
                     let first = &spec.sources[0];
                     return Err(consume_error(&bus, first, "the consumers' message streams ended".into()));
                 };
-                let batch = checkpoint.decode::<T>(chunk).await?;
-                if !batch.is_empty() {
-                    let n = batch.len() as u64;
-                    let outputs = actor
-                        .send(Apply(batch))
-                        .await
-                        .map_err(|e| ChassisError::ActorGone { actor: spec.stage, message: e.to_string() })?;
-                    for out in outputs {
-                        checkpoint.publisher.publish(out).await?;
+                for piece in checkpoint.decode::<T>(chunk, covered.as_ref()).await? {
+                    let n = piece.items.len() as u64;
+                    let mut outputs = checkpoint.apply(&actor, piece.items).await?;
+                    if let (Some(c), Some((source, sequence))) = (&covered, piece.replayed) {
+                        checkpoint.drop_covered(&mut outputs, c, source, sequence);
                     }
+                    checkpoint.send(outputs, &piece.from, &piece.upto).await?;
                     metrics.consumed.inc_by(n);
+                }
+                if covered.as_ref().is_some_and(|c| c.passed(&checkpoint.applied)) {
+                    tracing::info!(stage = spec.stage, "replay past what the output stream held");
+                    covered = None;
                 }
                 if checkpoint.unsnapshotted >= spec.snapshot_every {
                     checkpoint.snapshot(&actor).await?;
@@ -279,6 +293,32 @@ fn consume_error(bus: &Bus, source: &Source, message: String) -> ChassisError {
         stream: bus.stream_name(source.stream).to_string(),
         consumer: source.durable.clone(),
         message,
+    }
+}
+
+/// Records per piece: with flights feature vectors (about 4.6 kB) a piece's
+/// batch stays well under NATS's 1 MiB message limit.
+const PIECE_RECORDS: usize = 128;
+const PIECE_BYTES: usize = 256 * 1024;
+
+/// Input applied in one go; its outputs are published together, stamped `upto`.
+struct Piece<T> {
+    items: Vec<Delivered<T>>,
+    /// The position before the piece and after it.
+    from: Vec<u64>,
+    upto: Vec<u64>,
+    /// The one input message of a piece replayed over outputs the stream may hold.
+    replayed: Option<(usize, u64)>,
+}
+
+impl<T> Piece<T> {
+    fn starting_at(position: &[u64]) -> Self {
+        Self {
+            items: Vec::new(),
+            from: position.to_vec(),
+            upto: position.to_vec(),
+            replayed: None,
+        }
     }
 }
 
@@ -302,13 +342,20 @@ struct Checkpoint<'a> {
 }
 
 impl Checkpoint<'_> {
-    /// Decodes a chunk into deliveries, skipping what the snapshot already
-    /// covers and sending undecodable records to the DLQ.
+    /// Decodes a chunk into pieces to apply, skipping what the snapshot
+    /// already covers and sending undecodable records to the DLQ.
+    ///
+    /// A piece holds whole input messages, at most [`PIECE_RECORDS`] records
+    /// and [`PIECE_BYTES`] bytes, so its outputs fit in a message. While
+    /// replaying what the output stream may already hold, a piece is one message.
     async fn decode<T: StageInput>(
         &mut self,
         chunk: Vec<Pulled>,
-    ) -> Result<Vec<Delivered<T>>, ChassisError> {
-        let mut batch = Vec::with_capacity(chunk.len());
+        covered: Option<&Covered>,
+    ) -> Result<Vec<Piece<T>>, ChassisError> {
+        let mut pieces = Vec::new();
+        let mut piece = Piece::starting_at(&self.applied);
+        let mut piece_bytes = 0;
         for (source, item) in chunk {
             let msg = match item {
                 Ok(msg) => msg,
@@ -332,59 +379,171 @@ impl Checkpoint<'_> {
                 self.metrics.replays_skipped.inc();
                 continue;
             }
-            let parent = telemetry::context_from_headers(msg.headers.as_ref());
-            match T::decode(source, msg.payload.clone()) {
-                Ok(message) => {
-                    let trace = telemetry::event_span(
-                        self.spec.span_name,
-                        SpanKind::Consumer,
-                        &parent,
-                        message.event_id(),
-                    );
-                    batch.push(Delivered {
-                        source,
-                        sequence,
-                        subject: msg.subject.to_string(),
-                        message,
-                        trace,
-                    });
-                }
+            let stream = self.bus.stream_name(self.spec.sources[source].stream);
+            let records = match batch::unbatch(msg.headers.as_ref(), msg.payload.clone()) {
+                Ok(records) => records,
                 Err(e) => {
-                    let stream = self
-                        .bus
-                        .stream_name(self.spec.sources[source].stream)
-                        .to_string();
-                    let letter = millrace_proto::DeadLetter {
-                        stage: self.spec.stage.into(),
-                        reason: "malformed".into(),
-                        message: format!(
-                            "{stream} sequence {sequence} on {}: does not decode: {e}",
-                            msg.subject
-                        ),
-                        payload: msg.payload.to_vec(),
-                        time_us: crate::time::now_us(),
-                        ..Default::default()
-                    };
-                    self.metrics
-                        .dead_letters
-                        .with_label_values(&["malformed"])
-                        .inc();
+                    let parent = telemetry::context_from_headers(msg.headers.as_ref());
+                    let what = format!(
+                        "{stream} sequence {sequence} on {}: the batch does not decode: {e}",
+                        msg.subject
+                    );
                     let id = format!("{}:malformed:{stream}:{sequence}", self.spec.stage);
-                    self.publisher
-                        .publish(Outgoing::new(
-                            subject::dlq(self.spec.stage),
-                            id,
-                            &letter,
-                            parent,
-                        ))
+                    self.dead_letter(what, id, msg.payload.to_vec(), parent)
                         .await?;
+                    Vec::new()
                 }
+            };
+            let many = records.len() > 1;
+            let replayed = covered.is_some_and(|c| c.in_replay(source, sequence));
+            let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+            let full = piece.items.len() + records.len() > PIECE_RECORDS
+                || piece_bytes + bytes > PIECE_BYTES;
+            if !piece.items.is_empty() && (replayed || piece.replayed.is_some() || full) {
+                pieces.push(std::mem::replace(
+                    &mut piece,
+                    Piece::starting_at(&self.applied),
+                ));
+                piece_bytes = 0;
+            }
+            piece.replayed = replayed.then_some((source, sequence));
+            piece_bytes += bytes;
+            for (index, record) in records.into_iter().enumerate() {
+                match T::decode(source, record.payload.clone()) {
+                    Ok(message) => {
+                        let trace = telemetry::event_span(
+                            self.spec.span_name,
+                            SpanKind::Consumer,
+                            &record.trace,
+                            message.event_id(),
+                        );
+                        piece.items.push(Delivered {
+                            source,
+                            sequence,
+                            subject: msg.subject.to_string(),
+                            message,
+                            trace,
+                        });
+                    }
+                    Err(e) => {
+                        let (what, id) = if many {
+                            (
+                                format!("{stream} sequence {sequence} on {}, record {index}: does not decode: {e}", msg.subject),
+                                format!("{}:malformed:{stream}:{sequence}:{index}", self.spec.stage),
+                            )
+                        } else {
+                            (
+                                format!(
+                                    "{stream} sequence {sequence} on {}: does not decode: {e}",
+                                    msg.subject
+                                ),
+                                format!("{}:malformed:{stream}:{sequence}", self.spec.stage),
+                            )
+                        };
+                        self.dead_letter(what, id, record.payload.to_vec(), record.trace)
+                            .await?;
+                    }
+                }
+                self.unsnapshotted += 1;
             }
             self.applied[source] = sequence;
-            self.unsnapshotted += 1;
+            piece.upto.clone_from(&self.applied);
             self.last_messages[source] = Some(msg);
         }
-        Ok(batch)
+        if !piece.items.is_empty() {
+            pieces.push(piece);
+        }
+        Ok(pieces)
+    }
+
+    /// Drops the outputs of a replayed input that the output stream holds already.
+    fn drop_covered(
+        &self,
+        outputs: &mut Vec<Outgoing>,
+        covered: &Covered,
+        source: usize,
+        sequence: u64,
+    ) {
+        let Some(prefix) = self.spec.output.map(StreamKind::subject_prefix) else {
+            return;
+        };
+        let before = outputs.len();
+        outputs.retain(|out| {
+            !batch::in_stream(&out.subject, prefix) || covered.keep(&out.subject, source, sequence)
+        });
+        self.metrics
+            .replays_skipped
+            .inc_by((before - outputs.len()) as u64);
+    }
+
+    async fn dead_letter(
+        &mut self,
+        message: String,
+        id: String,
+        payload: Vec<u8>,
+        trace: Context,
+    ) -> Result<(), ChassisError> {
+        let letter = millrace_proto::DeadLetter {
+            stage: self.spec.stage.into(),
+            reason: "malformed".into(),
+            message,
+            payload,
+            time_us: crate::time::now_us(),
+            ..Default::default()
+        };
+        self.metrics
+            .dead_letters
+            .with_label_values(&["malformed"])
+            .inc();
+        self.publisher
+            .publish(Outgoing::new(
+                subject::dlq(self.spec.stage),
+                id,
+                &letter,
+                trace,
+            ))
+            .await
+    }
+
+    async fn apply<A, T>(
+        &self,
+        actor: &Addr<A>,
+        batch: Vec<Delivered<T>>,
+    ) -> Result<Vec<Outgoing>, ChassisError>
+    where
+        A: Actor + Handler<Apply<T>>,
+        A::Context: ToEnvelope<A, Apply<T>>,
+        T: StageInput,
+    {
+        actor
+            .send(Apply(batch))
+            .await
+            .map_err(|e| ChassisError::ActorGone {
+                actor: self.spec.stage,
+                message: e.to_string(),
+            })
+    }
+
+    /// Publishes a piece's outputs once the previous piece's are stored, the
+    /// output stream's records packed into batches stamped with the position.
+    async fn send(
+        &mut self,
+        outputs: Vec<Outgoing>,
+        from: &[u64],
+        upto: &[u64],
+    ) -> Result<(), ChassisError> {
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        self.publisher.flush().await?;
+        let outputs = match self.spec.output {
+            Some(stream) => batch::pack(self.spec.stage, stream, from, upto, outputs),
+            None => outputs,
+        };
+        for out in outputs {
+            self.publisher.publish(out).await?;
+        }
+        Ok(())
     }
 
     async fn snapshot<A, S>(&mut self, actor: &Addr<A>) -> Result<(), ChassisError>

@@ -118,6 +118,25 @@ pub fn traceparent(cx: &Context) -> Option<String> {
     headers.get("traceparent").map(|v| v.as_str().to_string())
 }
 
+/// The context a `traceparent` value names; empty when the value is blank or invalid.
+pub fn context_from_traceparent(traceparent: &str) -> Context {
+    if traceparent.is_empty() {
+        return Context::new();
+    }
+    TraceContextPropagator::new().extract(&Traceparent(traceparent))
+}
+
+struct Traceparent<'a>(&'a str);
+
+impl Extractor for Traceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
 struct NatsHeaders<'a>(&'a async_nats::HeaderMap);
 
 impl Extractor for NatsHeaders<'_> {
@@ -203,5 +222,7 @@ mod tests {
     #[test]
     fn missing_headers_give_an_empty_context() {
         assert!(traceparent(&context_from_headers(None)).is_none());
+        assert!(traceparent(&context_from_traceparent("")).is_none());
+        assert!(traceparent(&context_from_traceparent("garbage")).is_none());
     }
 }

@@ -48,6 +48,7 @@ async fn run() -> anyhow::Result<()> {
     let spec = StageSpec {
         stage: "enrich",
         sources: vec![Source::new(StreamKind::Events, "enrich")],
+        output: Some(StreamKind::Enriched),
         snapshot_key: "enrich".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,

@@ -43,6 +43,7 @@ async fn run() -> anyhow::Result<()> {
     let spec = StageSpec {
         stage: STAGE,
         sources: vec![Source::new(StreamKind::Enriched, "feature-state")],
+        output: Some(StreamKind::Features),
         snapshot_key: "feature-state".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,

@@ -63,6 +63,7 @@ async fn run() -> anyhow::Result<()> {
             Source::new(StreamKind::Features, "inference"),
             Source::new(StreamKind::Labels, "inference-labels"),
         ],
+        output: Some(StreamKind::Predictions),
         snapshot_key: "inference".into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,

@@ -53,6 +53,7 @@ async fn run() -> anyhow::Result<()> {
     let spec = StageSpec {
         stage: "monitor",
         sources: input::sources(),
+        output: None,
         snapshot_key: input::SNAPSHOT_KEY.into(),
         batch_size: 512,
         snapshot_interval: env.snapshot_interval,
