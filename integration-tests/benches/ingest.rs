@@ -7,6 +7,8 @@
 //!   512 acks in flight, `Nats-Msg-Id` set, into a stream configured as EVENTS is;
 //! - (b) ingest `PublishBatch` throughput at batch sizes 1, 100 and 1,000 with 1 and 4
 //!   producers (a lean client: requests are spliced from pre-encoded events);
+//!   and ingest's CPU time per event accepted in each of those runs (user + system, from
+//!   `/proc/<pid>/stat`), which a machine shared with other work changes less than rates;
 //! - (c) the ratio of (b) at batch 1,000 to (a) (target: at least 70%); (a) is also
 //!   shown with 4,096 acks in flight, ingest's own depth, which matters with
 //!   `sync_interval: always` (one fsync per batch of writes);
@@ -148,8 +150,8 @@ struct Column {
     durability: Durability,
     raw: RawRun,
     raw_deep: RawRun,
-    /// `(batch, producers, events/s)`.
-    ingest: Vec<(usize, usize, f64)>,
+    /// `(batch, producers, events/s, ingest CPU µs per event)`.
+    ingest: Vec<(usize, usize, f64, f64)>,
     batch_latency: LatencyRun,
     stream_latency: LatencyRun,
     ingest_hwm_kb: u64,
@@ -203,15 +205,26 @@ async fn measure(durability: Durability, events: &Arc<FlightEvents>) -> Result<C
         ids: ids.clone(),
         unavailable: Arc::default(),
         abandoned: Arc::default(),
+        accepted: Arc::default(),
     };
     let ingest_pid = ingest.pid().context("ingest has no pid")?;
 
     let mut rates = Vec::new();
     for batch in BATCH_SIZES {
         for producers in PRODUCERS {
+            let (cpu_before, accepted_before) = (
+                cpu_seconds(ingest_pid)?,
+                target.accepted.load(Ordering::Relaxed),
+            );
             let rate = batch_throughput(&target, batch, producers).await?;
-            eprintln!("(b) ingest batch {batch:>4} x {producers} producers: {rate:.0} events/s");
-            rates.push((batch, producers, rate));
+            let cpu = cpu_seconds(ingest_pid)? - cpu_before;
+            let accepted = target.accepted.load(Ordering::Relaxed) - accepted_before;
+            let cpu_us = cpu * 1e6 / accepted.max(1) as f64;
+            eprintln!(
+                "(b) ingest batch {batch:>4} x {producers} producers: {rate:.0} events/s, \
+                 {cpu_us:.1} µs ingest CPU per event"
+            );
+            rates.push((batch, producers, rate, cpu_us));
         }
     }
     let peak = rates.iter().map(|r| r.2).fold(0.0, f64::max);
@@ -619,6 +632,8 @@ struct Target {
     unavailable: Arc<AtomicU64>,
     /// Calls (or stream records) still unanswered [`GRACE`] after sending stopped.
     abandoned: Arc<AtomicU64>,
+    /// Events answered ACCEPTED to `PublishBatch`, warmup included.
+    accepted: Arc<AtomicU64>,
 }
 
 impl Target {
@@ -660,6 +675,8 @@ impl Target {
                 answered_stored(ack, &self.unavailable)?;
             }
         }
+        self.accepted
+            .fetch_add(u64::from(totals.accepted), Ordering::Relaxed);
         Ok(u64::from(totals.accepted))
     }
 }
@@ -878,6 +895,26 @@ fn receiver_stream<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = 
 
 // ---- (e), (f) memory and bytes -----------------------------------------------------
 
+/// The CPU time (user + system, all threads) process `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path}: no command name"))?;
+    let field = |n: usize| -> Result<u64> {
+        after_name
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{path}: field {n}"))
+    };
+    // utime and stime (fields 14 and 15), in USER_HZ, which Linux fixes at 100.
+    Ok((field(14)? + field(15)?) as f64 / 100.0)
+}
+
 /// A `Vm*` line of `/proc/<pid>/status`, in kB.
 fn vm_kb(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -979,6 +1016,18 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
         );
         row(&name, &|c| format!("{} ev/s", thousands(c.ingest[i].2)));
     }
+    for (i, (batch, producers)) in BATCH_SIZES
+        .iter()
+        .flat_map(|b| PRODUCERS.iter().map(move |p| (*b, *p)))
+        .enumerate()
+    {
+        let name = format!(
+            "{} ingest CPU per event, batch {batch:>4}, {producers} producer{}",
+            if i == 0 { "(b)" } else { "   " },
+            if producers == 1 { "" } else { "s" }
+        );
+        row(&name, &|c| format!("{:.1} µs", c.ingest[i].3));
+    }
     for producers in PRODUCERS {
         let name = format!(
             "(c) ingest batch 1000 x {producers} / raw (target >= {:.0}%)",
@@ -988,7 +1037,7 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
             let ingest = c
                 .ingest
                 .iter()
-                .find(|(b, p, _)| *b == 1000 && *p == producers)
+                .find(|(b, p, _, _)| *b == 1000 && *p == producers)
                 .map_or(0.0, |r| r.2);
             let ratio = ingest / c.raw.rate;
             format!(

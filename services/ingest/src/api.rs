@@ -1,19 +1,22 @@
 //! The ingest gRPC API: a unary batch and a bidirectional stream, both thin
-//! adapters onto [`Ingestor`], answering every record in order.
+//! adapters onto [`Ingestor`], answering every record in order. Served by
+//! [`crate::service::IngestService`], which hands over each event as its bytes.
 
 use std::pin::Pin;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use millrace_chassis::config::IngestLimits;
 use millrace_chassis::telemetry;
-use millrace_proto::ingest_server::Ingest;
-use millrace_proto::{AckStatus, Event, EventAck, PublishBatchRequest, PublishBatchResponse};
+use millrace_proto::{AckStatus, EventAck, PublishBatchResponse};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::publish::{Ingestor, Pending, Record};
+use crate::publish::{Ingestor, Pending, Record, Tally};
 use crate::registry::{to_proto, ExportSchemas, List, Register, SchemaBook, SchemaHandle};
+use crate::service::RawBatch;
 use crate::SCHEMAS_KEY;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_proto::schemas_server::Schemas;
@@ -24,6 +27,9 @@ use millrace_proto::{
 
 /// Records a stream may have sent and not yet been answered for.
 const STREAM_WINDOW: usize = 1024;
+
+/// The answers of a `PublishStream`.
+pub type AckStream = Pin<Box<dyn Stream<Item = Result<EventAck, Status>> + Send>>;
 
 pub struct IngestApi {
     pub ingestor: Ingestor,
@@ -52,15 +58,15 @@ fn batch_size_problem(n: usize, limits: &IngestLimits) -> Option<String> {
     ))
 }
 
-#[tonic::async_trait]
-impl Ingest for IngestApi {
-    async fn publish_batch(
+impl IngestApi {
+    /// `PublishBatch`: `events` first, then `encoded_events`, answered in that order.
+    pub async fn publish_batch(
         &self,
-        request: Request<PublishBatchRequest>,
+        request: Request<RawBatch>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
-        let taken_in = tokio::time::Instant::now();
+        let taken_in = Instant::now();
         let parent = telemetry::context_from_grpc(request.metadata());
-        let PublishBatchRequest {
+        let RawBatch {
             events,
             encoded_events,
         } = request.into_inner();
@@ -77,11 +83,10 @@ impl Ingest for IngestApi {
             .ingestor
             .reserve(n)
             .ok_or_else(|| full(&self.ingestor))?;
-        let records = events.into_iter().map(Record::Decoded).chain(
-            encoded_events
-                .into_iter()
-                .map(|b| Record::Encoded(b.into())),
-        );
+        let records = events
+            .into_iter()
+            .chain(encoded_events)
+            .map(Record::Encoded);
         let mut pending = Vec::with_capacity(n);
         for (index, record) in (0u32..).zip(records) {
             pending.push(self.ingestor.submit(index, record, &parent, taken_in).await);
@@ -90,8 +95,9 @@ impl Ingest for IngestApi {
             acks: Vec::with_capacity(n),
             ..Default::default()
         };
+        let mut tally = Tally::default();
         for p in pending {
-            let ack = self.ingestor.settle(p).await;
+            let ack = self.ingestor.settle(p, &mut tally).await;
             match AckStatus::try_from(ack.status) {
                 Ok(AckStatus::Accepted) => response.accepted += 1,
                 Ok(AckStatus::Duplicate) => response.duplicates += 1,
@@ -99,15 +105,15 @@ impl Ingest for IngestApi {
             }
             response.acks.push(ack);
         }
+        self.ingestor.count(tally);
         Ok(Response::new(response))
     }
 
-    type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<EventAck, Status>> + Send>>;
-
-    async fn publish_stream(
+    /// `PublishStream`: events in, one ack per event out, in order.
+    pub async fn publish_stream(
         &self,
-        request: Request<Streaming<Event>>,
-    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        request: Request<Streaming<Bytes>>,
+    ) -> Result<Response<AckStream>, Status> {
         let parent = telemetry::context_from_grpc(request.metadata());
         let mut inbound = request.into_inner();
         let (steps, mut steps_rx) = mpsc::channel::<Step>(STREAM_WINDOW);
@@ -119,21 +125,14 @@ impl Ingest for IngestApi {
             while let Some(item) = inbound.next().await {
                 let step = match item {
                     Err(status) => Step::Fail(status),
-                    Ok(event) => match reader.reserve(1) {
+                    Ok(bytes) => match reader.reserve(1) {
                         None => Step::Fail(full(&reader)),
-                        Some(room) => Step::Record(
-                            Box::new(
-                                reader
-                                    .submit(
-                                        index,
-                                        Record::Decoded(event),
-                                        &parent,
-                                        tokio::time::Instant::now(),
-                                    )
-                                    .await,
-                            ),
-                            room,
-                        ),
+                        Some(room) => {
+                            let record = Record::Encoded(bytes);
+                            let taken_in = Instant::now();
+                            let pending = reader.submit(index, record, &parent, taken_in).await;
+                            Step::Record(Box::new(pending), room)
+                        }
                     },
                 };
                 let stop = matches!(step, Step::Fail(_));
@@ -148,7 +147,12 @@ impl Ingest for IngestApi {
         tokio::spawn(async move {
             while let Some(step) = steps_rx.recv().await {
                 let answer = match step {
-                    Step::Record(pending, _room) => Ok(answerer.settle(*pending).await),
+                    Step::Record(pending, _room) => {
+                        let mut tally = Tally::default();
+                        let ack = answerer.settle(*pending, &mut tally).await;
+                        answerer.count(tally);
+                        Ok(ack)
+                    }
                     Step::Fail(status) => Err(status),
                 };
                 let stop = answer.is_err();

@@ -8,14 +8,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::telemetry;
-use millrace_proto::{AckStatus, Event, EventAck};
+use millrace_proto::{AckStatus, EventAck};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::json;
-use crate::publish::{Ingestor, Pending, Record};
+use crate::publish::{Ingestor, Pending, Record, Tally};
 use crate::registry::SchemaHandle;
-use crate::schema::Rejection;
 
 /// Subject producers publish to; the last token is the event type.
 pub const SUBJECT: &str = "ingest.*";
@@ -59,7 +58,12 @@ pub async fn serve(
     let answering = tokio::spawn(async move {
         while let Some((reply, encoding, step)) = steps_rx.recv().await {
             let ack = match step {
-                Step::Record(pending, _room) => answerer.settle(*pending).await,
+                Step::Record(pending, _room) => {
+                    let mut tally = Tally::default();
+                    let ack = answerer.settle(*pending, &mut tally).await;
+                    answerer.count(tally);
+                    ack
+                }
                 Step::Refused(ack) => ack,
             };
             if let Some(reply) = reply {
@@ -132,23 +136,7 @@ fn read(msg: &Message, encoding: Encoding, schemas: &SchemaHandle) -> Record {
             Ok(event) => Record::Parsed(event, bytes),
             Err(rejection) => Record::Unreadable(bytes, rejection),
         },
-        Encoding::Protobuf => match Event::decode(bytes.clone()) {
-            Ok(mut event) if event.r#type.is_empty() || event.r#type == event_type => {
-                event.r#type = event_type.to_string();
-                Record::Parsed(event, bytes)
-            }
-            Ok(event) => Record::Unreadable(
-                bytes,
-                Rejection {
-                    code: "type_mismatch",
-                    message: format!(
-                        "event {}: type `{}` sent on subject {}",
-                        event.event_id, event.r#type, msg.subject
-                    ),
-                },
-            ),
-            // Decoded (and refused) by the publisher, which names the record.
-            Err(_) => Record::Encoded(bytes),
-        },
+        // Read (and its type checked against the subject's) by the publisher.
+        Encoding::Protobuf => Record::EncodedAs(bytes, event_type.to_string()),
     }
 }

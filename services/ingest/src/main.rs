@@ -6,7 +6,9 @@
 //! - [`schema`]: validation rules and their error codes.
 //! - [`registry`]: the `SchemaBook` actor that owns and snapshots the schemas.
 //! - [`publish`]: the record's path to JetStream and its answer.
+//! - [`wire`]: an `Event` read in place, and ingest's fields appended to its bytes.
 //! - [`api`]: the gRPC adapters: ingest (batch and stream) and the schema registry.
+//! - [`service`]: the ingest service over tonic, handing over events as their bytes.
 //! - [`intake`]: the NATS path (`ingest.<type>`, protobuf or [`json`]).
 
 mod api;
@@ -15,6 +17,13 @@ mod json;
 mod publish;
 mod registry;
 mod schema;
+mod service;
+mod wire;
+
+// Ingest allocates and frees a few small buffers per event; mimalloc does
+// that markedly cheaper than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use actix::Actor;
 use anyhow::Context as _;
@@ -25,11 +34,24 @@ use millrace_chassis::metrics::Metrics;
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_chassis::{grpc, runtime, telemetry};
-use millrace_proto::ingest_server::IngestServer;
 use millrace_proto::schemas_server::SchemasServer;
 
 /// Snapshot key of the schema book.
 pub(crate) const SCHEMAS_KEY: &str = "schemas";
+
+/// Whether spans are exported, as `telemetry::init` decides it (an OTLP
+/// endpoint set and the SDK not disabled). Without export, ingest opens no
+/// span per record: the caller's trace context still travels on in the headers.
+fn spans_exported() -> bool {
+    let endpoint_set = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    endpoint_set && !disabled
+}
 
 /// Refuses limits under which nothing could be taken in, and warns about
 /// batches that could never be (they are answered INVALID_ARGUMENT).
@@ -90,17 +112,21 @@ async fn run() -> anyhow::Result<()> {
     let ingestor = publish::Ingestor::new(
         bus.clone(),
         schemas.clone(),
-        pipeline.label.clone(),
-        pipeline.pipeline.partitions,
-        pipeline.ingest.clone(),
-        publish::IngestMetrics::new(&metrics),
+        publish::Settings {
+            label_rule: pipeline.label.clone(),
+            partitions: pipeline.pipeline.partitions,
+            limits: pipeline.ingest.clone(),
+            metrics: publish::IngestMetrics::new(&metrics),
+            spans: spans_exported(),
+        },
     );
     let grpc_addr = env.grpc_addr.context("ingest needs a gRPC address")?;
-    let api = IngestServer::new(api::IngestApi {
-        ingestor: ingestor.clone(),
-    })
-    .max_decoding_message_size(pipeline.ingest.max_batch_bytes)
-    .max_encoding_message_size(pipeline.ingest.max_batch_bytes);
+    let api = service::IngestService::new(
+        api::IngestApi {
+            ingestor: ingestor.clone(),
+        },
+        pipeline.ingest.max_batch_bytes,
+    );
     let schemas_api = SchemasServer::new(api::SchemasApi {
         book: book.clone(),
         schemas: schemas.clone(),

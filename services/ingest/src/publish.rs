@@ -1,7 +1,12 @@
-//! The path of one record from the producer to JetStream: decode, validate,
+//! The path of one record from the producer to JetStream: read, validate,
 //! stamp (ingest time, key, partition), publish with `Nats-Msg-Id = event_id`,
 //! and answer only once JetStream has stored it. Refused records go to the DLQ
 //! with their original bytes before they are answered.
+//!
+//! A protobuf record is read in place ([`EventView`]) and stored as the
+//! producer's bytes with ingest's fields appended ([`Stamps`]): no decoding
+//! into an `Event`, no encoding again. JSON records, label events (stored as
+//! `Label`s) and encodings the view leaves to prost take the decoded path.
 //!
 //! Records are sent without waiting for each ack (JetStream acks are
 //! pipelined, bounded by the client's in-flight limit) and answered in order.
@@ -10,13 +15,14 @@
 //! dies with acks in flight costs a call at most that long, not one timeout
 //! per record awaited one after another.
 
+use std::collections::BTreeMap;
 use std::future::IntoFuture as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use millrace_chassis::bus::{subject, Bus, Outgoing};
 use millrace_chassis::config::{IngestLimits, LabelRule};
@@ -29,25 +35,28 @@ use opentelemetry::Context;
 use prometheus::{Histogram, IntCounterVec, IntGauge};
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::registry::SchemaHandle;
-use crate::schema::Rejection;
+use crate::schema::{Rejection, SchemaRegistry};
+use crate::wire::{EventView, Stamps};
+
+/// How long JetStream has to confirm a record after ingest took it in (the
+/// chassis `Bus` gives its JetStream context the same publish-ack timeout).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One record as the producer sent it.
 pub enum Record {
-    /// Typed by the gRPC layer.
-    Decoded(Event),
-    /// Protobuf bytes, decoded here so a malformed one is answered alone.
+    /// Protobuf `Event` bytes (gRPC).
     Encoded(Bytes),
+    /// Protobuf `Event` bytes published on `ingest.<type>`: the event is of that
+    /// type, or names none.
+    EncodedAs(Bytes, String),
     /// Read elsewhere (e.g. from JSON); the bytes go to the DLQ if refused.
     Parsed(Event, Bytes),
     /// Could not be read at all.
     Unreadable(Bytes, Rejection),
 }
-
-/// How long JetStream has to confirm a record after ingest took it in (the
-/// chassis `Bus` gives its JetStream context the same publish-ack timeout).
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -77,7 +86,7 @@ impl IngestMetrics {
 /// A record on its way: already answered, or waiting for JetStream.
 pub struct Pending {
     ack: EventAck,
-    event_type: String,
+    event_type: Arc<str>,
     wait: Wait,
     /// When the record is answered `unavailable` if JetStream has not confirmed it.
     deadline: Instant,
@@ -93,6 +102,95 @@ enum Wait {
     DeadLettered(PublishAckFuture),
 }
 
+/// Where a record stands in its call: its index and when it must be answered.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    index: u32,
+    deadline: Instant,
+}
+
+/// Answers counted by (event type, outcome, reason), added to the metrics in
+/// one go by [`Ingestor::count`]: a batch of one type costs one counter lookup.
+#[derive(Default)]
+pub struct Tally {
+    counts: Vec<(Arc<str>, &'static str, String, u64)>,
+}
+
+impl Tally {
+    fn add(&mut self, event_type: &Arc<str>, ack: &EventAck) {
+        let outcome = match AckStatus::try_from(ack.status) {
+            Ok(AckStatus::Accepted) => "accepted",
+            Ok(AckStatus::Duplicate) => "duplicate",
+            _ => "rejected",
+        };
+        let same = |(t, o, c, _): &&mut (Arc<str>, &'static str, String, u64)| {
+            *o == outcome && *c == ack.code && (Arc::ptr_eq(t, event_type) || **t == **event_type)
+        };
+        match self.counts.iter_mut().find(same) {
+            Some(entry) => entry.3 += 1,
+            None => self
+                .counts
+                .push((event_type.clone(), outcome, ack.code.clone(), 1)),
+        }
+    }
+}
+
+/// The subjects of each event type, built once: `events.<type>.<partition>`
+/// and `labels.<type>`.
+struct Subjects {
+    partitions: u32,
+    by_type: RwLock<BTreeMap<String, Arc<TypeSubjects>>>,
+}
+
+struct TypeSubjects {
+    name: Arc<str>,
+    events: Vec<Subject>,
+    labels: Subject,
+}
+
+impl Subjects {
+    fn new(partitions: u32) -> Self {
+        Self {
+            partitions: partitions.max(1),
+            by_type: RwLock::default(),
+        }
+    }
+
+    /// The subjects of `event_type`, which must be registered (so the map stays bounded).
+    fn of(&self, event_type: &str) -> Arc<TypeSubjects> {
+        let known = self
+            .by_type
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(event_type)
+            .cloned();
+        if let Some(known) = known {
+            return known;
+        }
+        let made = Arc::new(TypeSubjects {
+            name: event_type.into(),
+            events: (0..self.partitions)
+                .map(|p| Subject::from(subject::events(event_type, p)))
+                .collect(),
+            labels: Subject::from(subject::labels(event_type)),
+        });
+        self.by_type
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(event_type.to_string())
+            .or_insert(made)
+            .clone()
+    }
+}
+
+impl TypeSubjects {
+    fn events(&self, partition: u32) -> Subject {
+        // `partition_of` stays below the partition count the list was built for.
+        let last = self.events.len().saturating_sub(1);
+        self.events[(partition as usize).min(last)].clone()
+    }
+}
+
 #[derive(Clone)]
 pub struct Ingestor {
     bus: Bus,
@@ -102,17 +200,30 @@ pub struct Ingestor {
     partitions: u32,
     metrics: IngestMetrics,
     capacity: Arc<Semaphore>,
+    subjects: Arc<Subjects>,
+    /// Whether spans are exported; when not, a record works in its caller's
+    /// trace context (which still travels on in the headers) without a span.
+    spans: bool,
+}
+
+/// What [`Ingestor::new`] needs besides the bus and the schemas.
+pub struct Settings {
+    pub label_rule: Option<LabelRule>,
+    pub partitions: u32,
+    pub limits: IngestLimits,
+    pub metrics: IngestMetrics,
+    pub spans: bool,
 }
 
 impl Ingestor {
-    pub fn new(
-        bus: Bus,
-        schemas: SchemaHandle,
-        label_rule: Option<LabelRule>,
-        partitions: u32,
-        limits: IngestLimits,
-        metrics: IngestMetrics,
-    ) -> Self {
+    pub fn new(bus: Bus, schemas: SchemaHandle, settings: Settings) -> Self {
+        let Settings {
+            label_rule,
+            partitions,
+            limits,
+            metrics,
+            spans,
+        } = settings;
         Self {
             bus,
             schemas,
@@ -121,6 +232,8 @@ impl Ingestor {
             metrics,
             capacity: Arc::new(Semaphore::new(limits.max_pending_records)),
             limits,
+            subjects: Arc::new(Subjects::new(partitions)),
+            spans,
         }
     }
 
@@ -143,37 +256,176 @@ impl Ingestor {
         parent: &Context,
         taken_in: Instant,
     ) -> Pending {
-        let deadline = taken_in + ACK_TIMEOUT;
-        self.metrics.pending.inc();
-        let unreadable = match record {
-            Record::Encoded(bytes) => match decode(&bytes, index, self.limits.max_record_bytes) {
-                Ok(event) => Ok((event, Some(bytes))),
-                Err(rejection) => Err((bytes, rejection)),
-            },
-            Record::Decoded(event) => Ok((event, None)),
-            Record::Parsed(event, bytes) => Ok((event, Some(bytes))),
-            Record::Unreadable(bytes, rejection) => Err((bytes, rejection)),
+        let slot = Slot {
+            index,
+            deadline: taken_in + ACK_TIMEOUT,
         };
-        let (mut event, raw) = match unreadable {
-            Ok(read) => read,
-            Err((bytes, rejection)) => {
-                // No event id to name it by: the content's hash stands in.
-                let id = format!("malformed-{:016x}", fnv1a64(&bytes));
+        self.metrics.pending.inc();
+        match record {
+            Record::Encoded(bytes) => self.submit_encoded(slot, bytes, None, parent).await,
+            Record::EncodedAs(bytes, event_type) => {
+                self.submit_encoded(slot, bytes, Some(&event_type), parent)
+                    .await
+            }
+            Record::Parsed(event, bytes) => self.submit_event(slot, event, bytes, parent).await,
+            Record::Unreadable(bytes, rejection) => {
+                self.reject_unreadable(slot, bytes, rejection, parent).await
+            }
+        }
+    }
+
+    /// A protobuf record: read in place and stored as sent, plus ingest's fields.
+    async fn submit_encoded(
+        &self,
+        slot: Slot,
+        bytes: Bytes,
+        subject_type: Option<&str>,
+        parent: &Context,
+    ) -> Pending {
+        let max = self.limits.max_record_bytes;
+        let view = EventView::parse(&bytes);
+        if bytes.len() > max {
+            let message = match view.as_ref().filter(|v| !v.event_id.is_empty()) {
+                Some(v) => format!("event {}: {} bytes, at most {max}", v.event_id, bytes.len()),
+                None => format!(
+                    "record {}: {} bytes, at most {max}",
+                    slot.index,
+                    bytes.len()
+                ),
+            };
+            let rejection = Rejection {
+                code: "too_large",
+                message,
+            };
+            return match view.map(|v| (v.event_id.to_string(), v.r#type.to_string())) {
+                Some((id, ty)) if !id.is_empty() => {
+                    let span = self.span(parent, &id);
+                    self.reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
+                        .await
+                }
+                _ => self.reject_unreadable(slot, bytes, rejection, parent).await,
+            };
+        }
+        let Some(mut view) = view else {
+            // Not plainly valid: prost decides, and names what is wrong.
+            return match Event::decode(bytes.clone()) {
+                Ok(mut event) => {
+                    if let Some(expected) = subject_type {
+                        if event.r#type.is_empty() {
+                            event.r#type = expected.to_string();
+                        } else if event.r#type != expected {
+                            let rejection = type_mismatch(&event.event_id, &event.r#type, expected);
+                            let span = self.span(parent, &event.event_id);
+                            let (id, ty) = (event.event_id, event.r#type);
+                            return self
+                                .reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
+                                .await;
+                        }
+                    }
+                    self.submit_event(slot, event, bytes, parent).await
+                }
+                Err(e) => {
+                    let rejection = Rejection {
+                        code: "malformed",
+                        message: format!(
+                            "record {}: not a protobuf millrace.v1.Event: {e}",
+                            slot.index
+                        ),
+                    };
+                    self.reject_unreadable(slot, bytes, rejection, parent).await
+                }
+            };
+        };
+        let mut type_stamp = None;
+        if let Some(expected) = subject_type {
+            if view.r#type.is_empty() {
+                view.r#type = expected;
+                type_stamp = Some(expected);
+            } else if view.r#type != expected {
+                let rejection = type_mismatch(view.event_id, view.r#type, expected);
+                let (id, ty) = (view.event_id.to_string(), view.r#type.to_string());
+                let span = self.span(parent, &id);
                 return self
-                    .reject(
-                        (index, deadline),
-                        &id,
-                        "",
-                        rejection,
-                        bytes.to_vec(),
-                        parent.clone(),
-                    )
+                    .reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
+                    .await;
+            }
+        }
+        let registry = self.schemas.current();
+        let checked = match registry.check(&view) {
+            Ok(checked) => checked,
+            Err(rejection) => {
+                let (id, ty) = (view.event_id.to_string(), view.r#type.to_string());
+                let span = self.span(parent, &id);
+                return self
+                    .reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
                     .await;
             }
         };
-        let span = telemetry::event_span("ingest", SpanKind::Producer, parent, &event.event_id);
-        let too_big = raw.as_ref().map_or_else(|| event.encoded_len(), Bytes::len)
-            > self.limits.max_record_bytes;
+        if checked.is_label {
+            // Stored as a `Label`: decoded (the view said prost can) and checked again.
+            let decoded = Event::decode(bytes.clone());
+            drop(view);
+            return match decoded {
+                Ok(mut event) => {
+                    if let Some(t) = type_stamp {
+                        event.r#type = t.to_string();
+                    }
+                    self.submit_event(slot, event, bytes, parent).await
+                }
+                Err(e) => {
+                    let rejection = Rejection {
+                        code: "malformed",
+                        message: format!(
+                            "record {}: not a protobuf millrace.v1.Event: {e}",
+                            slot.index
+                        ),
+                    };
+                    self.reject_unreadable(slot, bytes, rejection, parent).await
+                }
+            };
+        }
+        let span = self.span(parent, view.event_id);
+        let now = millrace_chassis::time::now_us();
+        let key = checked.key.as_deref().unwrap_or(view.key);
+        let partition = partition_of(key, self.partitions);
+        let stamps = Stamps {
+            r#type: type_stamp,
+            schema_version: (checked.schema_version != view.schema_version)
+                .then_some(checked.schema_version),
+            key: checked.key.as_deref(),
+            event_time_us: (view.event_time_us == 0).then_some(now),
+            ingest_time_us: Some(now),
+            partition: (partition != view.partition).then_some(partition),
+        };
+        let payload = stamps.append_to(&bytes);
+        let subjects = self.subjects.of(view.r#type);
+        let ack = EventAck {
+            index: slot.index,
+            event_id: view.event_id.to_string(),
+            ..Default::default()
+        };
+        drop(view);
+        self.send_stored(
+            slot,
+            ack,
+            subjects.name.clone(),
+            subjects.events(partition),
+            payload,
+            span,
+        )
+        .await
+    }
+
+    /// A decoded record: validated, stamped and encoded.
+    async fn submit_event(
+        &self,
+        slot: Slot,
+        mut event: Event,
+        original: Bytes,
+        parent: &Context,
+    ) -> Pending {
+        let span = self.span(parent, &event.event_id);
+        let too_big = original.len() > self.limits.max_record_bytes;
         let checked = if too_big {
             Err(Rejection {
                 code: "too_large",
@@ -188,10 +440,9 @@ impl Ingestor {
         let accepted = match checked {
             Ok(accepted) => accepted,
             Err(rejection) => {
-                let payload = raw.map_or_else(|| event.encode_to_vec(), |b| b.to_vec());
-                let (id, ty) = (event.event_id.clone(), event.r#type.clone());
+                let (id, ty) = (event.event_id, event.r#type);
                 return self
-                    .reject((index, deadline), &id, &ty, rejection, payload, span)
+                    .reject(slot, &id, &ty, rejection, original.to_vec(), span)
                     .await;
             }
         };
@@ -200,22 +451,16 @@ impl Ingestor {
             event.event_time_us = event.ingest_time_us;
         }
         event.partition = partition_of(&event.key, self.partitions);
+        let subjects = self.subjects.of(&event.r#type);
         let label = accepted
             .is_label
             .then(|| self.label_rule.as_ref().and_then(|r| r.label_of(&event)));
-        let out = match label {
-            None => Outgoing::new(
-                subject::events(&event.r#type, event.partition),
-                event.event_id.clone(),
-                &event,
-                span.clone(),
+        let (subject, payload) = match label {
+            None => (
+                subjects.events(event.partition),
+                Bytes::from(event.encode_to_vec()),
             ),
-            Some(Some(label)) => Outgoing::new(
-                subject::labels(&event.r#type),
-                event.event_id.clone(),
-                &label,
-                span.clone(),
-            ),
+            Some(Some(label)) => (subjects.labels.clone(), Bytes::from(label.encode_to_vec())),
             Some(None) => {
                 // Validation requires the rule's fields, so only a pipeline
                 // whose rule disagrees with its schema gets here.
@@ -226,64 +471,82 @@ impl Ingestor {
                         event.event_id
                     ),
                 };
-                let (id, ty) = (event.event_id.clone(), event.r#type.clone());
-                return self
-                    .reject(
-                        (index, deadline),
-                        &id,
-                        &ty,
-                        rejection,
-                        event.encode_to_vec(),
-                        span,
-                    )
-                    .await;
+                let payload = event.encode_to_vec();
+                let (id, ty) = (event.event_id, event.r#type);
+                return self.reject(slot, &id, &ty, rejection, payload, span).await;
             }
         };
         let ack = EventAck {
-            index,
-            event_id: event.event_id.clone(),
+            index: slot.index,
+            event_id: event.event_id,
             ..Default::default()
         };
+        self.send_stored(slot, ack, subjects.name.clone(), subject, payload, span)
+            .await
+    }
+
+    /// Publishes an accepted record under `Nats-Msg-Id` = its event id.
+    async fn send_stored(
+        &self,
+        slot: Slot,
+        ack: EventAck,
+        event_type: Arc<str>,
+        subject: Subject,
+        payload: Bytes,
+        span: Context,
+    ) -> Pending {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, ack.event_id.as_str());
+        telemetry::inject_into_headers(&span, &mut headers);
+        let publish = PublishMessage::build().payload(payload).headers(headers);
+        let sending = self.bus.jetstream().send_publish(subject, publish);
         // Bounded: with the broker gone the client's queue and ack permits run out.
-        let wait = match tokio::time::timeout_at(deadline, self.bus.send(&out)).await {
-            Ok(Ok(ack)) => Wait::Stored {
+        let (ack, wait) = match tokio::time::timeout_at(slot.deadline, sending).await {
+            Ok(Ok(fut)) => (
                 ack,
-                sent: Instant::now(),
-            },
-            Ok(Err(e)) => {
-                let ack = unavailable(ack, &e.to_string());
-                return Pending {
-                    ack,
-                    event_type: event.r#type,
-                    wait: Wait::Nothing,
-                    deadline,
-                    _span: span,
-                };
-            }
-            Err(_) => {
-                let ack = unavailable(ack, &not_sent_in_time());
-                return Pending {
-                    ack,
-                    event_type: event.r#type,
-                    wait: Wait::Nothing,
-                    deadline,
-                    _span: span,
-                };
-            }
+                Wait::Stored {
+                    ack: fut,
+                    sent: Instant::now(),
+                },
+            ),
+            Ok(Err(e)) => (unavailable(ack, &e.to_string()), Wait::Nothing),
+            Err(_) => (unavailable(ack, &not_sent_in_time()), Wait::Nothing),
         };
         Pending {
             ack,
-            event_type: event.r#type,
+            event_type,
             wait,
-            deadline,
+            deadline: slot.deadline,
             _span: span,
         }
     }
 
-    /// Answers record `index` (due by `deadline`) REJECTED, after sending it to the DLQ.
+    /// The record's span, when spans are exported; its caller's context otherwise.
+    fn span(&self, parent: &Context, event_id: &str) -> Context {
+        if self.spans {
+            telemetry::event_span("ingest", SpanKind::Producer, parent, event_id)
+        } else {
+            parent.clone()
+        }
+    }
+
+    /// A record with no event id to name it by: the content's hash stands in.
+    async fn reject_unreadable(
+        &self,
+        slot: Slot,
+        bytes: Bytes,
+        rejection: Rejection,
+        parent: &Context,
+    ) -> Pending {
+        let id = format!("malformed-{:016x}", fnv1a64(&bytes));
+        self.reject(slot, &id, "", rejection, bytes.to_vec(), parent.clone())
+            .await
+    }
+
+    /// Answers the record REJECTED, after sending it to the DLQ.
     async fn reject(
         &self,
-        (index, deadline): (u32, Instant),
+        slot: Slot,
         event_id: &str,
         event_type: &str,
         rejection: Rejection,
@@ -307,7 +570,7 @@ impl Ingestor {
         };
         let id = format!("dlq:ingest:{}:{event_id}", rejection.code);
         let out = Outgoing::new(subject::dlq("ingest"), id, &letter, span.clone());
-        let wait = match tokio::time::timeout_at(deadline, self.bus.send(&out)).await {
+        let wait = match tokio::time::timeout_at(slot.deadline, self.bus.send(&out)).await {
             Ok(Ok(ack)) => Wait::DeadLettered(ack),
             Ok(Err(e)) => {
                 tracing::error!(event_id, "could not send a rejected record to the DLQ: {e}");
@@ -323,7 +586,7 @@ impl Ingestor {
             }
         };
         let ack = EventAck {
-            index,
+            index: slot.index,
             event_id: event_id.into(),
             status: AckStatus::Rejected as i32,
             code: rejection.code.into(),
@@ -334,13 +597,14 @@ impl Ingestor {
             ack,
             event_type: event_type.into(),
             wait,
-            deadline,
+            deadline: slot.deadline,
             _span: span,
         }
     }
 
-    /// Waits for JetStream (until the record's deadline) and gives the producer its answer.
-    pub async fn settle(&self, pending: Pending) -> EventAck {
+    /// Waits for JetStream (until the record's deadline) and gives the
+    /// producer its answer, counted into `tally`.
+    pub async fn settle(&self, pending: Pending, tally: &mut Tally) -> EventAck {
         let Pending {
             mut ack,
             event_type,
@@ -364,8 +628,8 @@ impl Ingestor {
             Wait::Stored { ack: fut, sent } => {
                 match tokio::time::timeout_at(deadline, fut.into_future()).await {
                     Err(_) => {
-                        ack =
-                            unavailable(ack, &format!("no acknowledgement within {ACK_TIMEOUT:?}"))
+                        let why = format!("no acknowledgement within {ACK_TIMEOUT:?}");
+                        ack = unavailable(ack, &why);
                     }
                     Ok(Err(e)) => ack = unavailable(ack, &e.to_string()),
                     Ok(Ok(stored)) => {
@@ -382,37 +646,37 @@ impl Ingestor {
                 }
             }
         }
-        let outcome = match AckStatus::try_from(ack.status) {
-            Ok(AckStatus::Accepted) => "accepted",
-            Ok(AckStatus::Duplicate) => "duplicate",
-            _ => "rejected",
-        };
-        // Label values stay bounded: types outside the registry count as `unknown`.
-        let event_type = if self.schemas.current().contains(&event_type) {
-            event_type.as_str()
-        } else {
-            "unknown"
-        };
-        self.metrics
-            .events
-            .with_label_values(&[event_type, outcome, ack.code.as_str()])
-            .inc();
+        tally.add(&event_type, &ack);
         self.metrics.pending.dec();
         ack
     }
+
+    /// Adds what `tally` counted to the metrics.
+    pub fn count(&self, tally: Tally) {
+        if tally.counts.is_empty() {
+            return;
+        }
+        let registry: Arc<SchemaRegistry> = self.schemas.current();
+        for (event_type, outcome, code, n) in tally.counts {
+            // Label values stay bounded: types outside the registry count as `unknown`.
+            let event_type = if registry.contains(&event_type) {
+                &*event_type
+            } else {
+                "unknown"
+            };
+            self.metrics
+                .events
+                .with_label_values(&[event_type, outcome, code.as_str()])
+                .inc_by(n);
+        }
+    }
 }
 
-fn decode(bytes: &[u8], index: u32, max_bytes: usize) -> Result<Event, Rejection> {
-    if bytes.len() > max_bytes {
-        return Err(Rejection {
-            code: "too_large",
-            message: format!("record {index}: {} bytes, at most {max_bytes}", bytes.len()),
-        });
+fn type_mismatch(event_id: &str, event_type: &str, expected: &str) -> Rejection {
+    Rejection {
+        code: "type_mismatch",
+        message: format!("event {event_id}: type `{event_type}` sent on subject ingest.{expected}"),
     }
-    Event::decode(bytes).map_err(|e| Rejection {
-        code: "malformed",
-        message: format!("record {index}: not a protobuf millrace.v1.Event: {e}"),
-    })
 }
 
 /// The answer for a record JetStream did not confirm. It may have been stored

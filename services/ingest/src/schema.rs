@@ -2,11 +2,14 @@
 //! refusal names the record, the field and the reason, with a stable code that
 //! producers and the DLQ can act on.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use millrace_chassis::config::{EventSchema, FieldDef, FieldType};
-use millrace_proto::value::Kind;
-use millrace_proto::{Event, Value};
+use millrace_proto::Event;
+
+use crate::wire::{EventView, FieldValue};
 
 /// Why a record was refused: a machine-readable code and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +35,33 @@ pub struct SchemaRegistry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
     pub is_label: bool,
+}
+
+/// What checking an [`EventView`] found: the version it was checked against,
+/// the key taken from the schema's key field when the producer gave none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<'a> {
+    pub schema_version: u32,
+    /// `None`: the producer's key stands.
+    pub key: Option<Cow<'a, str>>,
+    pub is_label: bool,
+}
+
+/// Names the record in a rejection: "event <id> (<type> v<version>)".
+struct What<'a> {
+    id: &'a str,
+    event_type: &'a str,
+    version: u32,
+}
+
+impl fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "event {} ({} v{})",
+            self.id, self.event_type, self.version
+        )
+    }
 }
 
 impl SchemaRegistry {
@@ -121,18 +151,29 @@ impl SchemaRegistry {
     /// Checks `event` and fills in what ingest owns: the key from the schema's
     /// key field when the producer left it empty, and the schema version when 0.
     pub fn validate(&self, event: &mut Event) -> Result<Accepted, Rejection> {
-        let id = if event.event_id.is_empty() {
-            "<no id>"
-        } else {
-            event.event_id.as_str()
-        };
+        let checked = self.check(&EventView::of(event))?;
+        let (version, key, is_label) = (
+            checked.schema_version,
+            checked.key.map(Cow::into_owned),
+            checked.is_label,
+        );
+        event.schema_version = version;
+        if let Some(key) = key {
+            event.key = key;
+        }
+        Ok(Accepted { is_label })
+    }
+
+    /// Checks an event against the schema it names. Builds no message unless it refuses.
+    pub fn check<'a>(&self, event: &EventView<'a>) -> Result<Checked<'a>, Rejection> {
         if event.event_id.is_empty() {
             return Err(Rejection::new(
                 "missing_event_id",
                 "event has no event_id (the producer's idempotency key)".into(),
             ));
         }
-        let versions = self.versions.get(&event.r#type).ok_or_else(|| {
+        let id = event.event_id;
+        let versions = self.versions.get(event.r#type).ok_or_else(|| {
             Rejection::new(
                 "unknown_type",
                 format!(
@@ -142,58 +183,67 @@ impl SchemaRegistry {
                 ),
             )
         })?;
-        let schema = self
-            .get(&event.r#type, event.schema_version)
-            .ok_or_else(|| {
-                let known: Vec<String> = versions.keys().map(|v| format!("v{v}")).collect();
-                Rejection::new(
-                    "unknown_schema_version",
-                    format!(
-                        "event {id}: {} has no schema version {} (registered: {})",
-                        event.r#type,
-                        event.schema_version,
-                        known.join(", ")
-                    ),
-                )
-            })?;
-        event.schema_version = schema.version;
-        let what = format!("event {id} ({} v{})", event.r#type, schema.version);
+        let schema = match event.schema_version {
+            0 => versions.values().next_back(),
+            v => versions.get(&v),
+        }
+        .ok_or_else(|| {
+            let known: Vec<String> = versions.keys().map(|v| format!("v{v}")).collect();
+            Rejection::new(
+                "unknown_schema_version",
+                format!(
+                    "event {id}: {} has no schema version {} (registered: {})",
+                    event.r#type,
+                    event.schema_version,
+                    known.join(", ")
+                ),
+            )
+        })?;
+        let what = What {
+            id,
+            event_type: event.r#type,
+            version: schema.version,
+        };
         for (name, def) in &schema.fields {
-            match event.fields.get(name) {
-                None | Some(Value { kind: None }) if def.required => {
+            match event.field(name) {
+                None | Some(FieldValue::Null) if def.required => {
                     return Err(Rejection::new(
                         "missing_field",
                         format!("{what}: required field `{name}` is missing"),
                     ));
                 }
-                None | Some(Value { kind: None }) => {}
+                None | Some(FieldValue::Null) => {}
                 Some(value) => check_field(&what, name, def, value)?,
             }
         }
-        if let Some(name) = event
+        if let Some((name, _)) = event
             .fields
-            .keys()
-            .find(|k| !schema.fields.contains_key(*k))
+            .iter()
+            .find(|(k, _)| !schema.fields.contains_key(*k))
         {
             return Err(Rejection::new(
                 "unknown_field",
                 format!("{what}: field `{name}` is not in the schema"),
             ));
         }
-        if event.key.is_empty() {
+        let key = if event.key.is_empty() {
             let from_field = schema
                 .key_field
                 .as_ref()
-                .and_then(|f| event.fields.get(f))
-                .and_then(Value::key_text);
-            event.key = from_field.ok_or_else(|| {
+                .and_then(|f| event.field(f))
+                .and_then(|v| v.key_text());
+            Some(from_field.ok_or_else(|| {
                 Rejection::new(
                     "missing_key",
                     format!("{what}: no key given and the schema's key field is absent"),
                 )
-            })?;
-        }
-        Ok(Accepted {
+            })?)
+        } else {
+            None
+        };
+        Ok(Checked {
+            schema_version: schema.version,
+            key,
             is_label: schema.label,
         })
     }
@@ -278,33 +328,37 @@ pub fn backward_compatible(old: &EventSchema, new: &EventSchema) -> Result<(), S
     Ok(())
 }
 
-fn check_field(what: &str, name: &str, def: &FieldDef, value: &Value) -> Result<(), Rejection> {
+fn check_field(
+    what: &What<'_>,
+    name: &str,
+    def: &FieldDef,
+    value: FieldValue<'_>,
+) -> Result<(), Rejection> {
     let wrong_type = || {
         Rejection::new(
             "wrong_type",
             format!(
-                "{what}: field `{name}`: expected {}, got {}",
+                "{what}: field `{name}`: expected {}, got {value}",
                 def.kind.name(),
-                describe(value)
             ),
         )
     };
-    let number = match (def.kind, value.kind.as_ref()) {
-        (FieldType::Double, Some(Kind::DoubleValue(x))) => {
+    let number = match (def.kind, value) {
+        (FieldType::Double, FieldValue::Double(x)) => {
             if !x.is_finite() {
                 return Err(Rejection::new(
                     "out_of_range",
                     format!("{what}: field `{name}`: {x} is not a finite number"),
                 ));
             }
-            Some(*x)
+            Some(x)
         }
         // An int is a valid double: JSON producers cannot tell them apart.
-        (FieldType::Double, Some(Kind::IntValue(i))) => Some(*i as f64),
-        (FieldType::Int, Some(Kind::IntValue(i))) => Some(*i as f64),
-        (FieldType::Timestamp, Some(Kind::TimestampUs(t))) => Some(*t as f64),
-        (FieldType::Bool, Some(Kind::BoolValue(_))) => None,
-        (FieldType::String, Some(Kind::StringValue(s))) => {
+        (FieldType::Double, FieldValue::Int(i)) => Some(i as f64),
+        (FieldType::Int, FieldValue::Int(i)) => Some(i as f64),
+        (FieldType::Timestamp, FieldValue::Timestamp(t)) => Some(t as f64),
+        (FieldType::Bool, FieldValue::Bool(_)) => None,
+        (FieldType::String, FieldValue::Str(s)) => {
             if let Some(max) = def.max_len {
                 if s.len() > max {
                     return Err(Rejection::new(
@@ -347,24 +401,11 @@ fn check_field(what: &str, name: &str, def: &FieldDef, value: &Value) -> Result<
     Ok(())
 }
 
-fn describe(value: &Value) -> String {
-    match value.kind.as_ref() {
-        Some(Kind::StringValue(s)) if s.len() > 40 => {
-            format!("string \"{}…\"", &s[..s.floor_char_boundary(40)])
-        }
-        Some(Kind::StringValue(s)) => format!("string \"{s}\""),
-        Some(Kind::DoubleValue(x)) => format!("double {x}"),
-        Some(Kind::IntValue(i)) => format!("int {i}"),
-        Some(Kind::BoolValue(b)) => format!("bool {b}"),
-        Some(Kind::TimestampUs(t)) => format!("timestamp {t}"),
-        None => "null".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use millrace_chassis::config::Pipeline;
+    use millrace_proto::Value;
     use std::path::Path;
 
     fn registry() -> SchemaRegistry {
