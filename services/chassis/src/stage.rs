@@ -8,7 +8,10 @@
 //! 3. publish what the actor returns: the records for the stage's output
 //!    stream packed one batch per subject ([`crate::batch`]), after the
 //!    previous chunk's are stored; others (DLQ, alerts) one by one;
-//! 4. every `snapshot_every` messages or `snapshot_interval`, and on shutdown:
+//! 4. every `snapshot_every` records or `snapshot_interval`, but never sooner
+//!    than [`SNAPSHOT_SPACING`] times the last snapshot's cost (so a large
+//!    state spends at most about a tenth of the stage's time in snapshots),
+//!    and on shutdown:
 //!    wait until the outputs are stored, ask the actor for its state, store it
 //!    with the last applied sequence of every stream, then ack those (ack-all).
 //!
@@ -244,6 +247,7 @@ where
         unsnapshotted: 0,
         last_messages: spec.sources.iter().map(|_| None).collect(),
         last_snapshot: Instant::now(),
+        last_cost: Duration::ZERO,
     };
     checkpoint.report_sequence();
     let mut tick = tokio::time::interval(spec.snapshot_interval);
@@ -254,7 +258,7 @@ where
             biased;
             _ = shutdown.recv() => break,
             _ = tick.tick() => {
-                if checkpoint.unsnapshotted > 0 && checkpoint.last_snapshot.elapsed() >= spec.snapshot_interval {
+                if checkpoint.unsnapshotted > 0 && checkpoint.due(spec.snapshot_interval) {
                     checkpoint.snapshot(&actor).await?;
                 }
             }
@@ -276,7 +280,7 @@ where
                     tracing::info!(stage = spec.stage, "replay past what the output stream held");
                     covered = None;
                 }
-                if checkpoint.unsnapshotted >= spec.snapshot_every {
+                if checkpoint.unsnapshotted >= spec.snapshot_every && checkpoint.due(Duration::ZERO) {
                     checkpoint.snapshot(&actor).await?;
                 }
             }
@@ -295,6 +299,9 @@ fn consume_error(bus: &Bus, source: &Source, message: String) -> ChassisError {
         message,
     }
 }
+
+/// A snapshot waits at least this many times the last one's cost after it.
+pub const SNAPSHOT_SPACING: u32 = 9;
 
 /// Records per piece: with flights feature vectors (about 4.6 kB) a piece's
 /// batch stays well under NATS's 1 MiB message limit.
@@ -339,6 +346,8 @@ struct Checkpoint<'a> {
     /// Per source: the newest message applied and not yet acked.
     last_messages: Vec<Option<async_nats::jetstream::Message>>,
     last_snapshot: Instant,
+    /// How long the last snapshot held the stage up.
+    last_cost: Duration,
 }
 
 impl Checkpoint<'_> {
@@ -546,6 +555,12 @@ impl Checkpoint<'_> {
         Ok(())
     }
 
+    /// Whether `at_least` has passed since the last snapshot, and enough time
+    /// for the last one's cost to be a small share.
+    fn due(&self, at_least: Duration) -> bool {
+        self.last_snapshot.elapsed() >= at_least.max(self.last_cost * SNAPSHOT_SPACING)
+    }
+
     async fn snapshot<A, S>(&mut self, actor: &Addr<A>) -> Result<(), ChassisError>
     where
         A: Actor + Handler<TakeSnapshot<S>>,
@@ -585,6 +600,7 @@ impl Checkpoint<'_> {
         self.report_sequence();
         self.unsnapshotted = 0;
         self.last_snapshot = Instant::now();
+        self.last_cost = started.elapsed();
         Ok(())
     }
 

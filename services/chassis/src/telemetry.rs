@@ -113,6 +113,9 @@ pub fn inject_into_grpc(cx: &Context, metadata: &mut tonic::metadata::MetadataMa
 
 /// The `traceparent` value of a context, if it holds a valid span.
 pub fn traceparent(cx: &Context) -> Option<String> {
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
     let mut headers = async_nats::HeaderMap::new();
     inject_into_headers(cx, &mut headers);
     headers.get("traceparent").map(|v| v.as_str().to_string())

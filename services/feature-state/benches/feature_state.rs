@@ -224,180 +224,182 @@ fn main() -> Result<()> {
         rows.push(Row(what.into(), value, note.into()));
     };
 
-    // 1. In-process updates, one core.
-    let entities = scale(100_000) as u64;
-    let n = scale(2_000_000);
-    eprintln!("generating {n} events over {entities} entities…");
-    let events = txns(n, entities, BASE_US, DAY_US, 1);
-    let rss_before = rss_bytes();
-    let mut s = store(false)?;
-    let started = Instant::now();
-    for e in &events {
-        s.apply(e, 0);
-    }
-    let secs = started.elapsed().as_secs_f64();
-    row(
-        "in-process: events/s (10 features, unscored)",
-        format!("{:.0}", n as f64 / secs),
-        &format!("{n} events, {entities} entities, 1 core"),
-    );
-    row(
-        "in-process: feature updates/s",
-        format!("{:.0}", 10.0 * n as f64 / secs),
-        "target ≥ 1,000,000 per core",
-    );
-    let sweep = s.sweep();
-    let rss_after = rss_bytes();
-    row(
-        "memory per entity (store accounting)",
-        format!("{:.0} B", sweep.bytes as f64 / sweep.rows.max(1) as f64),
-        &format!(
-            "{} entities, {:.1} MB of state, 10 features each",
-            sweep.rows,
-            sweep.bytes as f64 / 1e6
-        ),
-    );
-    row(
-        "memory per entity (RSS growth)",
-        format!(
-            "{:.0} B",
-            rss_after.saturating_sub(rss_before) as f64 / sweep.rows.max(1) as f64
-        ),
-        "allocator overhead included",
-    );
-    drop(s);
-    let mut s = store(true)?;
-    let started = Instant::now();
-    let mut vectors = 0usize;
-    for e in &events {
-        if let Applied::OnTime(Some(_)) = s.apply(e, 0) {
-            vectors += 1;
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    row(
-        "in-process: events/s with a vector each",
-        format!("{:.0}", n as f64 / secs),
-        &format!("{vectors} point-in-time vectors of 10 features + own fields"),
-    );
-    drop(s);
-    drop(events);
-
-    // 2. 1M entities: snapshot and recovery.
-    let big = scale(1_000_000);
-    let per_entity: i64 = 3;
-    eprintln!("building {big} entities…");
-    let mut s = store(false)?;
-    for chunk in 0..per_entity {
-        for e in txns(
-            big,
-            big as u64,
-            BASE_US + chunk * DAY_US / 4,
-            DAY_US / 4,
-            100 + chunk as u64,
-        ) {
-            s.apply(&e, 0);
-        }
-    }
-    let entities = s.entity_count();
-    let dir = test_dir("fs-bench")?;
-    let data_dir = dir.path().join("data").join("feature-state");
-    std::fs::create_dir_all(&data_dir)?;
-    let snapshots = SnapshotStore::open(&data_dir)?;
-    let started = Instant::now();
-    s.sweep();
-    let sweep = started.elapsed();
-    let started = Instant::now();
-    let state = s.encode()?;
-    let encode = started.elapsed();
-    let saved = Instant::now();
-    let size = snapshots.save("feature-state", &[0], &state)?;
-    let save = saved.elapsed();
-    row(
-        "snapshot size (1M entities)",
-        format!("{:.1} MB", size as f64 / 1e6),
-        &format!(
-            "{entities} entities × 10 features, {per_entity} events each; {:.0} B/entity",
-            size as f64 / entities as f64
-        ),
-    );
-    row(
-        "snapshot time: sweep in the actor (TTL, trim, measure)",
-        format!("{:.0} ms", sweep.as_secs_f64() * 1e3),
-        "",
-    );
-    row(
-        "snapshot time: encode in the actor",
-        format!("{:.0} ms", encode.as_secs_f64() * 1e3),
-        "the actor is busy for sweep + encode",
-    );
-    row(
-        "snapshot time: chassis save (postcard, CRC, sled, fsync)",
-        format!("{:.0} ms", save.as_secs_f64() * 1e3),
-        "",
-    );
-    drop(state);
-    drop(s);
-    let started = Instant::now();
-    let loaded = snapshots
-        .load::<EncodedState>("feature-state")?
-        .context("the snapshot just saved")?;
-    let read = started.elapsed();
-    let (restored, report) = store(false)?.restore(&loaded.state.0)?;
-    let total = started.elapsed();
-    row(
-        "recovery in process: load + decode (1M entities)",
-        format!("{:.0} ms", total.as_secs_f64() * 1e3),
-        &format!(
-            "sled read + CRC {:.0} ms; {} entities restored; target < 5 s",
-            read.as_secs_f64() * 1e3,
-            report.entities
-        ),
-    );
-    drop(loaded);
-    drop(restored);
-    drop(snapshots);
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let nats = NatsServer::start().await?;
-        let pipeline_path = dir.path().join("pipeline.toml");
-        std::fs::write(&pipeline_path, pipeline_toml(false))?;
-        let settings = ServiceSettings {
-            nats_url: nats.url(),
-            pipeline_path,
-            dir: dir.path().to_path_buf(),
-            otlp_endpoint: None,
-        };
+    // FS_BENCH_E2E_ONLY: only part 3 (for profiling the stages).
+    if std::env::var_os("FS_BENCH_E2E_ONLY").is_none() {
+        // 1. In-process updates, one core.
+        let entities = scale(100_000) as u64;
+        let n = scale(2_000_000);
+        eprintln!("generating {n} events over {entities} entities…");
+        let events = txns(n, entities, BASE_US, DAY_US, 1);
+        let rss_before = rss_bytes();
+        let mut s = store(false)?;
         let started = Instant::now();
-        let mut fs = ServiceProcess::spawn(Service::FeatureState, &settings)?;
-        let ready = poll_ready(&mut fs, Duration::from_secs(120)).await?;
-        let log = std::fs::read_to_string(fs.log_path()).unwrap_or_default();
-        if !log.contains(&format!("entities={entities}"))
-            && !log.contains(&format!("entities: {entities}"))
-        {
-            eprintln!(
-                "note: the log does not show {entities} entities restored:\n{}",
-                fs.log_tail(5)
-            );
+        for e in &events {
+            s.apply(e, 0);
         }
+        let secs = started.elapsed().as_secs_f64();
         row(
-            "recovery of the release binary: spawn → /readyz (1M entities)",
-            format!("{:.2} s", ready.as_secs_f64()),
+            "in-process: events/s (10 features, unscored)",
+            format!("{:.0}", n as f64 / secs),
+            &format!("{n} events, {entities} entities, 1 core"),
+        );
+        row(
+            "in-process: feature updates/s",
+            format!("{:.0}", 10.0 * n as f64 / secs),
+            "target ≥ 1,000,000 per core",
+        );
+        let sweep = s.sweep();
+        let rss_after = rss_bytes();
+        row(
+            "memory per entity (store accounting)",
+            format!("{:.0} B", sweep.bytes as f64 / sweep.rows.max(1) as f64),
             &format!(
-                "process start, NATS connect, load, consumer; measured {:.2} s",
-                started.elapsed().as_secs_f64()
+                "{} entities, {:.1} MB of state, 10 features each",
+                sweep.rows,
+                sweep.bytes as f64 / 1e6
             ),
         );
-        fs.kill().await?;
-        drop(nats);
-        anyhow::Ok(())
-    })?;
-    drop(dir);
+        row(
+            "memory per entity (RSS growth)",
+            format!(
+                "{:.0} B",
+                rss_after.saturating_sub(rss_before) as f64 / sweep.rows.max(1) as f64
+            ),
+            "allocator overhead included",
+        );
+        drop(s);
+        let mut s = store(true)?;
+        let started = Instant::now();
+        let mut vectors = 0usize;
+        for e in &events {
+            if let Applied::OnTime(Some(_)) = s.apply(e, 0) {
+                vectors += 1;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        row(
+            "in-process: events/s with a vector each",
+            format!("{:.0}", n as f64 / secs),
+            &format!("{vectors} point-in-time vectors of 10 features + own fields"),
+        );
+        drop(s);
+        drop(events);
 
+        // 2. 1M entities: snapshot and recovery.
+        let big = scale(1_000_000);
+        let per_entity: i64 = 3;
+        eprintln!("building {big} entities…");
+        let mut s = store(false)?;
+        for chunk in 0..per_entity {
+            for e in txns(
+                big,
+                big as u64,
+                BASE_US + chunk * DAY_US / 4,
+                DAY_US / 4,
+                100 + chunk as u64,
+            ) {
+                s.apply(&e, 0);
+            }
+        }
+        let entities = s.entity_count();
+        let dir = test_dir("fs-bench")?;
+        let data_dir = dir.path().join("data").join("feature-state");
+        std::fs::create_dir_all(&data_dir)?;
+        let snapshots = SnapshotStore::open(&data_dir)?;
+        let started = Instant::now();
+        s.sweep();
+        let sweep = started.elapsed();
+        let started = Instant::now();
+        let state = s.encode()?;
+        let encode = started.elapsed();
+        let saved = Instant::now();
+        let size = snapshots.save("feature-state", &[0], &state)?;
+        let save = saved.elapsed();
+        row(
+            "snapshot size (1M entities)",
+            format!("{:.1} MB", size as f64 / 1e6),
+            &format!(
+                "{entities} entities × 10 features, {per_entity} events each; {:.0} B/entity",
+                size as f64 / entities as f64
+            ),
+        );
+        row(
+            "snapshot time: sweep in the actor (TTL, trim, measure)",
+            format!("{:.0} ms", sweep.as_secs_f64() * 1e3),
+            "",
+        );
+        row(
+            "snapshot time: encode in the actor",
+            format!("{:.0} ms", encode.as_secs_f64() * 1e3),
+            "the actor is busy for sweep + encode",
+        );
+        row(
+            "snapshot time: chassis save (postcard, CRC, sled, fsync)",
+            format!("{:.0} ms", save.as_secs_f64() * 1e3),
+            "",
+        );
+        drop(state);
+        drop(s);
+        let started = Instant::now();
+        let loaded = snapshots
+            .load::<EncodedState>("feature-state")?
+            .context("the snapshot just saved")?;
+        let read = started.elapsed();
+        let (restored, report) = store(false)?.restore(&loaded.state.0)?;
+        let total = started.elapsed();
+        row(
+            "recovery in process: load + decode (1M entities)",
+            format!("{:.0} ms", total.as_secs_f64() * 1e3),
+            &format!(
+                "sled read + CRC {:.0} ms; {} entities restored; target < 5 s",
+                read.as_secs_f64() * 1e3,
+                report.entities
+            ),
+        );
+        drop(loaded);
+        drop(restored);
+        drop(snapshots);
+
+        runtime.block_on(async {
+            let nats = NatsServer::start().await?;
+            let pipeline_path = dir.path().join("pipeline.toml");
+            std::fs::write(&pipeline_path, pipeline_toml(false))?;
+            let settings = ServiceSettings {
+                nats_url: nats.url(),
+                pipeline_path,
+                dir: dir.path().to_path_buf(),
+                otlp_endpoint: None,
+            };
+            let started = Instant::now();
+            let mut fs = ServiceProcess::spawn(Service::FeatureState, &settings)?;
+            let ready = poll_ready(&mut fs, Duration::from_secs(120)).await?;
+            let log = std::fs::read_to_string(fs.log_path()).unwrap_or_default();
+            if !log.contains(&format!("entities={entities}"))
+                && !log.contains(&format!("entities: {entities}"))
+            {
+                eprintln!(
+                    "note: the log does not show {entities} entities restored:\n{}",
+                    fs.log_tail(5)
+                );
+            }
+            row(
+                "recovery of the release binary: spawn → /readyz (1M entities)",
+                format!("{:.2} s", ready.as_secs_f64()),
+                &format!(
+                    "process start, NATS connect, load, consumer; measured {:.2} s",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+            fs.kill().await?;
+            drop(nats);
+            anyhow::Ok(())
+        })?;
+        drop(dir);
+    }
     // 3. End to end over NATS.
     let e2e = scale(200_000);
     let (raw, scored) = runtime.block_on(one_pipeline(e2e, true, DEFAULT_CADENCE, true, false))?;
