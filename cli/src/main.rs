@@ -8,7 +8,9 @@
 //! - `score`: asks inference to score one event by its entities (`Score`).
 //! - `train`: trains a smartcore model from a CSV or replayed FEATURES + LABELS ([`train`]).
 //! - `models`: the model registry: list, get, register, promote, rollback, shadow ([`models`]).
+//! - `dlq`: the dead-letter queue: list, show, stats, re-drive through ingest ([`dlq`]).
 
+mod dlq;
 mod flights;
 mod models;
 mod replay;
@@ -132,6 +134,13 @@ enum Command {
         #[command(subcommand)]
         action: models::ModelsAction,
     },
+    /// The dead-letter queue: list, show and count refused records, re-drive them.
+    Dlq {
+        #[command(flatten)]
+        connection: dlq::Connection,
+        #[command(subcommand)]
+        action: dlq::DlqAction,
+    },
 }
 
 fn default_run_id() -> String {
@@ -222,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
             model,
             action,
         } => models::run(&inference, model, action).await,
+        Command::Dlq { connection, action } => dlq::run(connection, action).await,
         Command::Score {
             inference,
             version,
