@@ -42,9 +42,10 @@ pub use nats::{
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pipeline::{
-    check_exactly_once, customer, implied_customer_orders, now_us, order, orders,
-    orders_model_probability, orders_pipeline_toml, publish_all_accepted, string_field, Pipeline,
-    PipelineBuilder, ORDERS_AMOUNT_WEIGHT, ORDERS_COUNT_WEIGHT, ORDERS_INTERCEPT,
+    check_exactly_once, customer, implied_customer_orders, now_us, order,
+    order_placed_v2_with_coupon, orders, orders_model_probability, orders_pipeline_toml,
+    publish_all_accepted, string_field, Pipeline, PipelineBuilder, ORDERS_AMOUNT_WEIGHT,
+    ORDERS_COUNT_WEIGHT, ORDERS_INTERCEPT,
 };
 pub use service::{Service, ServiceProcess};
 pub use wait::{wait_until, LONG, SHORT};

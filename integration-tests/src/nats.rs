@@ -319,20 +319,9 @@ pub const BATCH_HEADER: &str = "Millrace-Batch";
 /// The records stream `name` holds: a batch message counts for its items. Reads the
 /// headers only, with an ordered consumer.
 pub async fn stream_record_count(js: &jetstream::Context, name: &str) -> Result<u64> {
-    let mut stream = match js.get_stream(name).await {
-        Ok(stream) => stream,
-        Err(e) if is_stream_not_found(e.kind()) => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("stream {name}: lookup")),
-    };
-    let state = stream
-        .info()
-        .await
-        .with_context(|| format!("stream {name}: info"))?
-        .state
-        .clone();
-    if state.messages == 0 {
+    let Some((stream, state)) = stream_state(js, name).await? else {
         return Ok(0);
-    }
+    };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             headers_only: true,
@@ -354,6 +343,25 @@ pub async fn stream_record_count(js: &jetstream::Context, name: &str) -> Result<
         }
     }
     Ok(records)
+}
+
+/// The stream and its state, or `None` when it does not exist or holds nothing.
+async fn stream_state(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<(jetstream::stream::Stream, jetstream::stream::State)>> {
+    let mut stream = match js.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(e) if is_stream_not_found(e.kind()) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("stream {name}: lookup")),
+    };
+    let state = stream
+        .info()
+        .await
+        .with_context(|| format!("stream {name}: info"))?
+        .state
+        .clone();
+    Ok((state.messages > 0).then_some((stream, state)))
 }
 
 fn batch_len(headers: Option<&async_nats::HeaderMap>) -> u64 {
@@ -394,19 +402,9 @@ pub struct StoredMessage {
 /// Every message stream `name` holds at the time of the call, in sequence order, read
 /// with direct gets (no consumer is left behind on the stream).
 pub async fn read_stream(js: &jetstream::Context, name: &str) -> Result<Vec<StoredMessage>> {
-    let mut stream = js
-        .get_stream(name)
-        .await
-        .with_context(|| format!("stream {name}: lookup"))?;
-    let state = stream
-        .info()
-        .await
-        .with_context(|| format!("stream {name}: info"))?
-        .state
-        .clone();
-    if state.messages == 0 {
+    let Some((stream, state)) = stream_state(js, name).await? else {
         return Ok(Vec::new());
-    }
+    };
     let stream = &stream;
     let messages: Vec<Option<StoredMessage>> =
         futures::stream::iter(state.first_sequence..=state.last_sequence)

@@ -15,8 +15,8 @@ use millrace_proto::v1::feature_state_client::FeatureStateClient;
 use millrace_proto::v1::ingest_client::IngestClient;
 use millrace_proto::v1::monitor_client::MonitorClient;
 use millrace_proto::v1::{
-    AckStatus, Event, EventAck, FeatureStatus, GetModelHealthRequest, GetOnlineFeaturesRequest,
-    Prediction, PublishBatchRequest, Value,
+    AckStatus, Event, EventAck, EventSchema, FeatureStatus, FieldSchema, FieldType,
+    GetModelHealthRequest, GetOnlineFeaturesRequest, Prediction, PublishBatchRequest, Value,
 };
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -558,4 +558,30 @@ async fn check_online_counts(pipeline: &Pipeline, expected: &BTreeMap<String, u6
         problems.join("\n  ")
     );
     Ok(())
+}
+
+/// `order_placed` v2 of [`orders_pipeline_toml`]: v1 plus an optional `coupon` string, a
+/// backward-compatible change the schema registry accepts.
+pub fn order_placed_v2_with_coupon() -> EventSchema {
+    let field = |name: &str, kind: FieldType, required: bool| FieldSchema {
+        name: name.into(),
+        r#type: kind as i32,
+        required,
+        ..Default::default()
+    };
+    EventSchema {
+        event_type: "order_placed".into(),
+        version: 0,
+        key_field: "customer".into(),
+        score: true,
+        label: false,
+        fields: vec![
+            field("customer", FieldType::String, true),
+            FieldSchema {
+                min: Some(0.0),
+                ..field("amount", FieldType::Double, true)
+            },
+            field("coupon", FieldType::String, false),
+        ],
+    }
 }

@@ -10,13 +10,12 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use millrace_integration_tests::service::bin_dir;
 use millrace_integration_tests::{
-    decode_all, order, orders_pipeline_toml, publish_all_accepted, read_stream,
-    wait_for_stream_count, wait_idle, wait_until, Pipeline, Service, LONG, SHORT,
+    decode_all, order, order_placed_v2_with_coupon, orders_pipeline_toml, publish_all_accepted,
+    read_stream, wait_for_stream_count, wait_idle, wait_until, Pipeline, Service, LONG, SHORT,
 };
 use millrace_proto::v1::schemas_client::SchemasClient;
 use millrace_proto::v1::{
-    AckStatus, EnrichedEvent, Event, EventSchema, FieldSchema, FieldType, PublishBatchRequest,
-    RegisterSchemaRequest, Value,
+    AckStatus, EnrichedEvent, Event, PublishBatchRequest, RegisterSchemaRequest, Value,
 };
 use prost::Message;
 
@@ -154,31 +153,6 @@ fn with_coupon(id: &str, customer: &str) -> Event {
     e.schema_version = 0;
     e.fields.insert("coupon".into(), Value::string("WINTER"));
     e
-}
-
-/// `order_placed` v2: v1 plus an optional `coupon`.
-fn coupon_v2() -> EventSchema {
-    let field = |name: &str, kind: FieldType, required: bool| FieldSchema {
-        name: name.into(),
-        r#type: kind as i32,
-        required,
-        ..Default::default()
-    };
-    EventSchema {
-        event_type: "order_placed".into(),
-        version: 0,
-        key_field: "customer".into(),
-        score: true,
-        label: false,
-        fields: vec![
-            field("customer", FieldType::String, true),
-            FieldSchema {
-                min: Some(0.0),
-                ..field("amount", FieldType::Double, true)
-            },
-            field("coupon", FieldType::String, false),
-        ],
-    }
 }
 
 /// How many times each event id is in `stream`.
@@ -382,7 +356,7 @@ async fn ingest_rejects(pipeline: &Pipeline) -> Result<()> {
     SchemasClient::connect(pipeline.service(Service::Ingest).grpc_url())
         .await?
         .register_schema(RegisterSchemaRequest {
-            schema: Some(coupon_v2()),
+            schema: Some(order_placed_v2_with_coupon()),
         })
         .await
         .context("registering order_placed v2")?;

@@ -5,12 +5,13 @@
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use millrace_integration_tests::{
-    decode_all, order, orders_pipeline_toml, read_stream, Pipeline, Service,
+    decode_all, order, order_placed_v2_with_coupon, orders_pipeline_toml, read_stream, Pipeline,
+    Service,
 };
 use millrace_proto::v1::schemas_client::SchemasClient;
 use millrace_proto::v1::{
-    AckStatus, DeadLetter, Event, EventAck, EventSchema, FieldSchema, FieldType, GetSchemaRequest,
-    Label, ListSchemasRequest, PublishBatchRequest, RegisterSchemaRequest, Value,
+    AckStatus, DeadLetter, Event, EventAck, GetSchemaRequest, Label, ListSchemasRequest,
+    PublishBatchRequest, RegisterSchemaRequest, Value,
 };
 use prost::Message;
 
@@ -145,30 +146,6 @@ async fn nats_subject_path_answers_protobuf_and_json_and_stores_each_event_once(
     assert!(letters.iter().any(|l| l.reason == "type_mismatch"));
 }
 
-fn coupon_v2() -> EventSchema {
-    let field = |name: &str, kind: FieldType, required: bool| FieldSchema {
-        name: name.into(),
-        r#type: kind as i32,
-        required,
-        ..Default::default()
-    };
-    EventSchema {
-        event_type: "order_placed".into(),
-        version: 0,
-        key_field: "customer".into(),
-        score: true,
-        label: false,
-        fields: vec![
-            field("customer", FieldType::String, true),
-            FieldSchema {
-                min: Some(0.0),
-                ..field("amount", FieldType::Double, true)
-            },
-            field("coupon", FieldType::String, false),
-        ],
-    }
-}
-
 async fn publish_one(pipeline: &Pipeline, event: Event) -> Result<EventAck> {
     let mut ingest = pipeline.ingest().await?;
     let response = ingest
@@ -203,14 +180,14 @@ async fn schema_versions_are_registered_when_compatible_and_survive_a_restart() 
 
     let v2 = schemas
         .register_schema(RegisterSchemaRequest {
-            schema: Some(coupon_v2()),
+            schema: Some(order_placed_v2_with_coupon()),
         })
         .await
         .expect("an optional field is compatible")
         .into_inner();
     assert_eq!(v2.version, 2);
 
-    let mut narrowing = coupon_v2();
+    let mut narrowing = order_placed_v2_with_coupon();
     narrowing.fields.retain(|f| f.name != "amount");
     let refused = schemas
         .register_schema(RegisterSchemaRequest {
