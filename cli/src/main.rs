@@ -95,23 +95,15 @@ enum Command {
     },
     /// Show whether inference is live and the model it serves.
     Model {
-        #[arg(
-            long,
-            env = "MILLRACE_INFERENCE_URL",
-            default_value = "http://127.0.0.1:50054"
-        )]
-        inference: String,
+        #[command(flatten)]
+        inference: InferenceUrl,
         #[arg(long, default_value = "flight_delay")]
         name: String,
     },
     /// Score one event: inference fetches its entities' online features itself.
     Score {
-        #[arg(
-            long,
-            env = "MILLRACE_INFERENCE_URL",
-            default_value = "http://127.0.0.1:50054"
-        )]
-        inference: String,
+        #[command(flatten)]
+        inference: InferenceUrl,
         /// Model version (default: the active one).
         #[arg(long, default_value = "")]
         version: String,
@@ -122,12 +114,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// The model registry of a running inference service.
     Models {
-        #[arg(
-            long,
-            env = "MILLRACE_INFERENCE_URL",
-            default_value = "http://127.0.0.1:50054"
-        )]
-        inference: String,
+        #[command(flatten)]
+        inference: InferenceUrl,
         /// Model name (default: the one inference serves).
         #[arg(long, default_value = "")]
         model: String,
@@ -141,6 +129,17 @@ enum Command {
         #[command(subcommand)]
         action: dlq::DlqAction,
     },
+}
+
+/// Where the inference service answers gRPC; shared by every subcommand that calls it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InferenceUrl {
+    #[arg(
+        long = "inference",
+        env = "MILLRACE_INFERENCE_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub url: String,
 }
 
 fn default_run_id() -> String {
@@ -230,14 +229,15 @@ async fn main() -> anyhow::Result<()> {
             inference,
             model,
             action,
-        } => models::run(&inference, model, action).await,
+        } => models::run(&inference.url, model, action).await,
         Command::Dlq { connection, action } => dlq::run(connection, action).await,
         Command::Score {
             inference,
             version,
             fields,
-        } => score(&inference, version, &fields).await,
+        } => score(&inference.url, version, &fields).await,
         Command::Model { inference, name } => {
+            let inference = inference.url;
             let mut client = GrpcInferenceServiceClient::connect(inference.clone())
                 .await
                 .with_context(|| format!("connecting to inference at {inference}"))?;

@@ -67,12 +67,8 @@ pub struct TrainArgs {
     /// Register and make it the active version.
     #[arg(long)]
     promote: bool,
-    #[arg(
-        long,
-        env = "MILLRACE_INFERENCE_URL",
-        default_value = "http://127.0.0.1:50054"
-    )]
-    inference: String,
+    #[command(flatten)]
+    inference: crate::InferenceUrl,
 }
 
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -188,9 +184,9 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         println!("wrote {}", out.display());
     }
     if args.register || args.promote {
-        let mut client = ModelRegistryClient::connect(args.inference.clone())
+        let mut client = ModelRegistryClient::connect(args.inference.url.clone())
             .await
-            .with_context(|| format!("connecting to inference at {}", args.inference))?
+            .with_context(|| format!("connecting to inference at {}", args.inference.url))?
             .max_encoding_message_size(64 * 1024 * 1024);
         let v = client
             .register_model(RegisterModelRequest {
