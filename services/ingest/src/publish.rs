@@ -113,24 +113,22 @@ struct Slot {
 /// one go by [`Ingestor::count`]: a batch of one type costs one counter lookup.
 #[derive(Default)]
 pub struct Tally {
-    counts: Vec<(Arc<str>, &'static str, String, u64)>,
+    /// (event type, `AckStatus` as sent, code, how many).
+    counts: Vec<(Arc<str>, i32, String, u64)>,
 }
 
 impl Tally {
     fn add(&mut self, event_type: &Arc<str>, ack: &EventAck) {
-        let outcome = match AckStatus::try_from(ack.status) {
-            Ok(AckStatus::Accepted) => "accepted",
-            Ok(AckStatus::Duplicate) => "duplicate",
-            _ => "rejected",
-        };
-        let same = |(t, o, c, _): &&mut (Arc<str>, &'static str, String, u64)| {
-            *o == outcome && *c == ack.code && (Arc::ptr_eq(t, event_type) || **t == **event_type)
+        let same = |(t, status, code, _): &&mut (Arc<str>, i32, String, u64)| {
+            *status == ack.status
+                && (Arc::ptr_eq(t, event_type) || **t == **event_type)
+                && *code == ack.code
         };
         match self.counts.iter_mut().find(same) {
             Some(entry) => entry.3 += 1,
             None => self
                 .counts
-                .push((event_type.clone(), outcome, ack.code.clone(), 1)),
+                .push((event_type.clone(), ack.status, ack.code.clone(), 1)),
         }
     }
 }
@@ -657,7 +655,12 @@ impl Ingestor {
             return;
         }
         let registry: Arc<SchemaRegistry> = self.schemas.current();
-        for (event_type, outcome, code, n) in tally.counts {
+        for (event_type, status, code, n) in tally.counts {
+            let outcome = match AckStatus::try_from(status) {
+                Ok(AckStatus::Accepted) => "accepted",
+                Ok(AckStatus::Duplicate) => "duplicate",
+                _ => "rejected",
+            };
             // Label values stay bounded: types outside the registry count as `unknown`.
             let event_type = if registry.contains(&event_type) {
                 &*event_type

@@ -204,27 +204,8 @@ impl SchemaRegistry {
             event_type: event.r#type,
             version: schema.version,
         };
-        for (name, def) in &schema.fields {
-            match event.field(name) {
-                None | Some(FieldValue::Null) if def.required => {
-                    return Err(Rejection::new(
-                        "missing_field",
-                        format!("{what}: required field `{name}` is missing"),
-                    ));
-                }
-                None | Some(FieldValue::Null) => {}
-                Some(value) => check_field(&what, name, def, value)?,
-            }
-        }
-        if let Some((name, _)) = event
-            .fields
-            .iter()
-            .find(|(k, _)| !schema.fields.contains_key(*k))
-        {
-            return Err(Rejection::new(
-                "unknown_field",
-                format!("{what}: field `{name}` is not in the schema"),
-            ));
+        if !fields_valid(&what, schema, event) {
+            refuse_fields(&what, schema, event)?;
         }
         let key = if event.key.is_empty() {
             let from_field = schema
@@ -256,6 +237,58 @@ impl SchemaRegistry {
             names.join(", ")
         }
     }
+}
+
+/// Whether `event`'s fields are all valid under `schema`, in one pass over
+/// them (one lookup each): the common case, which builds no message.
+fn fields_valid(what: &What<'_>, schema: &EventSchema, event: &EventView<'_>) -> bool {
+    let mut required_present = 0;
+    for (name, value) in &event.fields {
+        let Some(def) = schema.fields.get(*name) else {
+            return false;
+        };
+        if matches!(value, FieldValue::Null) {
+            continue;
+        }
+        if check_field(what, name, def, *value).is_err() {
+            return false;
+        }
+        required_present += usize::from(def.required);
+    }
+    required_present == schema.fields.values().filter(|d| d.required).count()
+}
+
+/// The refusal of an event whose fields are not all valid: the first of the
+/// schema's fields (by name) that is missing or invalid, else the first field
+/// the schema does not know.
+fn refuse_fields(
+    what: &What<'_>,
+    schema: &EventSchema,
+    event: &EventView<'_>,
+) -> Result<(), Rejection> {
+    for (name, def) in &schema.fields {
+        match event.field(name) {
+            None | Some(FieldValue::Null) if def.required => {
+                return Err(Rejection::new(
+                    "missing_field",
+                    format!("{what}: required field `{name}` is missing"),
+                ));
+            }
+            None | Some(FieldValue::Null) => {}
+            Some(value) => check_field(what, name, def, value)?,
+        }
+    }
+    if let Some((name, _)) = event
+        .fields
+        .iter()
+        .find(|(k, _)| !schema.fields.contains_key(*k))
+    {
+        return Err(Rejection::new(
+            "unknown_field",
+            format!("{what}: field `{name}` is not in the schema"),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether every record valid under `old` is valid under `new`.
@@ -573,6 +606,62 @@ mod tests {
                 "{name}: `{}` should contain `{fragment}`",
                 err.message
             );
+        }
+    }
+
+    /// With several problems, the first of the schema's fields by name is named,
+    /// then unknown fields: whatever order the producer sent them in.
+    #[test]
+    fn the_first_problem_in_schema_order_is_named() {
+        let reg = registry();
+        let cases = [
+            (
+                vec![
+                    ("colour", Value::string("red")),
+                    ("customer", Value::string("c1")),
+                ],
+                "missing_field",
+                "`amount`",
+            ),
+            (
+                vec![
+                    ("qty", Value::double(1.5)),
+                    ("customer", Value::string("c1")),
+                ],
+                "missing_field",
+                "`amount`",
+            ),
+            (
+                vec![
+                    ("qty", Value::double(1.5)),
+                    ("channel", Value::string("fax")),
+                    ("amount", Value::double(1.0)),
+                    ("customer", Value::string("c1")),
+                ],
+                "not_allowed",
+                "`channel`",
+            ),
+            (
+                vec![
+                    ("zebra", Value::int(1)),
+                    ("qty", Value::double(1.5)),
+                    ("amount", Value::double(1.0)),
+                    ("customer", Value::string("c1")),
+                ],
+                "wrong_type",
+                "`qty`",
+            ),
+        ];
+        for (fields, code, fragment) in cases {
+            for reversed in [false, true] {
+                let mut fields = fields.clone();
+                if reversed {
+                    fields.reverse();
+                }
+                let err = reg.validate(&mut order(&fields)).expect_err(code);
+                assert_eq!(err.code, code, "{err}");
+                assert!(err.message.contains(fragment), "{err}");
+            }
         }
     }
 
