@@ -197,6 +197,13 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A varint as prost reads it: at most 10 bytes, the 10th at most 1.
     fn varint(&mut self) -> Option<u64> {
+        // Keys, lengths and small numbers: one byte.
+        if let Some((&byte, rest)) = self.buf.split_first() {
+            if byte < 0x80 {
+                self.buf = rest;
+                return Some(u64::from(byte));
+            }
+        }
         let mut value = 0u64;
         for (i, &byte) in self.buf.iter().enumerate().take(10) {
             if i == 9 && byte > 1 {
