@@ -5,7 +5,7 @@
 //! answers PRESENT with the event time of the newest event that updated it (its
 //! freshness is the clock minus that), NOT_FOUND for an entity never seen or
 //! forgotten after its TTL, UNKNOWN_FEATURE for a name the pipeline does not
-//! declare; a PRESENT value left unset means the entity is known but its window
+//! declare, and EMPTY, with no value, when the entity is known but the window
 //! holds nothing to summarise (the mean of no events).
 
 use actix::Addr;

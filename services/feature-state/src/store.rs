@@ -374,12 +374,15 @@ impl FeatureStore {
             return answer(FeatureStatus::NotFound);
         };
         let updated = table.columns()[f.column].updated_us(row);
+        let value = table.read(row, f.column, at).to_value();
+        let status = match value {
+            Some(_) => FeatureStatus::Present,
+            None => FeatureStatus::Empty,
+        };
         FeatureValue {
             name: name.to_string(),
-            // No value (the mean of an empty window) stays unset, with status PRESENT:
-            // the entity is known.
-            value: table.read(row, f.column, at).to_value(),
-            status: FeatureStatus::Present as i32,
+            value,
+            status: status as i32,
             event_time_us: if updated == i64::MIN { 0 } else { updated },
         }
     }
@@ -821,7 +824,7 @@ mod tests {
         );
         assert_eq!(
             (v(0, 1).status, v(0, 1).value.clone()),
-            (FeatureStatus::Present as i32, None),
+            (FeatureStatus::Empty as i32, None),
             "known entity, empty window"
         );
         assert_eq!(v(0, 2).status, FeatureStatus::UnknownFeature as i32);
