@@ -1,18 +1,24 @@
 //! The monitor benchmark: how many scored events per second monitor sustains, next to
-//! what JetStream itself delivers of the same messages on the same machine, and the
+//! what JetStream itself does with the same messages on the same machine, and the
 //! memory it takes to do it.
 //!
-//! One scored event is five messages, as the pipeline writes them: a feature vector of
-//! 20 features (18 numeric, 2 categorical) on FEATURES, predictions from 3 model versions
-//! on PREDICTIONS, and its label on LABELS. The run:
+//! One scored event is a feature vector of 20 features (18 numeric, 2 categorical),
+//! predictions from 3 model versions and its label, written as the pipeline writes them:
+//! feature-state and inference pack their records into `millrace.v1.Batch` messages of up
+//! to `MONITOR_BENCH_BATCH` records (default 128; header `Millrace-Batch`, a deterministic
+//! `Nats-Msg-Id` per batch, each item with its event's `traceparent`, or an empty one with
+//! `MONITOR_BENCH_TRACES=0`), one batch per subject (`features.<partition>`,
+//! `predictions.fraud`); ingest publishes one LABELS message per label. The run:
 //! - (a) publishes N events (`MONITOR_BENCH_EVENTS`, default 50,000) with `Nats-Msg-Id`,
-//!   512 acks in flight: JetStream's publish rate;
+//!   512 acks in flight, one stream after the other: JetStream's publish rate, what the
+//!   pipeline upstream can feed monitor at most;
 //! - (b) consumes all three streams at once with pull consumers, no acks, no decoding:
-//!   the raw consume rate, the ceiling for any consumer of these streams;
+//!   the raw consume rate, the ceiling for any consumer of these streams; (b2) the same,
+//!   unpacking every batch and decoding every record;
 //! - (c) starts the release monitor (alert rules on drift, quality and latency, default
-//!   windows) and times it from ready to having applied every message: the backlog drain
-//!   rate, the most it can sustain;
-//! - (d) prints monitor's peak RSS (VmHWM) and its snapshot size and time.
+//!   windows) and times it from ready to having applied every record: the backlog drain
+//!   rate, the most it can sustain, and its ratio to (a);
+//! - (d) prints monitor's CPU per event, peak RSS (VmHWM) and its snapshot size and time.
 //!
 //! The release binary comes from `MILLRACE_BIN_DIR` (default `target/release`): build it
 //! with `cargo build --release -p millrace-monitor`, then `cargo bench -p
@@ -29,12 +35,15 @@ use futures::StreamExt;
 use millrace_integration_tests::monitor::{
     create_stream, process_cpu_seconds, process_memory_mib, publish_raw, Gaussian, RawMessage,
 };
+use millrace_integration_tests::nats::records;
 use millrace_integration_tests::service::{ServiceProcess, ServiceSettings};
 use millrace_integration_tests::{metric_value, metrics, test_dir, NatsServer, Service};
 use millrace_proto::v1::{FeatureVector, Label, Prediction};
+use prost::Message as _;
 use tokio::time::Instant;
 
 const FEATURES: usize = 20;
+const PARTITIONS: usize = 4;
 const VERSIONS: [&str; 3] = ["1", "2", "3"];
 const STREAMS: [(&str, &str); 3] = [
     ("FEATURES", "features"),
@@ -107,20 +116,123 @@ threshold = 5.0
     )
 }
 
-/// The five messages of event `i`.
-fn event(i: usize, g: &mut Gaussian, messages: &mut [Vec<RawMessage>; 3]) {
+/// How the bench packs its records; from the environment.
+struct Packing {
+    /// Records per batch message.
+    batch: usize,
+    /// Whether items carry a traceparent.
+    traces: bool,
+}
+
+/// The records of one subject waiting to be packed, and the batches packed so far.
+struct Batcher<M> {
+    stage: &'static str,
+    subject: String,
+    pending: Vec<(M, String)>,
+    batches: usize,
+}
+
+impl<M: prost::Message> Batcher<M> {
+    fn new(stage: &'static str, subject: String) -> Self {
+        Self {
+            stage,
+            subject,
+            pending: Vec::new(),
+            batches: 0,
+        }
+    }
+
+    fn push(
+        &mut self,
+        record: M,
+        traceparent: String,
+        packing: &Packing,
+        out: &mut Vec<RawMessage>,
+    ) {
+        self.pending.push((record, traceparent));
+        if self.pending.len() >= packing.batch {
+            self.flush(out);
+        }
+    }
+
+    /// Packs what waits into one batch with a deterministic id, as a stage does.
+    fn flush(&mut self, out: &mut Vec<RawMessage>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let id = format!("{}:{}:{}", self.stage, self.subject, self.batches);
+        out.push(RawMessage::batch(self.subject.clone(), id, &self.pending));
+        self.pending.clear();
+        self.batches += 1;
+    }
+}
+
+/// What the bench publishes: per stream, its messages, and the batchers filling them.
+struct Messages {
+    /// FEATURES, PREDICTIONS, LABELS.
+    streams: [Vec<RawMessage>; 3],
+    features: Vec<Batcher<FeatureVector>>,
+    predictions: Batcher<Prediction>,
+}
+
+impl Messages {
+    fn new() -> Self {
+        Self {
+            streams: Default::default(),
+            features: (0..PARTITIONS)
+                .map(|p| Batcher::new("feature-state", format!("features.{p}")))
+                .collect(),
+            predictions: Batcher::new("inference", "predictions.fraud".into()),
+        }
+    }
+
+    fn finish(mut self) -> [Vec<RawMessage>; 3] {
+        for b in &mut self.features {
+            b.flush(&mut self.streams[0]);
+        }
+        self.predictions.flush(&mut self.streams[1]);
+        self.streams
+    }
+}
+
+/// A W3C traceparent for event `i`, span `span` of its trace (deterministic, never all zero).
+fn traceparent(i: usize, span: u64) -> String {
+    let mix = |x: u64| {
+        let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) | 1
+    };
+    let trace = mix(i as u64);
+    format!(
+        "00-{trace:016x}{:016x}-{:016x}-01",
+        mix(trace),
+        mix(trace ^ span)
+    )
+}
+
+/// The records of event `i`: its feature vector, 3 predictions and its label.
+fn event(i: usize, g: &mut Gaussian, packing: &Packing, messages: &mut Messages) {
     let id = format!("bench-{i:07}");
     let now = millrace_integration_tests::now_us();
+    let trace = |span: u64| {
+        if packing.traces {
+            traceparent(i, span)
+        } else {
+            String::new()
+        }
+    };
     let mut values: Vec<f64> = (0..FEATURES - 2)
         .map(|f| g.sample(f as f64 * 10.0, 1.0 + f as f64))
         .collect();
     values.push((g.uniform() * 24.0).floor());
     values.push((g.uniform() * 7.0).floor());
+    let partition = i % PARTITIONS;
     let vector = FeatureVector {
         event_id: id.clone(),
         event_type: "order_placed".into(),
         entity_key: format!("customer-{:03}", i % 500),
-        partition: (i % 4) as u32,
+        partition: partition as u32,
         event_time_us: now - 50_000,
         ingest_time_us: now - 40_000,
         feature_time_us: now - 20_000,
@@ -128,31 +240,26 @@ fn event(i: usize, g: &mut Gaussian, messages: &mut [Vec<RawMessage>; 3]) {
         values,
         label_key: id.clone(),
     };
-    messages[0].push(RawMessage::new(
-        format!("features.{}", i % 4),
-        format!("feature-state:{id}"),
-        &vector,
-    ));
+    let entity_key = vector.entity_key.clone();
+    messages.features[partition].push(vector, trace(1), packing, &mut messages.streams[0]);
     let positive = g.uniform() < 0.2;
-    for v in VERSIONS {
+    for (k, v) in VERSIONS.iter().enumerate() {
         let score = (if positive { 0.6 } else { 0.35 } + g.sample(0.0, 0.15)).clamp(0.0001, 0.9999);
         let p = Prediction {
             event_id: id.clone(),
             model: "fraud".into(),
-            model_version: v.into(),
+            model_version: (*v).into(),
             score,
             predicted_positive: score >= 0.5,
-            entity_key: vector.entity_key.clone(),
+            entity_key: entity_key.clone(),
             event_time_us: now - 50_000,
             ingest_time_us: now - 40_000,
             predict_time_us: now,
             label_key: id.clone(),
         };
-        messages[1].push(RawMessage::new(
-            "predictions.fraud",
-            format!("inference:{id}:fraud:{v}"),
-            &p,
-        ));
+        messages
+            .predictions
+            .push(p, trace(2 + k as u64), packing, &mut messages.streams[1]);
     }
     let label = Label {
         event_id: format!("label-{id}"),
@@ -163,18 +270,19 @@ fn event(i: usize, g: &mut Gaussian, messages: &mut [Vec<RawMessage>; 3]) {
         event_type: "outcome".into(),
         observed: 0.0,
     };
-    messages[2].push(RawMessage::new(
+    messages.streams[2].push(RawMessage::new(
         "labels.outcome",
         format!("ingest:label-{id}"),
         &label,
     ));
 }
 
-/// Consumes every stream to its end at once (no acks, no decoding); answers the seconds.
-async fn raw_consume(js: &jetstream::Context, counts: [u64; 3]) -> Result<f64> {
+/// Consumes every stream to its end at once (no acks); with `decode`, unpacks every batch
+/// and decodes every record as its type. Answers the seconds.
+async fn raw_consume(js: &jetstream::Context, counts: [u64; 3], decode: bool) -> Result<f64> {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for ((name, _), total) in STREAMS.iter().zip(counts) {
+    for (index, ((name, _), total)) in STREAMS.iter().zip(counts).enumerate() {
         let stream = js.get_stream(*name).await.context("stream")?;
         let consumer = stream
             .create_consumer(consumer::pull::Config {
@@ -190,19 +298,20 @@ async fn raw_consume(js: &jetstream::Context, counts: [u64; 3]) -> Result<f64> {
                 .max_messages_per_batch(512)
                 .messages()
                 .await?;
-            let mut seen = 0u64;
-            let mut bytes = 0usize;
+            let (mut seen, mut records) = (0u64, 0usize);
             while seen < total {
                 match messages.next().await {
                     Some(Ok(m)) => {
                         seen += 1;
-                        bytes += m.payload.len();
+                        if decode {
+                            records += decode_records(index, &m)?;
+                        }
                     }
                     Some(Err(e)) => eprintln!("raw consumer: {e}"),
                     None => break,
                 }
             }
-            anyhow::Ok((seen, bytes))
+            anyhow::Ok((seen, records))
         }));
     }
     for t in tasks {
@@ -212,14 +321,39 @@ async fn raw_consume(js: &jetstream::Context, counts: [u64; 3]) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-async fn run() -> Result<()> {
-    let n: usize = std::env::var("MONITOR_BENCH_EVENTS")
+/// Unpacks one message and decodes each record as stream `index`'s type; answers how many.
+fn decode_records(index: usize, m: &jetstream::Message) -> Result<usize> {
+    let payloads = records(m.headers.as_ref(), m.payload.clone())?;
+    let n = payloads.len();
+    for payload in payloads {
+        match index {
+            0 => drop(FeatureVector::decode(payload)?),
+            1 => drop(Prediction::decode(payload)?),
+            _ => drop(Label::decode(payload)?),
+        }
+    }
+    Ok(n)
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+        .unwrap_or(default)
+}
+
+async fn run() -> Result<()> {
+    let n = env_number("MONITOR_BENCH_EVENTS", 50_000);
+    let packing = Packing {
+        batch: env_number("MONITOR_BENCH_BATCH", 128).max(1),
+        traces: env_number("MONITOR_BENCH_TRACES", 1) != 0,
+    };
     eprintln!(
-        "monitor bench: {n} events × (1 vector of {FEATURES} features + {} predictions + 1 label), binaries from {}",
+        "monitor bench: {n} events × (1 vector of {FEATURES} features + {} predictions + 1 label), \
+         vectors and predictions in batches of {}{}, binaries from {}",
         VERSIONS.len(),
+        packing.batch,
+        if packing.traces { " with traceparents" } else { " without traceparents" },
         release_bin_dir().display()
     );
     let nats = NatsServer::start().await?;
@@ -229,22 +363,32 @@ async fn run() -> Result<()> {
     }
 
     let mut g = Gaussian::new(2013);
-    let mut messages: [Vec<RawMessage>; 3] = Default::default();
+    let mut building = Messages::new();
     for i in 0..n {
-        event(i, &mut g, &mut messages);
+        event(i, &mut g, &packing, &mut building);
     }
+    let messages = building.finish();
     let counts = messages.each_ref().map(|m| m.len() as u64);
-    let total: u64 = counts.iter().sum();
+    let message_total: u64 = counts.iter().sum();
+    let records = messages
+        .each_ref()
+        .map(|m| m.iter().map(RawMessage::records).sum::<u64>());
+    let total: u64 = records.iter().sum();
+    ensure!(
+        records == [n as u64, (n * VERSIONS.len()) as u64, n as u64],
+        "packed {records:?} records"
+    );
     let bytes: usize = messages.iter().flatten().map(|m| m.payload.len()).sum();
 
     let started = Instant::now();
-    for batch in &messages {
-        publish_raw(&js, batch.iter().cloned()).await?;
+    for stream in &messages {
+        publish_raw(&js, stream.iter().cloned()).await?;
     }
     let publish_s = started.elapsed().as_secs_f64();
     drop(messages);
 
-    let raw_s = raw_consume(&js, counts).await?;
+    let raw_s = raw_consume(&js, counts, false).await?;
+    let decode_s = raw_consume(&js, counts, true).await?;
 
     let dir = test_dir("monitor-bench")?;
     let pipeline_path = dir.path().join("pipeline.toml");
@@ -263,6 +407,7 @@ async fn run() -> Result<()> {
     let mut peak_rss = 0.0f64;
     loop {
         let text = metrics(monitor.http_addr()).await?;
+        // Counts records: a batch's items one each.
         let consumed =
             metric_value(&text, "millrace_stage_messages_consumed_total", &[]).unwrap_or_default();
         if let Ok((rss, _)) = process_memory_mib(pid) {
@@ -273,7 +418,7 @@ async fn run() -> Result<()> {
         }
         ensure!(
             started.elapsed() < Duration::from_secs(600),
-            "monitor applied {consumed} of {total} messages in 10 minutes; log:\n{}",
+            "monitor applied {consumed} of {total} records in 10 minutes; log:\n{}",
             monitor.log_tail(30)
         );
         // Scraping /metrics costs monitor some work: not too often.
@@ -309,17 +454,30 @@ async fn run() -> Result<()> {
         "millrace_monitor_labels_unmatched_total",
         &[("reason", "evicted")],
     );
+    let vectors = value("millrace_monitor_feature_vectors_total", &[]);
+    ensure!(
+        vectors == n as f64,
+        "monitor applied {vectors} feature vectors of {n}"
+    );
     let per_s = |count: f64, secs: f64| count / secs;
     println!();
     println!(
-        "monitor bench ({n} events = {total} messages, {:.0} B/message)",
-        bytes as f64 / total as f64
+        "monitor bench ({n} events = {total} records in {message_total} messages, {:.0} B/message; \
+         FEATURES {} msgs, PREDICTIONS {} msgs, LABELS {} msgs)",
+        bytes as f64 / message_total as f64,
+        counts[0],
+        counts[1],
+        counts[2]
     );
-    println!("{:<58} {:>12} {:>14}", "", "events/s", "messages/s");
+    println!(
+        "{:<58} {:>10} {:>12} {:>12}",
+        "", "events/s", "messages/s", "records/s"
+    );
     let row = |what: &str, secs: f64| {
         println!(
-            "{what:<58} {:>12.0} {:>14.0}",
+            "{what:<58} {:>10.0} {:>12.0} {:>12.0}",
             per_s(n as f64, secs),
+            per_s(message_total as f64, secs),
             per_s(total as f64, secs)
         );
     };
@@ -332,18 +490,27 @@ async fn run() -> Result<()> {
         raw_s,
     );
     row(
+        "(b2) the same, unpacking and decoding every record",
+        decode_s,
+    );
+    row(
         "(c) monitor drain: 20 features, 3 versions, 4 rules",
         monitor_s,
     );
     println!(
-        "monitor at {:.0}% of the raw consume rate; peak RSS {:.1} MiB (VmHWM {:.1} MiB, {:.1} MiB at the end)",
-        100.0 * raw_s / monitor_s,
+        "monitor drain / publish rate: {:.2}; monitor drain / raw consume: {:.2}; / decode: {:.2}",
+        publish_s / monitor_s,
+        raw_s / monitor_s,
+        decode_s / monitor_s
+    );
+    println!(
+        "peak RSS {:.1} MiB (VmHWM {:.1} MiB, {:.1} MiB at the end)",
         peak_rss.max(hwm),
         hwm,
         rss
     );
     println!(
-        "monitor CPU: {monitor_cpu_s:.1} s for the drain, {:.1} µs per event: {:.0} events per CPU-second",
+        "monitor CPU: {monitor_cpu_s:.2} s for the drain, {:.1} µs per event: {:.0} events per CPU-second",
         monitor_cpu_s * 1e6 / n as f64,
         n as f64 / monitor_cpu_s
     );

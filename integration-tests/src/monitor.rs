@@ -1,6 +1,7 @@
 //! What monitor's tests and benchmark need besides the pipeline: messages published
 //! straight to a stream as the stage upstream would have written them (a deterministic
-//! `Nats-Msg-Id` each), monitor's JSON health, `promtool check metrics`, pausing a
+//! `Nats-Msg-Id` each; one record, or a `millrace.v1.Batch` of records marked with
+//! `Millrace-Batch` as enrich, feature-state and inference write them), monitor's JSON health, `promtool check metrics`, pausing a
 //! process to slow a stage down, and a seeded normal distribution for drift.
 
 use std::collections::VecDeque;
@@ -21,6 +22,8 @@ use crate::http::http_get;
 pub struct RawMessage {
     pub subject: String,
     pub msg_id: String,
+    /// Headers besides `Nats-Msg-Id` (a batch's `Millrace-Batch`).
+    pub headers: Vec<(&'static str, String)>,
     pub payload: Bytes,
 }
 
@@ -33,8 +36,42 @@ impl RawMessage {
         Self {
             subject: subject.into(),
             msg_id: msg_id.into(),
+            headers: Vec::new(),
             payload: Bytes::from(message.encode_to_vec()),
         }
+    }
+
+    /// A `millrace.v1.Batch` of `(record, traceparent)` items (an empty traceparent: no
+    /// trace), marked `Millrace-Batch: <records>` as the stages publish their outputs.
+    pub fn batch<M: prost::Message>(
+        subject: impl Into<String>,
+        msg_id: impl Into<String>,
+        records: &[(M, String)],
+    ) -> Self {
+        let batch = millrace_proto::Batch {
+            items: records
+                .iter()
+                .map(|(record, traceparent)| millrace_proto::BatchItem {
+                    payload: Bytes::from(record.encode_to_vec()),
+                    traceparent: traceparent.clone(),
+                })
+                .collect(),
+        };
+        Self {
+            subject: subject.into(),
+            msg_id: msg_id.into(),
+            headers: vec![(crate::nats::BATCH_HEADER, records.len().to_string())],
+            payload: Bytes::from(prost::Message::encode_to_vec(&batch)),
+        }
+    }
+
+    /// The records the message holds: a batch's items, or 1.
+    pub fn records(&self) -> u64 {
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == crate::nats::BATCH_HEADER)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1)
     }
 }
 
@@ -65,6 +102,9 @@ pub async fn publish_raw(
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", m.msg_id.as_str());
+        for (name, value) in &m.headers {
+            headers.insert(*name, value.as_str());
+        }
         let ack = js
             .publish_with_headers(m.subject.clone(), headers, m.payload)
             .await
@@ -248,6 +288,44 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_message_holds_its_records_as_the_stages_pack_them() {
+        let records: Vec<(millrace_proto::Label, String)> = (0..3)
+            .map(|i| {
+                let label = millrace_proto::Label {
+                    event_id: format!("l{i}"),
+                    ..Default::default()
+                };
+                (
+                    label,
+                    if i == 1 {
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()
+                    } else {
+                        String::new()
+                    },
+                )
+            })
+            .collect();
+        let m = RawMessage::batch("labels.x", "t:labels.x:0", &records);
+        assert_eq!(m.records(), 3);
+        let mut headers = async_nats::HeaderMap::new();
+        for (k, v) in &m.headers {
+            headers.insert(*k, v.as_str());
+        }
+        let payloads = crate::nats::records(Some(&headers), m.payload.clone()).expect("a batch");
+        let ids: Vec<String> = payloads
+            .into_iter()
+            .map(|p| {
+                <millrace_proto::Label as prost::Message>::decode(p)
+                    .expect("a label")
+                    .event_id
+            })
+            .collect();
+        assert_eq!(ids, ["l0", "l1", "l2"]);
+        let single = RawMessage::new("labels.x", "one", &records[0].0);
+        assert_eq!((single.records(), single.headers.len()), (1, 0));
+    }
 
     #[test]
     fn gaussian_is_seeded_and_roughly_normal() {

@@ -4,7 +4,10 @@
 //! would show as a count or a labelled total one too high; a lost one as one too low.
 //!
 //! Messages go straight to PREDICTIONS (three model versions), LABELS (half of them
-//! before their predictions, half after) and FEATURES, as the upstream stages write them.
+//! before their predictions, half after) and FEATURES, as the upstream stages write them:
+//! predictions and feature vectors packed in `millrace.v1.Batch` messages (up to 128
+//! records, `Millrace-Batch`), every third chunk as single-record messages, as a tool
+//! may publish them; labels one per message. Monitor is killed with batches in flight.
 
 use anyhow::{ensure, Context, Result};
 use millrace_integration_tests::monitor::{model_health_json, publish_raw, Gaussian, RawMessage};
@@ -15,6 +18,8 @@ use millrace_proto::v1::{FeatureVector, Label, Prediction};
 
 const EVENTS: usize = 1200;
 const CHUNK: usize = 100;
+/// Records per batch message, as the stages pack them.
+const BATCH: usize = 128;
 const VERSIONS: [&str; 3] = ["1", "2", "3"];
 
 fn pipeline_toml() -> String {
@@ -39,12 +44,13 @@ evaluate_every = 20
     .to_string()
 }
 
-/// One event's messages: the label (before or after), the vector, three predictions.
+/// One event's records: the label message (before or after), the vector, three predictions.
 struct EventMessages {
+    id: String,
     label: RawMessage,
     label_first: bool,
-    vector: RawMessage,
-    predictions: Vec<RawMessage>,
+    vector: FeatureVector,
+    predictions: Vec<Prediction>,
 }
 
 fn event(i: usize, g: &mut Gaussian) -> EventMessages {
@@ -76,7 +82,7 @@ fn event(i: usize, g: &mut Gaussian) -> EventMessages {
         .map(|v| {
             // Informative but imperfect scores, different per version.
             let score = (if positive { 0.6 } else { 0.4 } + g.sample(0.0, 0.2)).clamp(0.001, 0.999);
-            let p = Prediction {
+            Prediction {
                 event_id: id.clone(),
                 model: "fraud".into(),
                 model_version: (*v).into(),
@@ -87,21 +93,74 @@ fn event(i: usize, g: &mut Gaussian) -> EventMessages {
                 predict_time_us: t,
                 label_key: id.clone(),
                 ..Default::default()
-            };
-            RawMessage::new("predictions.fraud", format!("inference:{id}:fraud:{v}"), &p)
+            }
         })
         .collect();
     EventMessages {
         label: RawMessage::new("labels.outcome", format!("ingest:label-{id}"), &label),
         label_first: i.is_multiple_of(2),
-        vector: RawMessage::new("features.0", format!("feature-state:{id}"), &vector),
+        vector,
         predictions,
+        id,
     }
 }
 
-/// Publishes events `range` chunk by chunk, the three streams interleaved.
-async fn publish(pipeline: &Pipeline, events: &[EventMessages]) -> Result<()> {
-    for chunk in events.chunks(CHUNK) {
+/// The records as messages: batches of up to [`BATCH`] with ids `<stage>:<subject>:<chunk>:<part>`,
+/// or (`singles`) one message per record.
+fn messages<M: prost::Message + Clone>(
+    stage: &str,
+    subject: &str,
+    chunk: usize,
+    singles: bool,
+    records: &[(String, M)],
+) -> Vec<RawMessage> {
+    if singles {
+        return records
+            .iter()
+            .map(|(id, r)| RawMessage::new(subject, format!("{stage}:{id}"), r))
+            .collect();
+    }
+    records
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(part, run)| {
+            let items: Vec<(M, String)> = run
+                .iter()
+                .map(|(_, r)| (r.clone(), String::new()))
+                .collect();
+            RawMessage::batch(subject, format!("{stage}:{subject}:{chunk}:{part}"), &items)
+        })
+        .collect()
+}
+
+/// Publishes events chunk by chunk, the three streams interleaved; `first_chunk` numbers
+/// the first chunk (batch ids must not repeat across calls). Answers the PREDICTIONS
+/// messages published.
+async fn publish(pipeline: &Pipeline, events: &[EventMessages], first_chunk: usize) -> Result<u64> {
+    let mut prediction_messages = 0;
+    for (i, chunk) in events.chunks(CHUNK).enumerate() {
+        let number = first_chunk + i;
+        let singles = number % 3 == 2;
+        let vectors: Vec<(String, FeatureVector)> = chunk
+            .iter()
+            .map(|e| (e.id.clone(), e.vector.clone()))
+            .collect();
+        let predictions: Vec<(String, Prediction)> = chunk
+            .iter()
+            .flat_map(|e| {
+                e.predictions
+                    .iter()
+                    .map(move |p| (format!("{}:fraud:{}", e.id, p.model_version), p.clone()))
+            })
+            .collect();
+        let predictions = messages(
+            "inference",
+            "predictions.fraud",
+            number,
+            singles,
+            &predictions,
+        );
+        prediction_messages += predictions.len() as u64;
         let mut batch = Vec::new();
         batch.extend(
             chunk
@@ -109,8 +168,14 @@ async fn publish(pipeline: &Pipeline, events: &[EventMessages]) -> Result<()> {
                 .filter(|e| e.label_first)
                 .map(|e| e.label.clone()),
         );
-        batch.extend(chunk.iter().map(|e| e.vector.clone()));
-        batch.extend(chunk.iter().flat_map(|e| e.predictions.iter().cloned()));
+        batch.extend(messages(
+            "feature-state",
+            "features.0",
+            number,
+            singles,
+            &vectors,
+        ));
+        batch.extend(predictions);
         batch.extend(
             chunk
                 .iter()
@@ -119,7 +184,7 @@ async fn publish(pipeline: &Pipeline, events: &[EventMessages]) -> Result<()> {
         );
         publish_raw(pipeline.jetstream(), batch).await?;
     }
-    Ok(())
+    Ok(prediction_messages)
 }
 
 /// (predictions per version, labels, feature vectors, joins per version) as exported.
@@ -210,8 +275,7 @@ async fn kill_and_terminate(pipeline: &mut Pipeline) -> Result<()> {
     let monitor = pipeline.service(Service::Monitor).http_addr();
 
     // A first quarter that a snapshot covers, then a second one applied on top of it...
-    publish(pipeline, snapshotted).await?;
-    let covered = (3 * snapshotted.len()) as f64;
+    let covered = publish(pipeline, snapshotted, 0).await? as f64;
     wait_until("a snapshot covers the first quarter", LONG, || async {
         let text = metrics(monitor).await?;
         // The gauge follows the stage's first stream, PREDICTIONS, at each snapshot.
@@ -219,7 +283,7 @@ async fn kill_and_terminate(pipeline: &mut Pipeline) -> Result<()> {
         Ok((at.is_some_and(|s| s >= covered), at))
     })
     .await?;
-    publish(pipeline, applied).await?;
+    publish(pipeline, applied, snapshotted.len() / CHUNK).await?;
     // Per model version: one prediction per event.
     let all_applied = Some((snapshotted.len() + applied.len()) as f64);
     wait_until("monitor applied the second quarter", LONG, || async {
@@ -229,7 +293,12 @@ async fn kill_and_terminate(pipeline: &mut Pipeline) -> Result<()> {
     .await?;
     // ... and killed right away, most likely before a snapshot covers the second quarter.
     pipeline.service_mut(Service::Monitor).kill().await?;
-    publish(pipeline, while_down).await?;
+    publish(
+        pipeline,
+        while_down,
+        (snapshotted.len() + applied.len()) / CHUNK,
+    )
+    .await?;
     pipeline.service_mut(Service::Monitor).restart().await?;
     check_exact(pipeline).await?;
 

@@ -1,27 +1,35 @@
 //! The `HealthBoard` alone, no broker: how many scored events per second one
-//! thread applies, and what each concern costs. This is monitor's ceiling; the
-//! end-to-end figure (NATS, decoding, snapshots) is
+//! thread decodes and applies, and what each concern costs. This is monitor's
+//! ceiling; the end-to-end figure (NATS, batches, spans, snapshots) is
 //! `cargo bench -p millrace-integration-tests --bench monitor`.
 //!
 //! One event: a feature vector of 20 features (18 numeric, 2 categorical),
 //! predictions of 3 model versions, then its label (the live order: labels come
-//! later), with the default windows and 4 alert rules. `BOARD_BENCH_EVENTS`
-//! sets the count (default 200,000).
+//! later), with the default windows and 4 alert rules. Records are encoded
+//! beforehand and decoded in the timed loop as the stage does
+//! (`MonitorInput::decode`), then applied in pieces of up to 128 records.
+//! `BOARD_BENCH_EVENTS` sets the count (default 200,000).
 //!
 //! `cargo bench -p millrace-monitor --bench board`
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use millrace_chassis::config::Pipeline;
 use millrace_chassis::metrics::Metrics;
+use millrace_chassis::stage::StageInput;
 use millrace_monitor::alerts;
 use millrace_monitor::health::{HealthBoard, MonitorState};
+use millrace_monitor::input::MonitorInput;
 use millrace_monitor::metrics::MonitorMetrics;
 use millrace_proto::{FeatureVector, Label, Prediction};
 use opentelemetry::Context;
+use prost::Message as _;
 
 const FEATURES: usize = 20;
 const VERSIONS: [&str; 3] = ["1", "2", "3"];
+/// Records applied at once, as the stage's pieces.
+const PIECE: usize = 128;
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -74,10 +82,11 @@ impl Rng {
     }
 }
 
+/// One event's records, encoded, with their source (0 predictions, 1 labels, 2 features).
 struct Event {
-    vector: FeatureVector,
-    predictions: Vec<Prediction>,
-    label: Label,
+    vector: (usize, Bytes),
+    predictions: Vec<(usize, Bytes)>,
+    label: (usize, Bytes),
 }
 
 fn events(n: usize) -> Vec<Event> {
@@ -98,7 +107,7 @@ fn events(n: usize) -> Vec<Event> {
                 .map(|v| {
                     let score = (if positive { 0.6 } else { 0.35 } + rng.normal(0.0, 0.15))
                         .clamp(0.0001, 0.9999);
-                    Prediction {
+                    let p = Prediction {
                         event_id: id.clone(),
                         model: "fraud".into(),
                         model_version: (*v).into(),
@@ -109,29 +118,37 @@ fn events(n: usize) -> Vec<Event> {
                         predict_time_us: t + 50_000,
                         label_key: id.clone(),
                         ..Default::default()
-                    }
+                    };
+                    (0, Bytes::from(p.encode_to_vec()))
                 })
                 .collect();
+            let encoded = |source: usize, m: &dyn Fn() -> Vec<u8>| (source, Bytes::from(m()));
             Event {
-                vector: FeatureVector {
-                    event_id: id.clone(),
-                    event_time_us: t,
-                    ingest_time_us: t + 10_000,
-                    feature_time_us: t + 30_000,
-                    names: (0..FEATURES).map(|f| format!("f{f:02}")).collect(),
-                    values,
-                    label_key: id.clone(),
-                    ..Default::default()
-                },
+                vector: encoded(2, &|| {
+                    FeatureVector {
+                        event_id: id.clone(),
+                        event_time_us: t,
+                        ingest_time_us: t + 10_000,
+                        feature_time_us: t + 30_000,
+                        names: (0..FEATURES).map(|f| format!("f{f:02}")).collect(),
+                        values: values.clone(),
+                        label_key: id.clone(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec()
+                }),
                 predictions,
-                label: Label {
-                    event_id: format!("label-{id}"),
-                    label_key: id,
-                    value: if positive { 1.0 } else { 0.0 },
-                    event_time_us: t + 3_600_000_000,
-                    ingest_time_us: t + 3_600_000_000,
-                    ..Default::default()
-                },
+                label: encoded(1, &|| {
+                    Label {
+                        event_id: format!("label-{id}"),
+                        label_key: id.clone(),
+                        value: if positive { 1.0 } else { 0.0 },
+                        event_time_us: t + 3_600_000_000,
+                        ingest_time_us: t + 3_600_000_000,
+                        ..Default::default()
+                    }
+                    .encode_to_vec()
+                }),
             }
         })
         .collect()
@@ -149,19 +166,34 @@ fn board() -> HealthBoard {
     )
 }
 
-/// Applies what `feed` picks of every event; answers (seconds, messages).
-fn run(
-    events: &[Event],
-    feed: impl Fn(&mut HealthBoard, &Event, &Context) -> usize,
-) -> (f64, usize) {
+/// Decodes and applies the records `pick` takes of every event, in pieces;
+/// answers (seconds, records).
+fn run(events: &[Event], pick: impl Fn(&Event, &mut Vec<(usize, Bytes)>)) -> (f64, usize) {
     let mut b = board();
     let trace = Context::new();
+    let mut raw = Vec::new();
+    let mut piece: Vec<(MonitorInput, Context)> = Vec::with_capacity(PIECE + 8);
+    let mut records = 0;
+    let apply = |b: &mut HealthBoard, piece: &mut Vec<(MonitorInput, Context)>| {
+        b.apply_all(piece.iter().map(|(m, t)| (m, t)));
+        piece.clear();
+    };
     let started = Instant::now();
-    let mut messages = 0;
     for e in events {
-        messages += feed(&mut b, e, &trace);
+        raw.clear();
+        pick(e, &mut raw);
+        for (source, bytes) in raw.drain(..) {
+            let input = MonitorInput::decode(source, bytes)
+                .unwrap_or_else(|e| panic!("a bench record does not decode: {e}"));
+            piece.push((input, trace.clone()));
+            records += 1;
+        }
+        if piece.len() >= PIECE {
+            apply(&mut b, &mut piece);
+        }
     }
-    (started.elapsed().as_secs_f64(), messages)
+    apply(&mut b, &mut piece);
+    (started.elapsed().as_secs_f64(), records)
 }
 
 fn main() {
@@ -173,7 +205,7 @@ fn main() {
     println!("HealthBoard, one thread, {n} events (20 features, 3 model versions, 4 rules)");
     println!(
         "{:<44} {:>12} {:>14} {:>12}",
-        "", "events/s", "messages/s", "µs/event"
+        "", "events/s", "records/s", "µs/event"
     );
     let report = |what: &str, (secs, messages): (f64, usize)| {
         println!(
@@ -185,39 +217,25 @@ fn main() {
     };
     report(
         "everything (vector, 3 predictions, label)",
-        run(&events, |b, e, t| {
-            b.observe_features(&e.vector, t);
-            for p in &e.predictions {
-                b.observe(p, t);
-            }
-            b.observe_label(&e.label, t);
-            2 + e.predictions.len()
+        run(&events, |e, out| {
+            out.push(e.vector.clone());
+            out.extend(e.predictions.iter().cloned());
+            out.push(e.label.clone());
         }),
     );
     report(
         "feature drift only (20 features)",
-        run(&events, |b, e, t| {
-            b.observe_features(&e.vector, t);
-            1
-        }),
+        run(&events, |e, out| out.push(e.vector.clone())),
     );
     report(
         "predictions only (stats, latency, score drift)",
-        run(&events, |b, e, t| {
-            for p in &e.predictions {
-                b.observe(p, t);
-            }
-            e.predictions.len()
-        }),
+        run(&events, |e, out| out.extend(e.predictions.iter().cloned())),
     );
     report(
         "predictions and labels (join, quality)",
-        run(&events, |b, e, t| {
-            for p in &e.predictions {
-                b.observe(p, t);
-            }
-            b.observe_label(&e.label, t);
-            1 + e.predictions.len()
+        run(&events, |e, out| {
+            out.extend(e.predictions.iter().cloned());
+            out.push(e.label.clone());
         }),
     );
 }

@@ -15,6 +15,8 @@
 //! replay after a crash numbers incidents the same way and JetStream drops the
 //! transitions it already stored.
 
+use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use millrace_chassis::config::{
@@ -325,7 +327,60 @@ pub struct SeriesKey {
     pub feature: String,
 }
 
+/// A series looked up by the parts of its key, without copying them.
+trait SeriesParts {
+    fn parts(&self) -> (&str, &str, &str, &str);
+}
+
+impl SeriesParts for SeriesKey {
+    fn parts(&self) -> (&str, &str, &str, &str) {
+        (&self.rule, &self.model, &self.version, &self.feature)
+    }
+}
+
+impl SeriesParts for (&str, &str, &str, &str) {
+    fn parts(&self) -> (&str, &str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn SeriesParts + 'a> for SeriesKey {
+    fn borrow(&self) -> &(dyn SeriesParts + 'a) {
+        self
+    }
+}
+
+/// The order of `SeriesKey`'s derived `Ord`: field by field.
+impl Ord for dyn SeriesParts + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+impl PartialOrd for dyn SeriesParts + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn SeriesParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SeriesParts + '_ {}
+
 impl SeriesKey {
+    fn of(parts: (&str, &str, &str, &str)) -> Self {
+        Self {
+            rule: parts.0.to_string(),
+            model: parts.1.to_string(),
+            version: parts.2.to_string(),
+            feature: parts.3.to_string(),
+        }
+    }
+
     fn alert_id(&self, incident: u64) -> String {
         let parts: Vec<&str> = [&self.rule, &self.model, &self.version, &self.feature]
             .into_iter()
@@ -356,12 +411,12 @@ pub struct Series {
 }
 
 /// A figure handed to the rules, with how to describe where it came from.
-pub struct Reading {
+pub struct Reading<'a> {
     pub value: Option<f64>,
     /// Used when the rule has no threshold of its own (drift).
     pub default_threshold: Option<f64>,
     /// e.g. "over the last 500 values against the first 1000".
-    pub window: String,
+    pub window: Cow<'a, str>,
 }
 
 /// A transition to publish.
@@ -380,11 +435,11 @@ pub struct AlertBook {
 impl AlertBook {
     /// Evaluates every rule that applies to `scope`; `read` answers the figure
     /// each rule watches. Answers the transitions, in rule order.
-    pub fn evaluate(
+    pub fn evaluate<'a>(
         &mut self,
         rules: &[Rule],
         scope: &Scope,
-        mut read: impl FnMut(&Rule) -> Reading,
+        mut read: impl FnMut(&Rule) -> Reading<'a>,
     ) -> Vec<Transition> {
         let mut out = Vec::new();
         for rule in rules.iter().filter(|r| r.applies_to(scope)) {
@@ -392,19 +447,26 @@ impl AlertBook {
             let Some(threshold) = rule.threshold.or(reading.default_threshold) else {
                 continue;
             };
-            let key = SeriesKey {
-                rule: rule.name.clone(),
-                model: scope.model.to_string(),
-                version: scope.version.to_string(),
-                feature: scope.feature.to_string(),
-            };
+            // Looked up by its parts: the key is copied only for a new series.
+            let parts = (
+                rule.name.as_str(),
+                scope.model,
+                scope.version,
+                scope.feature,
+            );
+            let probe: &dyn SeriesParts = &parts;
             let Some(value) = reading.value else {
-                if let Some(series) = self.series.get_mut(&key) {
+                if let Some(series) = self.series.get_mut(probe) {
                     series.holding_since = None;
                 }
                 continue;
             };
-            let series = self.series.entry(key.clone()).or_default();
+            if !self.series.contains_key(probe) {
+                self.series.insert(SeriesKey::of(parts), Series::default());
+            }
+            let Some(series) = self.series.get_mut(probe) else {
+                continue;
+            };
             series.last_value = Some(value);
             if series.firing.is_none() {
                 if !rule.op.holds(value, threshold) {
@@ -437,7 +499,7 @@ impl AlertBook {
                 };
                 out.push(transition(
                     rule,
-                    &key,
+                    &SeriesKey::of(parts),
                     series.incidents,
                     AlertState::Firing,
                     &fired,
@@ -460,7 +522,7 @@ impl AlertBook {
                 series.firing = None;
                 out.push(transition(
                     rule,
-                    &key,
+                    &SeriesKey::of(parts),
                     series.incidents,
                     AlertState::Resolved,
                     &resolved,
@@ -585,7 +647,7 @@ mod tests {
         }
     }
 
-    fn reading(value: f64) -> Reading {
+    fn reading(value: f64) -> Reading<'static> {
         Reading {
             value: Some(value),
             default_threshold: Some(0.2),
@@ -608,6 +670,29 @@ mod tests {
             }
         }
         seen
+    }
+
+    #[test]
+    fn series_are_found_by_the_parts_of_their_keys() {
+        let mut series: BTreeMap<SeriesKey, u32> = BTreeMap::new();
+        let names = ["", "a", "ab", "b", "a:b", "z"];
+        let mut all = Vec::new();
+        for r in names {
+            for m in names {
+                for f in names {
+                    all.push((r, m, "1", f));
+                }
+            }
+        }
+        for (i, parts) in all.iter().enumerate() {
+            series.insert(SeriesKey::of(*parts), i as u32);
+        }
+        for (i, parts) in all.iter().enumerate() {
+            let probe: &dyn SeriesParts = parts;
+            assert_eq!(series.get(probe), Some(&(i as u32)), "{parts:?}");
+        }
+        let missing: &dyn SeriesParts = &("a", "a", "2", "a");
+        assert_eq!(series.get(missing), None);
     }
 
     #[test]

@@ -1,13 +1,21 @@
 //! The `HealthBoard` actor: the one owner of everything monitor has learned,
-//! fed by the stage loop with messages from PREDICTIONS, LABELS and FEATURES
+//! fed by the stage loop with records from PREDICTIONS, LABELS and FEATURES
 //! (each stream in its order, the three interleaved as they arrive),
 //! snapshotted by it, and read by the APIs.
 //!
 //! Each concern keeps its own ledger inside [`MonitorState`] (prediction
 //! stats, the label join, quality windows, drift, latency, alert series); the
-//! board routes messages to them, turns evaluations into alerts, and mirrors
+//! board routes records to them, turns evaluations into alerts, and mirrors
 //! the ledgers into Prometheus. Nothing here touches NATS or sled; how the
 //! three streams stay exactly-once is in `input`.
+//!
+//! Monitor reads every record the pipeline scores, so the per-record path does
+//! no work it can do once: a model version or a feature is looked up the first
+//! time this process sees it, and from then on its ledger entries (positions in
+//! [`Keyed`](crate::keyed::Keyed) maps) and its Prometheus series are reached
+//! directly ([`VersionSlot`], [`FeatureSlot`]); feature vectors with the names
+//! of an earlier one reuse its slots after one comparison of bytes. None of it
+//! is snapshotted: it is rebuilt from the state as records come.
 //!
 //! Replays are deterministic where it matters: every clock here is event time
 //! or a count of messages, never the wall clock. Drift, score drift and latency
@@ -16,7 +24,7 @@
 //! and predictions interleaved; the pairs joined are the same, but a window's
 //! content at a given moment, and so an alert on it, can differ on a replay.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,11 +38,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertBook, Family, Reading, Rule, Scope, Transition};
 use crate::drift::{DriftBook, DriftFigures, DriftSpec, DriftTracker};
-use crate::input::MonitorInput;
+use crate::input::{LabelRecord, MonitorInput, PredictionRecord, VectorRecord};
 use crate::join::{JoinLimits, Joined, LabelJoin};
-use crate::latency::{lag_seconds, LatencyBook, VersionLatency};
-use crate::metrics::{MonitorMetrics, LATENCY_QUANTILES};
-use crate::quality::{QualityBook, QualityFigures, QualityWindows};
+use crate::latency::{lag_seconds, quantile_of_sorted, LatencyBook, VersionLatency};
+use crate::metrics::{MonitorMetrics, RecordMetrics, VersionMetrics, LATENCY_QUANTILES};
+use crate::quality::{QualityBook, QualityFigures, QualityWindows, VersionQuality};
 use crate::report::HealthReport;
 use crate::stats::{ModelVersion, PredictionLedger};
 
@@ -64,18 +72,110 @@ impl Serialize for SharedState {
 /// (quality between evaluations, throughput, waiting counts).
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// Feature layouts (lists of names) remembered at once: one per producer, usually one.
+const LAYOUTS_KEPT: usize = 8;
+
+/// The stages whose throughput monitor measures, by the timestamps they stamp.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Ingest,
+    FeatureState,
+    Inference,
+    Labels,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::FeatureState => "feature-state",
+            Self::Inference => "inference",
+            Self::Labels => "labels",
+        }
+    }
+}
+
+/// A model version as this process has looked it up.
+struct VersionSlot {
+    version: ModelVersion,
+    metrics: VersionMetrics,
+    /// Positions of its entries in the state's ledgers.
+    stats: usize,
+    latency: usize,
+    score: Option<usize>,
+    quality: Option<usize>,
+    /// Its number in the label join.
+    join: Option<u32>,
+    /// Its quality gauges are behind its windows.
+    stale_quality: bool,
+}
+
+/// A watched feature as this process has looked it up.
+struct FeatureSlot {
+    name: String,
+    /// Position of its tracker in `state.drift.features`.
+    tracker: usize,
+    spec: DriftSpec,
+    /// PSI moderate and significant levels, KS threshold.
+    levels: (f64, f64, f64),
+}
+
+/// The names of a feature vector as they were on the wire, and the feature
+/// slot of each (`None`: ignored).
+struct Layout {
+    names: Vec<u8>,
+    slots: Vec<Option<usize>>,
+}
+
+/// What the board works out once; never snapshotted.
+#[derive(Default)]
+struct Hot {
+    versions: Vec<VersionSlot>,
+    /// Label join version number → index in `versions`.
+    by_join: Vec<Option<usize>>,
+    features: Vec<FeatureSlot>,
+    /// Feature name → index in `features` (`None`: ignored).
+    by_name: HashMap<String, Option<usize>>,
+    layouts: Vec<Layout>,
+    stages: [Option<usize>; 4],
+    /// Which families some rule watches, in [`family_index`] order.
+    families: [bool; 4],
+    join_limits: Option<JoinLimits>,
+    quality_windows: Option<QualityWindows>,
+    /// Whether some rule reads the label-count window, the event-time window:
+    /// those keep their tallies up to date.
+    tracked_windows: (bool, bool),
+    score_spec: Option<DriftSpec>,
+    score_levels: (f64, f64, f64),
+    drift_window: String,
+    /// Sorted copies of the latency windows, kept between evaluations.
+    sorted_event: Vec<f64>,
+    sorted_ingest: Vec<f64>,
+    /// The pairs a label formed, kept between labels.
+    joined: Vec<Joined>,
+    /// The unlabelled per-record series, counted locally and flushed after each batch.
+    records: Option<RecordMetrics>,
+}
+
+fn family_index(family: Family) -> usize {
+    match family {
+        Family::FeatureDrift => 0,
+        Family::ScoreDrift => 1,
+        Family::Quality => 2,
+        Family::Latency => 3,
+    }
+}
+
 pub struct HealthBoard {
     /// Shared with the stage while it serializes a snapshot; every change goes
-    /// through `Arc::make_mut`, which copies only if a snapshot is still held
-    /// (the stage loop stores it before it sends the next batch, so it never is).
+    /// through `Arc::make_mut`, once per batch, which copies only if a snapshot
+    /// is still held (the stage loop stores it before it sends the next batch,
+    /// so it never is).
     state: Arc<MonitorState>,
     settings: MonitorSettings,
     rules: Vec<Rule>,
     metrics: MonitorMetrics,
-    /// Versions whose quality gauges are behind their windows.
-    stale_quality: BTreeSet<ModelVersion>,
-    /// How each feature name seen is watched (`None`: ignored), worked out once.
-    feature_specs: HashMap<String, Option<DriftSpec>>,
+    hot: Hot,
 }
 
 impl HealthBoard {
@@ -87,13 +187,41 @@ impl HealthBoard {
         metrics: MonitorMetrics,
     ) -> Self {
         state.alerts.retain_rules(&rules);
+        let mut hot = Hot::default();
+        for rule in &rules {
+            hot.families[family_index(rule.family)] = true;
+        }
+        let reads = |w: QualityWindow| {
+            rules
+                .iter()
+                .any(|r| r.family == Family::Quality && r.window == w)
+        };
+        hot.tracked_windows = (reads(QualityWindow::Labels), reads(QualityWindow::Time));
+        let j = &settings.join;
+        hot.join_limits = Some(JoinLimits {
+            ttl_us: secs_to_us(j.ttl_secs),
+            max_predictions: j.max_pending_predictions,
+            max_labels: j.max_pending_labels,
+        });
+        let q = &settings.quality;
+        hot.quality_windows = Some(QualityWindows {
+            labels: q.window_labels,
+            span_us: secs_to_us(q.window_secs),
+            max_time_samples: q.max_window_samples,
+        });
+        hot.score_spec = Some(drift_spec(&settings, None));
+        hot.score_levels = drift_levels(&settings, None);
+        hot.records = Some(metrics.records());
+        hot.drift_window = format!(
+            "over the last {} values against the first {}",
+            settings.drift.window_events, settings.drift.reference_events
+        );
         let board = Self {
             state: Arc::new(state),
             settings,
             rules,
             metrics,
-            stale_quality: BTreeSet::new(),
-            feature_specs: HashMap::new(),
+            hot,
         };
         board.restore_metrics();
         board
@@ -114,441 +242,43 @@ impl HealthBoard {
             self.metrics
                 .restore_version(&ModelVersion::new(m, v), stats);
         }
-        for (version, q) in &self.state.quality.versions {
+        for (version, q) in self.state.quality.versions.iter() {
             self.metrics.restore_joins(version, q.labelled);
             self.publish_quality(version);
         }
         self.metrics
             .sync_feature_vectors(self.state.feature_vectors);
-        for (name, tracker) in &self.state.drift.features {
+        for (name, tracker) in self.state.drift.features.iter() {
             if let Some(f) = &tracker.last {
                 self.metrics
                     .publish_feature_drift(name, f, self.severity(name, f));
             }
         }
-        for (version, tracker) in &self.state.drift.scores {
+        for (version, tracker) in self.state.drift.scores.iter() {
             if let Some(f) = &tracker.last {
                 self.metrics.publish_score_drift(version, f);
             }
         }
         self.publish_join();
-        self.publish_alerts();
-    }
-
-    fn join_limits(&self) -> JoinLimits {
-        let j = &self.settings.join;
-        JoinLimits {
-            ttl_us: secs_to_us(j.ttl_secs),
-            max_predictions: j.max_pending_predictions,
-            max_labels: j.max_pending_labels,
-        }
-    }
-
-    fn quality_windows(&self) -> QualityWindows {
-        let q = &self.settings.quality;
-        QualityWindows {
-            labels: q.window_labels,
-            span_us: secs_to_us(q.window_secs),
-            max_time_samples: q.max_window_samples,
-        }
-    }
-
-    fn drift_spec(&self, feature: Option<&str>) -> DriftSpec {
-        let d = &self.settings.drift;
-        let f = feature.and_then(|name| d.features.get(name));
-        DriftSpec {
-            kind: f.map_or(FeatureKind::Numeric, |f| f.kind),
-            bins: f.and_then(|f| f.bins).unwrap_or(d.bins),
-            max_categories: d.max_categories,
-            reference_events: d.reference_events,
-            window_events: d.window_events,
-            evaluate_every: d.evaluate_every,
-        }
-    }
-
-    /// The PSI levels and KS threshold of a feature (`None`: the score's).
-    fn drift_levels(&self, feature: Option<&str>) -> (f64, f64, f64) {
-        let d = &self.settings.drift;
-        let f = feature.and_then(|name| d.features.get(name));
-        (
-            f.and_then(|f| f.psi_moderate).unwrap_or(d.psi_moderate),
-            f.and_then(|f| f.psi_significant)
-                .unwrap_or(d.psi_significant),
-            f.and_then(|f| f.ks_significant).unwrap_or(d.ks_significant),
-        )
+        publish_alerts(&self.state, &self.rules, &self.metrics);
     }
 
     /// 0 none, 1 moderate, 2 significant, by PSI; `None` without a PSI.
     fn severity(&self, feature: &str, f: &DriftFigures) -> Option<i64> {
-        let (moderate, significant, _) = self.drift_levels(Some(feature));
-        let psi = f.psi?;
-        Some(if psi >= significant {
-            2
-        } else if psi >= moderate {
-            1
-        } else {
-            0
-        })
-    }
-
-    fn drift_window(&self) -> String {
-        let d = &self.settings.drift;
-        format!(
-            "over the last {} values against the first {}",
-            d.window_events, d.reference_events
-        )
-    }
-
-    /// Applies one prediction; answers the alerts it caused.
-    pub fn observe(&mut self, p: &Prediction, trace: &TraceContext) -> Vec<Outgoing> {
-        let mut out = Vec::new();
-        let version = ModelVersion::of(p);
-        let stats = Arc::make_mut(&mut self.state).predictions.record(p);
-        let lags = (
-            lag_seconds(p.event_time_us, p.predict_time_us),
-            lag_seconds(p.ingest_time_us, p.predict_time_us),
-        );
-        self.metrics
-            .observe_prediction(&version, p.predicted_positive, stats, lags);
-        Arc::make_mut(&mut self.state)
-            .latency
-            .record_stage("inference", p.predict_time_us);
-        self.observe_latency(&version, lags, p, trace, &mut out);
-        if p.score.is_finite() {
-            self.observe_score(&version, p, trace, &mut out);
-        }
-        let limits = self.join_limits();
-        if let Some(joined) = Arc::make_mut(&mut self.state).join.on_prediction(p, limits) {
-            self.record_joined(joined, &p.event_id, p.event_time_us, trace, &mut out);
-        }
-        Arc::make_mut(&mut self.state).join.expire(limits);
-        out
-    }
-
-    fn observe_latency(
-        &mut self,
-        version: &ModelVersion,
-        lags: (Option<f64>, Option<f64>),
-        p: &Prediction,
-        trace: &TraceContext,
-        out: &mut Vec<Outgoing>,
-    ) {
-        let window = self.settings.latency.window_predictions;
-        let every = self.settings.latency.evaluate_every.max(1);
-        let versions = &mut Arc::make_mut(&mut self.state).latency.versions;
-        if !versions.contains_key(version) {
-            versions.insert(version.clone(), VersionLatency::default());
-        }
-        let Some(latency) = versions.get_mut(version) else {
-            return;
-        };
-        latency.predictions += 1;
-        if let Some(s) = lags.0 {
-            latency.event_to_prediction.push(s, window);
-        }
-        if let Some(s) = lags.1 {
-            latency.ingest_to_prediction.push(s, window);
-        }
-        if !latency.predictions.is_multiple_of(every) {
-            return;
-        }
-        let position = latency.predictions;
-        let qs: Vec<f64> = LATENCY_QUANTILES.iter().map(|(q, _)| *q).collect();
-        let event = latency.event_to_prediction.quantiles(&qs);
-        let ingest = latency.ingest_to_prediction.quantiles(&qs);
-        self.metrics
-            .publish_latency(version, "event_to_prediction", &event);
-        self.metrics
-            .publish_latency(version, "ingest_to_prediction", &ingest);
-        if !self.has_rules(Family::Latency) {
-            return;
-        }
-        let state = Arc::make_mut(&mut self.state);
-        let latency: &VersionLatency = &state.latency.versions[version];
-        let scope = Scope {
-            family: Family::Latency,
-            model: &version.model,
-            version: &version.version,
-            feature: "",
-            position,
-            time_us: p.event_time_us,
-            event_id: &p.event_id,
-        };
-        let transitions = state.alerts.evaluate(&self.rules, &scope, |rule| {
-            let w = match rule.metric {
-                MonitorMetric::IngestToPredictionSeconds => &latency.ingest_to_prediction,
-                _ => &latency.event_to_prediction,
-            };
-            Reading {
-                value: w.quantiles(&[rule.quantile])[0],
-                default_threshold: None,
-                window: format!(
-                    "at quantile {} over the last {} predictions",
-                    rule.quantile,
-                    w.len()
-                ),
-            }
-        });
-        self.emit(transitions, trace, out);
-    }
-
-    fn observe_score(
-        &mut self,
-        version: &ModelVersion,
-        p: &Prediction,
-        trace: &TraceContext,
-        out: &mut Vec<Outgoing>,
-    ) {
-        let spec = self.drift_spec(None);
-        let scores = &mut Arc::make_mut(&mut self.state).drift.scores;
-        if !scores.contains_key(version) {
-            scores.insert(version.clone(), DriftTracker::default());
-        }
-        let Some(tracker) = scores.get_mut(version) else {
-            return;
-        };
-        let Some(figures) = tracker.observe(p.score, &spec) else {
-            return;
-        };
-        let position = tracker.observed;
-        self.metrics.publish_score_drift(version, &figures);
-        if !self.has_rules(Family::ScoreDrift) {
-            return;
-        }
-        let (_, psi_level, ks_level) = self.drift_levels(None);
-        let window = self.drift_window();
-        let scope = Scope {
-            family: Family::ScoreDrift,
-            model: &version.model,
-            version: &version.version,
-            feature: "",
-            position,
-            time_us: p.event_time_us,
-            event_id: &p.event_id,
-        };
-        let transitions =
-            Arc::make_mut(&mut self.state)
-                .alerts
-                .evaluate(&self.rules, &scope, |rule| {
-                    drift_reading(rule.metric, &figures, psi_level, ks_level, &window)
-                });
-        self.emit(transitions, trace, out);
-    }
-
-    /// Applies one label; answers the alerts it caused.
-    pub fn observe_label(&mut self, l: &Label, trace: &TraceContext) -> Vec<Outgoing> {
-        let mut out = Vec::new();
-        Arc::make_mut(&mut self.state)
-            .latency
-            .record_stage("labels", l.ingest_time_us);
-        let limits = self.join_limits();
-        for joined in Arc::make_mut(&mut self.state).join.on_label(l, limits) {
-            self.record_joined(joined, &l.event_id, l.event_time_us, trace, &mut out);
-        }
-        Arc::make_mut(&mut self.state).join.expire(limits);
-        out
-    }
-
-    fn record_joined(
-        &mut self,
-        joined: Joined,
-        event_id: &str,
-        time_us: i64,
-        trace: &TraceContext,
-        out: &mut Vec<Outgoing>,
-    ) {
-        if !joined.sample.score.is_finite() {
-            return;
-        }
-        let windows = self.quality_windows();
-        let version = joined.version;
-        let labelled =
-            Arc::make_mut(&mut self.state)
-                .quality
-                .record(&version, joined.sample, windows);
-        self.metrics
-            .observe_join(&version, joined.label_delay_us as f64 / 1e6);
-        if !self.stale_quality.contains(&version) {
-            self.stale_quality.insert(version.clone());
-        }
-        // Without rules on quality the gauges are refreshed by the timer alone:
-        // no figure is computed per label.
-        if !self.has_rules(Family::Quality)
-            || !labelled.is_multiple_of(self.settings.quality.evaluate_every.max(1))
-        {
-            return;
-        }
-        // Only the windows some rule reads: the event-time one can be ten times larger.
-        let bins = self.settings.quality.calibration_bins;
-        let uses = |w: QualityWindow| {
-            self.rules
-                .iter()
-                .any(|r| r.family == Family::Quality && r.window == w)
-        };
-        let (by_labels, by_time) = match self.state.quality.versions.get(&version) {
-            Some(q) => (
-                uses(QualityWindow::Labels).then(|| q.by_labels.tally().figures(bins)),
-                uses(QualityWindow::Time).then(|| q.by_time.tally().figures(bins)),
-            ),
-            None => (None, None),
-        };
-        let q = &self.settings.quality;
-        let describe = |w: QualityWindow| match w {
-            QualityWindow::Labels => {
-                format!("over the last {} labelled predictions", q.window_labels)
-            }
-            QualityWindow::Time => format!("over the last {} s of event time", q.window_secs),
-        };
-        let scope = Scope {
-            family: Family::Quality,
-            model: &version.model,
-            version: &version.version,
-            feature: "",
-            position: labelled,
-            time_us,
-            event_id,
-        };
-        let transitions =
-            Arc::make_mut(&mut self.state)
-                .alerts
-                .evaluate(&self.rules, &scope, |rule| {
-                    let f = match rule.window {
-                        QualityWindow::Labels => by_labels.as_ref(),
-                        QualityWindow::Time => by_time.as_ref(),
-                    };
-                    Reading {
-                        value: f.and_then(|f| quality_value(rule.metric, f)),
-                        default_threshold: None,
-                        window: format!(
-                            "{} ({} labelled)",
-                            describe(rule.window),
-                            f.map_or(0, |f| f.labelled)
-                        ),
-                    }
-                });
-        self.emit(transitions, trace, out);
+        severity(drift_levels(&self.settings, Some(feature)), f)
     }
 
     fn quality_figures(&self, version: &ModelVersion) -> (QualityFigures, QualityFigures) {
-        let bins = self.settings.quality.calibration_bins;
-        match self.state.quality.versions.get(version) {
-            Some(q) => (
-                q.by_labels.tally().figures(bins),
-                q.by_time.tally().figures(bins),
-            ),
-            None => {
-                let empty = crate::quality::ScoreTally::default().figures(bins);
-                (empty.clone(), empty)
-            }
-        }
+        quality_figures(
+            self.state.quality.versions.get(version),
+            self.settings.quality.calibration_bins,
+        )
     }
 
     fn publish_quality(&self, version: &ModelVersion) {
         let (by_labels, by_time) = self.quality_figures(version);
         self.metrics.publish_quality(version, "labels", &by_labels);
         self.metrics.publish_quality(version, "time", &by_time);
-    }
-
-    /// Applies one feature vector; answers the alerts it caused.
-    pub fn observe_features(&mut self, v: &FeatureVector, trace: &TraceContext) -> Vec<Outgoing> {
-        let mut out = Vec::new();
-        let state = Arc::make_mut(&mut self.state);
-        state.feature_vectors += 1;
-        self.metrics.observe_feature_vector((
-            lag_seconds(v.event_time_us, v.ingest_time_us),
-            lag_seconds(v.ingest_time_us, v.feature_time_us),
-        ));
-        state.latency.record_stage("ingest", v.ingest_time_us);
-        state
-            .latency
-            .record_stage("feature-state", v.feature_time_us);
-        let watch_rules = self.has_rules(Family::FeatureDrift);
-        for (name, value) in v.names.iter().zip(&v.values) {
-            let spec = match self.feature_specs.get(name) {
-                Some(spec) => *spec,
-                None => {
-                    let ignored = self
-                        .settings
-                        .drift
-                        .features
-                        .get(name)
-                        .is_some_and(|f| f.ignore);
-                    let spec = (!ignored).then(|| self.drift_spec(Some(name)));
-                    self.feature_specs.insert(name.clone(), spec);
-                    spec
-                }
-            };
-            let Some(spec) = spec else {
-                continue;
-            };
-            let state = Arc::make_mut(&mut self.state);
-            if !state.drift.features.contains_key(name) {
-                // Cloned once per feature name, not once per vector.
-                state
-                    .drift
-                    .features
-                    .insert(name.clone(), DriftTracker::default());
-            }
-            let Some(tracker) = state.drift.features.get_mut(name) else {
-                continue;
-            };
-            let Some(figures) = tracker.observe(*value, &spec) else {
-                continue;
-            };
-            let position = tracker.observed;
-            self.metrics
-                .publish_feature_drift(name, &figures, self.severity(name, &figures));
-            if !watch_rules {
-                continue;
-            }
-            let (_, psi_level, ks_level) = self.drift_levels(Some(name));
-            let window = self.drift_window();
-            let scope = Scope {
-                family: Family::FeatureDrift,
-                model: "",
-                version: "",
-                feature: name,
-                position,
-                time_us: v.event_time_us,
-                event_id: &v.event_id,
-            };
-            let transitions =
-                Arc::make_mut(&mut self.state)
-                    .alerts
-                    .evaluate(&self.rules, &scope, |rule| {
-                        drift_reading(rule.metric, &figures, psi_level, ks_level, &window)
-                    });
-            self.emit(transitions, trace, &mut out);
-        }
-        out
-    }
-
-    fn has_rules(&self, family: Family) -> bool {
-        self.rules.iter().any(|r| r.family == family)
-    }
-
-    fn emit(&self, transitions: Vec<Transition>, trace: &TraceContext, out: &mut Vec<Outgoing>) {
-        if transitions.is_empty() {
-            return;
-        }
-        for t in transitions {
-            tracing::info!(alert = %t.alert.alert_id, state = ?t.alert.state(), "{}", t.alert.message);
-            out.push(Outgoing::new(
-                subject::alerts(&t.alert.kind),
-                t.msg_id,
-                &t.alert,
-                trace.clone(),
-            ));
-        }
-        self.publish_alerts();
-    }
-
-    fn publish_alerts(&self) {
-        let totals = self.state.alerts.totals();
-        for rule in &self.rules {
-            let t = totals.get(rule.name.as_str()).copied().unwrap_or_default();
-            self.metrics.publish_alerts(&rule.name, rule.kind(), t);
-        }
     }
 
     fn publish_join(&self) {
@@ -559,21 +289,81 @@ impl HealthBoard {
 
     /// Gauges that are not tied to an event.
     fn refresh(&mut self) {
-        for version in std::mem::take(&mut self.stale_quality) {
-            self.publish_quality(&version);
+        for slot in &mut self.hot.versions {
+            if std::mem::take(&mut slot.stale_quality) {
+                let (by_labels, by_time) = quality_figures(
+                    slot.quality
+                        .and_then(|at| self.state.quality.versions.at(at)),
+                    self.settings.quality.calibration_bins,
+                );
+                self.metrics
+                    .publish_quality(&slot.version, "labels", &by_labels);
+                self.metrics
+                    .publish_quality(&slot.version, "time", &by_time);
+            }
         }
-        for (stage, meter) in &self.state.latency.stages {
+        for (stage, meter) in self.state.latency.stages.iter() {
             self.metrics.publish_stage_rate(stage, meter.per_second());
         }
     }
 
-    /// Applies one message from any of the three streams.
-    pub fn apply(&mut self, input: &MonitorInput, trace: &TraceContext) -> Vec<Outgoing> {
-        match input {
-            MonitorInput::Prediction(p) => self.observe(p, trace),
-            MonitorInput::Label(l) => self.observe_label(l, trace),
-            MonitorInput::Features(v) => self.observe_features(v, trace),
+    /// The state and everything the per-record path reads, borrowed for a batch.
+    fn board(&mut self) -> Board<'_> {
+        Board {
+            state: Arc::make_mut(&mut self.state),
+            settings: &self.settings,
+            rules: &self.rules,
+            metrics: &self.metrics,
+            hot: &mut self.hot,
         }
+    }
+
+    /// Applies one record from any of the three streams; answers the alerts it caused.
+    pub fn apply(&mut self, input: &MonitorInput, trace: &TraceContext) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        self.board().apply(input, trace, &mut out);
+        self.flush_metrics();
+        out
+    }
+
+    /// Adds what the per-record series counted locally to the registry.
+    fn flush_metrics(&self) {
+        for slot in &self.hot.versions {
+            slot.metrics.flush();
+        }
+        if let Some(records) = &self.hot.records {
+            records.flush();
+        }
+    }
+
+    /// Applies records in order, then refreshes the join's gauges; answers the alerts.
+    pub fn apply_all<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'a MonitorInput, &'a TraceContext)>,
+    ) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut board = self.board();
+        for (input, trace) in records {
+            board.apply(input, trace, &mut out);
+        }
+        self.flush_metrics();
+        self.publish_join();
+        out
+    }
+
+    /// Applies one prediction (tests and tools; the stage hands over records).
+    pub fn observe(&mut self, p: &Prediction, trace: &TraceContext) -> Vec<Outgoing> {
+        self.apply(&MonitorInput::Prediction(p.clone().into()), trace)
+    }
+
+    /// Applies one label (tests and tools).
+    pub fn observe_label(&mut self, l: &Label, trace: &TraceContext) -> Vec<Outgoing> {
+        self.apply(&MonitorInput::Label(l.clone().into()), trace)
+    }
+
+    /// Applies one feature vector (tests and tools).
+    pub fn observe_features(&mut self, v: &FeatureVector, trace: &TraceContext) -> Vec<Outgoing> {
+        self.apply(&MonitorInput::Features(v.clone().into()), trace)
     }
 
     pub fn report(&self, model: Option<&str>) -> HealthReport {
@@ -597,17 +387,591 @@ impl HealthBoard {
     }
 }
 
+/// The board's fields, split so the per-record path borrows them side by side.
+struct Board<'a> {
+    state: &'a mut MonitorState,
+    settings: &'a MonitorSettings,
+    rules: &'a [Rule],
+    metrics: &'a MonitorMetrics,
+    hot: &'a mut Hot,
+}
+
+impl Board<'_> {
+    fn apply(&mut self, input: &MonitorInput, trace: &TraceContext, out: &mut Vec<Outgoing>) {
+        match input {
+            MonitorInput::Prediction(p) => self.prediction(p, trace, out),
+            MonitorInput::Label(l) => self.label(l, trace, out),
+            MonitorInput::Features(v) => self.features(v, trace, out),
+        }
+    }
+
+    fn join_limits(&self) -> JoinLimits {
+        self.hot.join_limits.unwrap_or(JoinLimits {
+            ttl_us: i64::MAX,
+            max_predictions: usize::MAX,
+            max_labels: usize::MAX,
+        })
+    }
+
+    fn record_stage(&mut self, stage: Stage, time_us: i64) {
+        let i = stage as usize;
+        let at = match self.hot.stages[i] {
+            Some(at) => at,
+            None => {
+                let at = self.state.latency.stage_position(stage.name());
+                self.hot.stages[i] = Some(at);
+                at
+            }
+        };
+        self.state.latency.record_stage_at(at, time_us);
+    }
+
+    /// The slot of a prediction's model version, made on first sight.
+    fn version_slot(&mut self, p: &PredictionRecord) -> usize {
+        let found = self
+            .hot
+            .versions
+            .iter()
+            .position(|s| p.is_of(&s.version.model, &s.version.version));
+        match found {
+            Some(i) => i,
+            None => self.new_version_slot(ModelVersion::of(p)),
+        }
+    }
+
+    fn new_version_slot(&mut self, version: ModelVersion) -> usize {
+        let state = &mut *self.state;
+        let slot = VersionSlot {
+            metrics: self.metrics.version(&version),
+            stats: state.predictions.position_or_insert(&version),
+            latency: state.latency.versions.position_or_insert(
+                &version,
+                ModelVersion::clone,
+                VersionLatency::default,
+            ),
+            score: state.drift.scores.position(&version),
+            quality: state.quality.versions.position(&version),
+            join: None,
+            stale_quality: false,
+            version,
+        };
+        if let Some(at) = slot.quality {
+            self.track_quality(at);
+        }
+        self.hot.versions.push(slot);
+        self.hot.versions.len() - 1
+    }
+
+    /// Makes the windows the rules read keep their tallies.
+    fn track_quality(&mut self, at: usize) {
+        let (labels, time) = self.hot.tracked_windows;
+        if let Some(q) = self.state.quality.versions.at_mut(at) {
+            if labels {
+                q.by_labels.track();
+            }
+            if time {
+                q.by_time.track();
+            }
+        }
+    }
+
+    /// The slot of the model version the label join numbered `id`.
+    fn join_slot(&mut self, id: u32) -> Option<usize> {
+        if let Some(Some(i)) = self.hot.by_join.get(id as usize) {
+            return Some(*i);
+        }
+        let version = self.state.join.version(id)?.clone();
+        let i = match self.hot.versions.iter().position(|s| s.version == version) {
+            Some(i) => i,
+            None => self.new_version_slot(version),
+        };
+        self.hot.versions[i].join = Some(id);
+        let at = id as usize;
+        if self.hot.by_join.len() <= at {
+            self.hot.by_join.resize(at + 1, None);
+        }
+        self.hot.by_join[at] = Some(i);
+        Some(i)
+    }
+
+    fn prediction(&mut self, p: &PredictionRecord, trace: &TraceContext, out: &mut Vec<Outgoing>) {
+        let i = self.version_slot(p);
+        let lags = (
+            lag_seconds(p.event_time_us, p.predict_time_us),
+            lag_seconds(p.ingest_time_us, p.predict_time_us),
+        );
+        {
+            let slot = &self.hot.versions[i];
+            if let Some(stats) = self.state.predictions.record_at(slot.stats, p) {
+                slot.metrics
+                    .observe_prediction(p.predicted_positive, stats, lags);
+            }
+        }
+        self.record_stage(Stage::Inference, p.predict_time_us);
+        self.observe_latency(i, lags, p, trace, out);
+        if p.score.is_finite() {
+            self.observe_score(i, p, trace, out);
+        }
+        let limits = self.join_limits();
+        // A prediction without a label key only moves the join's clock: it needs no number.
+        let id = match (p.label_key().is_empty(), self.hot.versions[i].join) {
+            (true, _) => u32::MAX,
+            (false, Some(id)) => id,
+            (false, None) => {
+                let id = self.state.join.intern(&self.hot.versions[i].version);
+                self.join_slot(id);
+                id
+            }
+        };
+        if let Some(joined) = self.state.join.on_prediction_of(id, p, limits) {
+            self.record_joined(joined, p.event_id(), p.event_time_us, trace, out);
+        }
+        self.state.join.expire(limits);
+    }
+
+    fn observe_latency(
+        &mut self,
+        i: usize,
+        lags: (Option<f64>, Option<f64>),
+        p: &PredictionRecord,
+        trace: &TraceContext,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let window = self.settings.latency.window_predictions;
+        let every = self.settings.latency.evaluate_every.max(1);
+        let slot = &self.hot.versions[i];
+        let Some(latency) = self.state.latency.versions.at_mut(slot.latency) else {
+            return;
+        };
+        latency.predictions += 1;
+        if let Some(s) = lags.0 {
+            latency.event_to_prediction.push(s, window);
+        }
+        if let Some(s) = lags.1 {
+            latency.ingest_to_prediction.push(s, window);
+        }
+        if !latency.predictions.is_multiple_of(every) {
+            return;
+        }
+        let position = latency.predictions;
+        // One sort per window and evaluation, for the gauges and the rules alike.
+        latency
+            .event_to_prediction
+            .sort_into(&mut self.hot.sorted_event);
+        latency
+            .ingest_to_prediction
+            .sort_into(&mut self.hot.sorted_ingest);
+        let (sorted_event, sorted_ingest) = (&self.hot.sorted_event, &self.hot.sorted_ingest);
+        let quantiles = |sorted: &[f64]| -> Vec<Option<f64>> {
+            LATENCY_QUANTILES
+                .iter()
+                .map(|(q, _)| quantile_of_sorted(sorted, *q))
+                .collect()
+        };
+        let slot = &self.hot.versions[i];
+        self.metrics.publish_latency(
+            &slot.version,
+            "event_to_prediction",
+            &quantiles(sorted_event),
+        );
+        self.metrics.publish_latency(
+            &slot.version,
+            "ingest_to_prediction",
+            &quantiles(sorted_ingest),
+        );
+        if !self.hot.families[family_index(Family::Latency)] {
+            return;
+        }
+        let scope = Scope {
+            family: Family::Latency,
+            model: &slot.version.model,
+            version: &slot.version.version,
+            feature: "",
+            position,
+            time_us: p.event_time_us,
+            event_id: p.event_id(),
+        };
+        let transitions = self.state.alerts.evaluate(self.rules, &scope, |rule| {
+            let sorted = match rule.metric {
+                MonitorMetric::IngestToPredictionSeconds => sorted_ingest,
+                _ => sorted_event,
+            };
+            Reading {
+                value: quantile_of_sorted(sorted, rule.quantile),
+                default_threshold: None,
+                window: format!(
+                    "at quantile {} over the last {} predictions",
+                    rule.quantile,
+                    sorted.len()
+                )
+                .into(),
+            }
+        });
+        emit(
+            self.state,
+            self.rules,
+            self.metrics,
+            transitions,
+            trace,
+            out,
+        );
+    }
+
+    fn observe_score(
+        &mut self,
+        i: usize,
+        p: &PredictionRecord,
+        trace: &TraceContext,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let Some(spec) = self.hot.score_spec else {
+            return;
+        };
+        let slot = &mut self.hot.versions[i];
+        let at = match slot.score {
+            Some(at) => at,
+            None => {
+                let at = self.state.drift.scores.position_or_insert(
+                    &slot.version,
+                    ModelVersion::clone,
+                    DriftTracker::default,
+                );
+                slot.score = Some(at);
+                at
+            }
+        };
+        let Some(tracker) = self.state.drift.scores.at_mut(at) else {
+            return;
+        };
+        let Some(figures) = tracker.observe(p.score, &spec) else {
+            return;
+        };
+        let position = tracker.observed;
+        self.metrics.publish_score_drift(&slot.version, &figures);
+        if !self.hot.families[family_index(Family::ScoreDrift)] {
+            return;
+        }
+        let (_, psi_level, ks_level) = self.hot.score_levels;
+        let window = &self.hot.drift_window;
+        let scope = Scope {
+            family: Family::ScoreDrift,
+            model: &slot.version.model,
+            version: &slot.version.version,
+            feature: "",
+            position,
+            time_us: p.event_time_us,
+            event_id: p.event_id(),
+        };
+        let transitions = self.state.alerts.evaluate(self.rules, &scope, |rule| {
+            drift_reading(rule.metric, &figures, psi_level, ks_level, window)
+        });
+        emit(
+            self.state,
+            self.rules,
+            self.metrics,
+            transitions,
+            trace,
+            out,
+        );
+    }
+
+    fn label(&mut self, l: &LabelRecord, trace: &TraceContext, out: &mut Vec<Outgoing>) {
+        self.record_stage(Stage::Labels, l.ingest_time_us);
+        let limits = self.join_limits();
+        let mut joined = std::mem::take(&mut self.hot.joined);
+        self.state.join.on_label_into(l, limits, &mut joined);
+        for pair in joined.drain(..) {
+            self.record_joined(pair, l.event_id(), l.event_time_us, trace, out);
+        }
+        self.hot.joined = joined;
+        self.state.join.expire(limits);
+    }
+
+    fn record_joined(
+        &mut self,
+        joined: Joined,
+        event_id: &str,
+        time_us: i64,
+        trace: &TraceContext,
+        out: &mut Vec<Outgoing>,
+    ) {
+        if !joined.sample.score.is_finite() {
+            return;
+        }
+        let (Some(i), Some(windows)) = (self.join_slot(joined.version), self.hot.quality_windows)
+        else {
+            return;
+        };
+        let at = match self.hot.versions[i].quality {
+            Some(at) => at,
+            None => {
+                let slot = &mut self.hot.versions[i];
+                let at = self.state.quality.position_or_insert(&slot.version);
+                slot.quality = Some(at);
+                self.track_quality(at);
+                at
+            }
+        };
+        let labelled = self.state.quality.record_at(at, joined.sample, windows);
+        let slot = &mut self.hot.versions[i];
+        slot.metrics.observe_join();
+        if let Some(records) = &self.hot.records {
+            records.observe_label_delay(joined.label_delay_us as f64 / 1e6);
+        }
+        slot.stale_quality = true;
+        // Without rules on quality the gauges are refreshed by the timer alone:
+        // no figure is computed per label.
+        if !self.hot.families[family_index(Family::Quality)]
+            || !labelled.is_multiple_of(self.settings.quality.evaluate_every.max(1))
+        {
+            return;
+        }
+        // Only the windows some rule reads: the event-time one can be ten times larger.
+        let bins = self.settings.quality.calibration_bins;
+        let rules = self.rules;
+        let (labels, time) = self.hot.tracked_windows;
+        let (by_labels, by_time) = match self.state.quality.versions.at(at) {
+            Some(q) => (
+                labels.then(|| q.by_labels.tally().figures(bins)),
+                time.then(|| q.by_time.tally().figures(bins)),
+            ),
+            None => (None, None),
+        };
+        let q = &self.settings.quality;
+        let describe = |w: QualityWindow| match w {
+            QualityWindow::Labels => {
+                format!("over the last {} labelled predictions", q.window_labels)
+            }
+            QualityWindow::Time => format!("over the last {} s of event time", q.window_secs),
+        };
+        let slot = &self.hot.versions[i];
+        let scope = Scope {
+            family: Family::Quality,
+            model: &slot.version.model,
+            version: &slot.version.version,
+            feature: "",
+            position: labelled,
+            time_us,
+            event_id,
+        };
+        let transitions = self.state.alerts.evaluate(rules, &scope, |rule| {
+            let f = match rule.window {
+                QualityWindow::Labels => by_labels.as_ref(),
+                QualityWindow::Time => by_time.as_ref(),
+            };
+            Reading {
+                value: f.and_then(|f| quality_value(rule.metric, f)),
+                default_threshold: None,
+                window: format!(
+                    "{} ({} labelled)",
+                    describe(rule.window),
+                    f.map_or(0, |f| f.labelled)
+                )
+                .into(),
+            }
+        });
+        emit(self.state, rules, self.metrics, transitions, trace, out);
+    }
+
+    /// The index in `hot.layouts` of the vector's names, worked out on first sight.
+    fn layout(&mut self, v: &VectorRecord) -> usize {
+        let names = v.names_wire();
+        if let Some(i) = self.hot.layouts.iter().position(|l| l.names == names) {
+            return i;
+        }
+        let slots: Vec<Option<usize>> = v.names().map(|name| self.feature_slot(name)).collect();
+        if self.hot.layouts.len() >= LAYOUTS_KEPT {
+            self.hot.layouts.remove(0);
+        }
+        self.hot.layouts.push(Layout {
+            names: names.to_vec(),
+            slots,
+        });
+        self.hot.layouts.len() - 1
+    }
+
+    /// The slot of a feature by name (`None`: ignored), made on first sight.
+    fn feature_slot(&mut self, name: &str) -> Option<usize> {
+        if let Some(slot) = self.hot.by_name.get(name) {
+            return *slot;
+        }
+        let ignored = self
+            .settings
+            .drift
+            .features
+            .get(name)
+            .is_some_and(|f| f.ignore);
+        let slot = (!ignored).then(|| {
+            let tracker = self.state.drift.features.position_or_insert(
+                name,
+                str::to_string,
+                DriftTracker::default,
+            );
+            self.hot.features.push(FeatureSlot {
+                name: name.to_string(),
+                tracker,
+                spec: drift_spec(self.settings, Some(name)),
+                levels: drift_levels(self.settings, Some(name)),
+            });
+            self.hot.features.len() - 1
+        });
+        self.hot.by_name.insert(name.to_string(), slot);
+        slot
+    }
+
+    fn features(&mut self, v: &VectorRecord, trace: &TraceContext, out: &mut Vec<Outgoing>) {
+        self.state.feature_vectors += 1;
+        if let Some(records) = &self.hot.records {
+            records.observe_feature_vector((
+                lag_seconds(v.event_time_us, v.ingest_time_us),
+                lag_seconds(v.ingest_time_us, v.feature_time_us),
+            ));
+        }
+        self.record_stage(Stage::Ingest, v.ingest_time_us);
+        self.record_stage(Stage::FeatureState, v.feature_time_us);
+        let layout = self.layout(v);
+        let watch_rules = self.hot.families[family_index(Family::FeatureDrift)];
+        let Some(slots) = self.hot.layouts.get(layout).map(|l| &l.slots) else {
+            return;
+        };
+        for (slot, value) in slots.iter().zip(v.values()) {
+            let Some(feature) = slot.and_then(|f| self.hot.features.get(f)) else {
+                continue;
+            };
+            let Some(tracker) = self.state.drift.features.at_mut(feature.tracker) else {
+                continue;
+            };
+            let Some(figures) = tracker.observe(value, &feature.spec) else {
+                continue;
+            };
+            let position = tracker.observed;
+            self.metrics.publish_feature_drift(
+                &feature.name,
+                &figures,
+                severity(feature.levels, &figures),
+            );
+            if !watch_rules {
+                continue;
+            }
+            let (_, psi_level, ks_level) = feature.levels;
+            let window = &self.hot.drift_window;
+            let scope = Scope {
+                family: Family::FeatureDrift,
+                model: "",
+                version: "",
+                feature: &feature.name,
+                position,
+                time_us: v.event_time_us,
+                event_id: v.event_id(),
+            };
+            let transitions = self.state.alerts.evaluate(self.rules, &scope, |rule| {
+                drift_reading(rule.metric, &figures, psi_level, ks_level, window)
+            });
+            emit(
+                self.state,
+                self.rules,
+                self.metrics,
+                transitions,
+                trace,
+                out,
+            );
+        }
+    }
+}
+
+fn drift_spec(settings: &MonitorSettings, feature: Option<&str>) -> DriftSpec {
+    let d = &settings.drift;
+    let f = feature.and_then(|name| d.features.get(name));
+    DriftSpec {
+        kind: f.map_or(FeatureKind::Numeric, |f| f.kind),
+        bins: f.and_then(|f| f.bins).unwrap_or(d.bins),
+        max_categories: d.max_categories,
+        reference_events: d.reference_events,
+        window_events: d.window_events,
+        evaluate_every: d.evaluate_every,
+    }
+}
+
+/// The PSI levels and KS threshold of a feature (`None`: the score's).
+fn drift_levels(settings: &MonitorSettings, feature: Option<&str>) -> (f64, f64, f64) {
+    let d = &settings.drift;
+    let f = feature.and_then(|name| d.features.get(name));
+    (
+        f.and_then(|f| f.psi_moderate).unwrap_or(d.psi_moderate),
+        f.and_then(|f| f.psi_significant)
+            .unwrap_or(d.psi_significant),
+        f.and_then(|f| f.ks_significant).unwrap_or(d.ks_significant),
+    )
+}
+
+/// 0 none, 1 moderate, 2 significant, by PSI; `None` without a PSI.
+fn severity((moderate, significant, _): (f64, f64, f64), f: &DriftFigures) -> Option<i64> {
+    let psi = f.psi?;
+    Some(if psi >= significant {
+        2
+    } else if psi >= moderate {
+        1
+    } else {
+        0
+    })
+}
+
+fn quality_figures(q: Option<&VersionQuality>, bins: usize) -> (QualityFigures, QualityFigures) {
+    match q {
+        Some(q) => (
+            q.by_labels.tally().figures(bins),
+            q.by_time.tally().figures(bins),
+        ),
+        None => {
+            let empty = crate::quality::ScoreTally::default().figures(bins);
+            (empty.clone(), empty)
+        }
+    }
+}
+
+/// Queues the transitions for ALERTS and refreshes the alert gauges.
+fn emit(
+    state: &MonitorState,
+    rules: &[Rule],
+    metrics: &MonitorMetrics,
+    transitions: Vec<Transition>,
+    trace: &TraceContext,
+    out: &mut Vec<Outgoing>,
+) {
+    if transitions.is_empty() {
+        return;
+    }
+    for t in transitions {
+        tracing::info!(alert = %t.alert.alert_id, state = ?t.alert.state(), "{}", t.alert.message);
+        out.push(Outgoing::new(
+            subject::alerts(&t.alert.kind),
+            t.msg_id,
+            &t.alert,
+            trace.clone(),
+        ));
+    }
+    publish_alerts(state, rules, metrics);
+}
+
+fn publish_alerts(state: &MonitorState, rules: &[Rule], metrics: &MonitorMetrics) {
+    let totals = state.alerts.totals();
+    for rule in rules {
+        let t = totals.get(rule.name.as_str()).copied().unwrap_or_default();
+        metrics.publish_alerts(&rule.name, rule.kind(), t);
+    }
+}
+
 fn secs_to_us(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
 }
 
-fn drift_reading(
+fn drift_reading<'a>(
     metric: MonitorMetric,
     f: &DriftFigures,
     psi_level: f64,
     ks_level: f64,
-    window: &str,
-) -> Reading {
+    window: &'a str,
+) -> Reading<'a> {
     let (value, default_threshold) = match metric {
         MonitorMetric::Psi | MonitorMetric::ScorePsi => (f.psi, psi_level),
         _ => (f.ks, ks_level),
@@ -615,7 +979,7 @@ fn drift_reading(
     Reading {
         value,
         default_threshold: Some(default_threshold),
-        window: window.to_string(),
+        window: window.into(),
     }
 }
 
@@ -647,12 +1011,7 @@ impl Handler<Apply<MonitorInput>> for HealthBoard {
     type Result = Vec<Outgoing>;
 
     fn handle(&mut self, Apply(batch): Apply<MonitorInput>, _: &mut Self::Context) -> Self::Result {
-        let mut out = Vec::new();
-        for delivered in &batch {
-            out.extend(self.apply(&delivered.message, &delivered.trace));
-        }
-        self.publish_join();
-        out
+        self.apply_all(batch.iter().map(|d| (&d.message, &d.trace)))
     }
 }
 
@@ -869,12 +1228,12 @@ mod tests {
         };
         // The label comes first and waits; the prediction after it joins it.
         let batch = vec![
-            delivered(1, 1, MonitorInput::Label(label("a", 1.0))),
-            delivered(2, 1, MonitorInput::Features(vector)),
+            delivered(1, 1, MonitorInput::Label(label("a", 1.0).into())),
+            delivered(2, 1, MonitorInput::Features(vector.into())),
             delivered(
                 0,
                 1,
-                MonitorInput::Prediction(prediction("a", "1", 0.9, true)),
+                MonitorInput::Prediction(prediction("a", "1", 0.9, true).into()),
             ),
         ];
         let out = addr.send(Apply(batch)).await.unwrap();
@@ -910,7 +1269,8 @@ mod tests {
             .send(TakeSnapshot::<SharedState>::default())
             .await
             .unwrap();
-        assert_eq!(state.0.predictions.models["fraud"]["1"].predictions, 1);
+        let stats = state.0.predictions.stats(&ModelVersion::new("fraud", "1"));
+        assert_eq!(stats.map(|s| s.predictions), Some(1));
         // The snapshot is the board's own state, not a copy; it serializes as one.
         let bytes = postcard::to_stdvec(&state).unwrap();
         let back: MonitorState = postcard::from_bytes(&bytes).unwrap();

@@ -1,5 +1,5 @@
 //! What monitor reads: three streams through one chassis stage, each with its
-//! own durable consumer, and the one message type the board takes from them.
+//! own durable consumer, and the records the board takes from them.
 //!
 //! One stage (not three) is what makes monitor exactly-once: the chassis keeps
 //! a single snapshot holding the board's whole state and, beside it, the last
@@ -7,7 +7,22 @@
 //! a restart every stream resumes right after its own sequence in that record,
 //! so no message is applied twice or skipped, whatever order the streams
 //! interleaved in before the crash or interleave in on the replay.
+//!
+//! # Records, not messages
+//!
+//! Monitor reads every prediction, label and feature vector of the pipeline,
+//! so it does not build the generated proto structs (a `String` per text
+//! field, 20-odd per feature vector). A record keeps the received buffer (one
+//! reference, however many fields) and where the fields it needs lie in it; a
+//! feature vector keeps its names and values as they were on the wire, and the
+//! board walks them in place ([`VectorRecord::features`]). The fast path reads the canonical encoding
+//! (what prost writes); anything else (fields out of order, unpacked values,
+//! invalid data) goes through prost, so a record is accepted or refused
+//! exactly as prost would, with prost's error.
 
+use std::ops::Range;
+
+use bytes::Bytes;
 use millrace_chassis::bus::StreamKind;
 use millrace_chassis::stage::{Source, StageInput};
 use millrace_proto::{FeatureVector, Label, Prediction};
@@ -25,56 +40,638 @@ pub fn sources() -> Vec<Source> {
     ]
 }
 
-/// One message from any of the three streams.
+/// One record from any of the three streams.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MonitorInput {
-    Prediction(Prediction),
-    Label(Label),
-    Features(FeatureVector),
+    Prediction(PredictionRecord),
+    Label(LabelRecord),
+    Features(VectorRecord),
 }
 
 impl StageInput for MonitorInput {
-    fn decode(source: usize, payload: bytes::Bytes) -> Result<Self, prost::DecodeError> {
-        use prost::Message;
+    fn decode(source: usize, payload: Bytes) -> Result<Self, prost::DecodeError> {
         Ok(match source {
-            0 => Self::Prediction(<Prediction as Message>::decode(payload)?),
-            1 => Self::Label(<Label as Message>::decode(payload)?),
-            _ => Self::Features(<FeatureVector as Message>::decode(payload)?),
+            0 => Self::Prediction(PredictionRecord::decode(payload)?),
+            1 => Self::Label(LabelRecord::decode(payload)?),
+            _ => Self::Features(VectorRecord::decode(payload)?),
         })
     }
 
     fn event_id(&self) -> &str {
         match self {
-            Self::Prediction(p) => &p.event_id,
-            Self::Label(l) => &l.event_id,
-            Self::Features(v) => &v.event_id,
+            Self::Prediction(p) => p.event_id(),
+            Self::Label(l) => l.event_id(),
+            Self::Features(v) => v.event_id(),
         }
+    }
+}
+
+/// Where a field's bytes lie in a record's buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn of(at: Range<usize>) -> Option<Self> {
+        Some(Self {
+            start: u32::try_from(at.start).ok()?,
+            end: u32::try_from(at.end).ok()?,
+        })
+    }
+
+    fn bytes(self, buf: &[u8]) -> &[u8] {
+        buf.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The text; empty if it were not UTF-8, which decoding rules out.
+    fn text(self, buf: &[u8]) -> &str {
+        std::str::from_utf8(self.bytes(buf)).unwrap_or_default()
+    }
+
+    /// A span over UTF-8 text, `None` otherwise (prost refuses such a record).
+    fn text_of(buf: &[u8], at: Range<usize>) -> Option<Self> {
+        std::str::from_utf8(buf.get(at.clone())?).ok()?;
+        Self::of(at)
+    }
+}
+
+/// Builds the buffer of a record made from a generated proto struct.
+#[derive(Default)]
+struct Builder {
+    buf: Vec<u8>,
+}
+
+impl Builder {
+    fn put(&mut self, bytes: &[u8]) -> Span {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        // Records come from NATS messages, far below 4 GiB.
+        Span::of(start..self.buf.len()).unwrap_or_default()
+    }
+}
+
+/// A `millrace.v1.Prediction` as monitor reads it: the received buffer (one
+/// reference to it, whatever the number of fields) and where its text fields lie.
+#[derive(Clone, Default)]
+pub struct PredictionRecord {
+    buf: Bytes,
+    event_id: Span,
+    model: Span,
+    model_version: Span,
+    label_key: Span,
+    pub score: f64,
+    pub predicted_positive: bool,
+    pub event_time_us: i64,
+    pub ingest_time_us: i64,
+    pub predict_time_us: i64,
+}
+
+impl PredictionRecord {
+    pub fn event_id(&self) -> &str {
+        self.event_id.text(&self.buf)
+    }
+
+    pub fn model(&self) -> &str {
+        self.model.text(&self.buf)
+    }
+
+    pub fn model_version(&self) -> &str {
+        self.model_version.text(&self.buf)
+    }
+
+    pub fn label_key(&self) -> &str {
+        self.label_key.text(&self.buf)
+    }
+
+    /// Whether the prediction is of `model` `version`, without checking the text again.
+    pub fn is_of(&self, model: &str, version: &str) -> bool {
+        self.model.bytes(&self.buf) == model.as_bytes()
+            && self.model_version.bytes(&self.buf) == version.as_bytes()
+    }
+
+    pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
+        match Self::read(&payload) {
+            Some(mut record) => {
+                record.buf = payload;
+                Ok(record)
+            }
+            None => Ok(Self::from(<Prediction as prost::Message>::decode(payload)?)),
+        }
+    }
+
+    /// The canonical fast path (the buffer is set by the caller); `None` for
+    /// anything it does not read.
+    fn read(payload: &[u8]) -> Option<Self> {
+        let mut r = Self::default();
+        let mut wire = Wire::new(payload);
+        while let Some((tag, value)) = wire.next()? {
+            match (tag, value) {
+                (1, Value::Len(at)) => r.event_id = Span::text_of(payload, at)?,
+                (2, Value::Len(at)) => r.model = Span::text_of(payload, at)?,
+                (3, Value::Len(at)) => r.model_version = Span::text_of(payload, at)?,
+                (4, Value::Fixed64(bits)) => r.score = f64::from_bits(bits),
+                (5, Value::Varint(v)) => r.predicted_positive = v != 0,
+                (6, Value::Len(at)) => {
+                    Span::text_of(payload, at)?;
+                }
+                (7, Value::Varint(v)) => r.event_time_us = v as i64,
+                (8, Value::Varint(v)) => r.ingest_time_us = v as i64,
+                (9, Value::Varint(v)) => r.predict_time_us = v as i64,
+                (10, Value::Len(at)) => r.label_key = Span::text_of(payload, at)?,
+                (1..=10, _) => return None,
+                _ => {}
+            }
+        }
+        Some(r)
+    }
+}
+
+impl From<Prediction> for PredictionRecord {
+    fn from(p: Prediction) -> Self {
+        let mut b = Builder::default();
+        let (event_id, model, model_version, label_key) = (
+            b.put(p.event_id.as_bytes()),
+            b.put(p.model.as_bytes()),
+            b.put(p.model_version.as_bytes()),
+            b.put(p.label_key.as_bytes()),
+        );
+        Self {
+            buf: Bytes::from(b.buf),
+            event_id,
+            model,
+            model_version,
+            label_key,
+            score: p.score,
+            predicted_positive: p.predicted_positive,
+            event_time_us: p.event_time_us,
+            ingest_time_us: p.ingest_time_us,
+            predict_time_us: p.predict_time_us,
+        }
+    }
+}
+
+/// Records are equal by their fields, wherever they lie in their buffers.
+impl PartialEq for PredictionRecord {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            self.event_id(),
+            self.model(),
+            self.model_version(),
+            self.label_key(),
+            self.score.to_bits(),
+            self.predicted_positive,
+            (
+                self.event_time_us,
+                self.ingest_time_us,
+                self.predict_time_us,
+            ),
+        ) == (
+            o.event_id(),
+            o.model(),
+            o.model_version(),
+            o.label_key(),
+            o.score.to_bits(),
+            o.predicted_positive,
+            (o.event_time_us, o.ingest_time_us, o.predict_time_us),
+        )
+    }
+}
+
+impl std::fmt::Debug for PredictionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PredictionRecord")
+            .field("event_id", &self.event_id())
+            .field("model", &self.model())
+            .field("model_version", &self.model_version())
+            .field("label_key", &self.label_key())
+            .field("score", &self.score)
+            .field("predicted_positive", &self.predicted_positive)
+            .field("event_time_us", &self.event_time_us)
+            .field("ingest_time_us", &self.ingest_time_us)
+            .field("predict_time_us", &self.predict_time_us)
+            .finish()
+    }
+}
+
+/// A `millrace.v1.Label` as monitor reads it.
+#[derive(Clone, Default)]
+pub struct LabelRecord {
+    buf: Bytes,
+    event_id: Span,
+    label_key: Span,
+    pub value: f64,
+    pub event_time_us: i64,
+    pub ingest_time_us: i64,
+}
+
+impl LabelRecord {
+    pub fn event_id(&self) -> &str {
+        self.event_id.text(&self.buf)
+    }
+
+    pub fn label_key(&self) -> &str {
+        self.label_key.text(&self.buf)
+    }
+
+    pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
+        match Self::read(&payload) {
+            Some(mut record) => {
+                record.buf = payload;
+                Ok(record)
+            }
+            None => Ok(Self::from(<Label as prost::Message>::decode(payload)?)),
+        }
+    }
+
+    fn read(payload: &[u8]) -> Option<Self> {
+        let mut r = Self::default();
+        let mut wire = Wire::new(payload);
+        while let Some((tag, value)) = wire.next()? {
+            match (tag, value) {
+                (1, Value::Len(at)) => r.event_id = Span::text_of(payload, at)?,
+                (2, Value::Len(at)) => r.label_key = Span::text_of(payload, at)?,
+                (3, Value::Fixed64(bits)) => r.value = f64::from_bits(bits),
+                (4, Value::Varint(v)) => r.event_time_us = v as i64,
+                (5, Value::Varint(v)) => r.ingest_time_us = v as i64,
+                (6, Value::Len(at)) => {
+                    Span::text_of(payload, at)?;
+                }
+                (7, Value::Fixed64(_)) => {}
+                (1..=7, _) => return None,
+                _ => {}
+            }
+        }
+        Some(r)
+    }
+}
+
+impl From<Label> for LabelRecord {
+    fn from(l: Label) -> Self {
+        let mut b = Builder::default();
+        let (event_id, label_key) = (b.put(l.event_id.as_bytes()), b.put(l.label_key.as_bytes()));
+        Self {
+            buf: Bytes::from(b.buf),
+            event_id,
+            label_key,
+            value: l.value,
+            event_time_us: l.event_time_us,
+            ingest_time_us: l.ingest_time_us,
+        }
+    }
+}
+
+impl PartialEq for LabelRecord {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            self.event_id(),
+            self.label_key(),
+            self.value.to_bits(),
+            self.event_time_us,
+            self.ingest_time_us,
+        ) == (
+            o.event_id(),
+            o.label_key(),
+            o.value.to_bits(),
+            o.event_time_us,
+            o.ingest_time_us,
+        )
+    }
+}
+
+impl std::fmt::Debug for LabelRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabelRecord")
+            .field("event_id", &self.event_id())
+            .field("label_key", &self.label_key())
+            .field("value", &self.value)
+            .field("event_time_us", &self.event_time_us)
+            .field("ingest_time_us", &self.ingest_time_us)
+            .finish()
+    }
+}
+
+/// Field 8 of `FeatureVector`, `names`, as a length-delimited key byte.
+const NAME_KEY: u8 = (8 << 3) | 2;
+
+/// A `millrace.v1.FeatureVector` as monitor reads it: the names as their
+/// run of wire fields (two vectors with the same features in the same order
+/// have the same run, byte for byte) and the values as packed little-endian doubles.
+#[derive(Clone, Default)]
+pub struct VectorRecord {
+    buf: Bytes,
+    event_id: Span,
+    names: Span,
+    values: Span,
+    pub event_time_us: i64,
+    pub ingest_time_us: i64,
+    pub feature_time_us: i64,
+}
+
+impl VectorRecord {
+    pub fn event_id(&self) -> &str {
+        self.event_id.text(&self.buf)
+    }
+
+    pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
+        match Self::read(&payload) {
+            Some(mut record) => {
+                record.buf = payload;
+                Ok(record)
+            }
+            None => Ok(Self::from(<FeatureVector as prost::Message>::decode(
+                payload,
+            )?)),
+        }
+    }
+
+    fn read(payload: &[u8]) -> Option<Self> {
+        let mut r = Self::default();
+        let mut names: Option<Range<usize>> = None;
+        let mut wire = Wire::new(payload);
+        let mut values_seen = false;
+        loop {
+            let start = wire.at;
+            let Some((tag, value)) = wire.next()? else {
+                break;
+            };
+            match (tag, value) {
+                (1, Value::Len(at)) => r.event_id = Span::text_of(payload, at)?,
+                (2 | 3 | 10, Value::Len(at)) => {
+                    Span::text_of(payload, at)?;
+                }
+                (4, Value::Varint(_)) => {}
+                (5, Value::Varint(v)) => r.event_time_us = v as i64,
+                (6, Value::Varint(v)) => r.ingest_time_us = v as i64,
+                (7, Value::Varint(v)) => r.feature_time_us = v as i64,
+                (8, Value::Len(at)) => {
+                    std::str::from_utf8(payload.get(at)?).ok()?;
+                    // The names must be one run of consecutive fields.
+                    match &mut names {
+                        None => names = Some(start..wire.at),
+                        Some(run) if run.end == start => run.end = wire.at,
+                        Some(_) => return None,
+                    }
+                }
+                // One packed field of whole doubles; anything else goes to prost.
+                (9, Value::Len(at)) if !values_seen && at.len() % 8 == 0 => {
+                    r.values = Span::of(at)?;
+                    values_seen = true;
+                }
+                (1..=10, _) => return None,
+                _ => {}
+            }
+        }
+        if let Some(run) = names {
+            r.names = Span::of(run)?;
+        }
+        Some(r)
+    }
+
+    /// The names' run of wire fields: equal runs mean the same features in the same order.
+    pub fn names_wire(&self) -> &[u8] {
+        self.names.bytes(&self.buf)
+    }
+
+    /// The feature names, in order.
+    pub fn names(&self) -> Names<'_> {
+        Names {
+            wire: Wire::new(self.names_wire()),
+        }
+    }
+
+    /// The values, in order.
+    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.values.bytes(&self.buf).chunks_exact(8).map(|chunk| {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(chunk);
+            f64::from_le_bytes(le)
+        })
+    }
+
+    /// Each name with its value (as far as both go, like a zip of the two lists).
+    pub fn features(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
+        self.names().zip(self.values())
+    }
+}
+
+impl From<FeatureVector> for VectorRecord {
+    fn from(v: FeatureVector) -> Self {
+        let mut b = Builder::default();
+        let event_id = b.put(v.event_id.as_bytes());
+        let mut names = Vec::new();
+        for name in &v.names {
+            names.push(NAME_KEY);
+            put_varint(name.len() as u64, &mut names);
+            names.extend_from_slice(name.as_bytes());
+        }
+        let names = b.put(&names);
+        let values: Vec<u8> = v.values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let values = b.put(&values);
+        Self {
+            buf: Bytes::from(b.buf),
+            event_id,
+            names,
+            values,
+            event_time_us: v.event_time_us,
+            ingest_time_us: v.ingest_time_us,
+            feature_time_us: v.feature_time_us,
+        }
+    }
+}
+
+/// Equal by their fields (values by their bits), wherever they lie in their buffers.
+impl PartialEq for VectorRecord {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            self.event_id(),
+            self.names_wire(),
+            self.values.bytes(&self.buf),
+            (
+                self.event_time_us,
+                self.ingest_time_us,
+                self.feature_time_us,
+            ),
+        ) == (
+            o.event_id(),
+            o.names_wire(),
+            o.values.bytes(&o.buf),
+            (o.event_time_us, o.ingest_time_us, o.feature_time_us),
+        )
+    }
+}
+
+impl std::fmt::Debug for VectorRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorRecord")
+            .field("event_id", &self.event_id())
+            .field("features", &self.features().collect::<Vec<_>>())
+            .field("event_time_us", &self.event_time_us)
+            .field("ingest_time_us", &self.ingest_time_us)
+            .field("feature_time_us", &self.feature_time_us)
+            .finish()
+    }
+}
+
+/// The names of a [`VectorRecord`], read from their wire fields.
+pub struct Names<'a> {
+    wire: Wire<'a>,
+}
+
+impl<'a> Iterator for Names<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        // The run holds only name fields, checked when it was read.
+        match self.wire.next() {
+            Some(Some((_, Value::Len(at)))) => {
+                let buf: &'a [u8] = self.wire.buf;
+                buf.get(at)
+                    .map(|b| std::str::from_utf8(b).unwrap_or_default())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// One field's value as the wire carries it.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Varint(u64),
+    Fixed64(u64),
+    Len(Range<usize>),
+    Fixed32,
+}
+
+/// A reader of protobuf fields over a buffer.
+struct Wire<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Wire<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, at: 0 }
+    }
+
+    /// The next field: `Some(None)` at the end, `None` for what this reader
+    /// does not take (malformed data, groups, field number 0).
+    fn next(&mut self) -> Option<Option<(u32, Value)>> {
+        if self.at >= self.buf.len() {
+            return Some(None);
+        }
+        // prost refuses keys past u32 and field number 0.
+        let key = u32::try_from(self.varint()?).ok()?;
+        let tag = Some(key >> 3).filter(|t| *t > 0)?;
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => Value::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().ok()?)),
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                let start = self.at;
+                self.take(len)?;
+                Value::Len(start..self.at)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed32
+            }
+            _ => return None,
+        };
+        Some(Some((tag, value)))
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let bytes = self.buf.get(self.at..end)?;
+        self.at = end;
+        Some(bytes)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let byte = *self.buf.get(self.at)?;
+            self.at += 1;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                // The tenth byte may only hold the top bit.
+                return (i < 9 || byte <= 1).then_some(value);
+            }
+        }
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
+    use prost::Message as _;
+
+    fn full_prediction() -> Prediction {
+        Prediction {
+            event_id: "p-1".into(),
+            model: "fraud".into(),
+            model_version: "7".into(),
+            score: 0.625,
+            predicted_positive: true,
+            entity_key: "customer-1".into(),
+            event_time_us: 1_000_001,
+            ingest_time_us: -5,
+            predict_time_us: 3_000_003,
+            label_key: "k-1".into(),
+        }
+    }
+
+    fn full_label() -> Label {
+        Label {
+            event_id: "l-1".into(),
+            label_key: "k-1".into(),
+            value: 1.0,
+            event_time_us: 4_000_004,
+            ingest_time_us: 5_000_005,
+            event_type: "outcome".into(),
+            observed: 42.5,
+        }
+    }
+
+    fn full_vector() -> FeatureVector {
+        FeatureVector {
+            event_id: "v-1".into(),
+            event_type: "order".into(),
+            entity_key: "customer-1".into(),
+            partition: 3,
+            event_time_us: 1_000_001,
+            ingest_time_us: 2_000_002,
+            feature_time_us: 2_500_000,
+            names: vec!["amount".into(), "hour".into(), "é".into()],
+            values: vec![1.5, -2.0, f64::NAN],
+            label_key: "k-1".into(),
+        }
+    }
+
+    fn fast<T>(
+        decode: fn(Bytes) -> Result<T, prost::DecodeError>,
+        read: fn(&[u8]) -> Option<T>,
+        m: &impl prost::Message,
+    ) -> Option<T> {
+        let bytes = m.encode_to_vec();
+        read(&bytes)?;
+        decode(Bytes::from(bytes)).ok()
+    }
 
     #[test]
-    fn each_source_decodes_as_its_own_message() {
-        let p = Prediction {
-            event_id: "p".into(),
-            score: 0.5,
-            ..Default::default()
-        };
-        let l = Label {
-            event_id: "l".into(),
-            value: 1.0,
-            ..Default::default()
-        };
-        let v = FeatureVector {
-            event_id: "v".into(),
-            names: vec!["x".into()],
-            values: vec![2.0],
-            ..Default::default()
-        };
+    fn each_source_decodes_as_its_own_record() {
         let kinds: Vec<StreamKind> = sources().iter().map(|s| s.stream).collect();
         assert_eq!(
             kinds,
@@ -84,16 +681,154 @@ mod tests {
                 StreamKind::Features
             ]
         );
+        let (p, l, v) = (full_prediction(), full_label(), full_vector());
         let cases = [
-            (0, p.encode_to_vec(), MonitorInput::Prediction(p)),
-            (1, l.encode_to_vec(), MonitorInput::Label(l)),
-            (2, v.encode_to_vec(), MonitorInput::Features(v)),
+            (
+                0,
+                p.encode_to_vec(),
+                MonitorInput::Prediction(p.clone().into()),
+            ),
+            (1, l.encode_to_vec(), MonitorInput::Label(l.clone().into())),
+            (
+                2,
+                v.encode_to_vec(),
+                MonitorInput::Features(v.clone().into()),
+            ),
         ];
         for (source, bytes, expected) in cases {
             let got = MonitorInput::decode(source, bytes.into()).expect("decodes");
             assert_eq!(got.event_id(), expected.event_id());
+            // Equal field by field (a NaN value by its bits).
             assert_eq!(got, expected);
         }
         assert!(MonitorInput::decode(0, vec![0xff, 0xff].into()).is_err());
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_prost_writes() {
+        let p = fast(
+            PredictionRecord::decode,
+            PredictionRecord::read,
+            &full_prediction(),
+        )
+        .expect("fast path");
+        assert_eq!(p, PredictionRecord::from(full_prediction()));
+        assert_eq!(p.ingest_time_us, -5, "negative int64 as ten varint bytes");
+        let l = fast(LabelRecord::decode, LabelRecord::read, &full_label()).expect("fast path");
+        assert_eq!(l, LabelRecord::from(full_label()));
+        let v = fast(VectorRecord::decode, VectorRecord::read, &full_vector()).expect("fast path");
+        let names: Vec<&str> = v.names().collect();
+        assert_eq!(names, ["amount", "hour", "é"]);
+        let features: Vec<(&str, f64)> = v.features().take(2).collect();
+        assert_eq!(features, [("amount", 1.5), ("hour", -2.0)]);
+        assert_eq!(
+            v.names_wire(),
+            VectorRecord::from(full_vector()).names_wire()
+        );
+        assert_eq!(v.feature_time_us, 2_500_000);
+        // Defaults are left out on the wire and read as defaults.
+        let empty = fast(
+            VectorRecord::decode,
+            VectorRecord::read,
+            &FeatureVector::default(),
+        )
+        .expect("fast path");
+        assert_eq!(empty, VectorRecord::default());
+        assert_eq!(empty.features().count(), 0);
+    }
+
+    #[test]
+    fn what_the_fast_path_leaves_goes_through_prost() {
+        // Unpacked values (another encoder's choice): prost reads them.
+        let mut unpacked = Vec::new();
+        for x in [1.0f64, 2.0] {
+            unpacked.push((9 << 3) | 1);
+            unpacked.extend_from_slice(&x.to_le_bytes());
+        }
+        assert!(VectorRecord::read(&unpacked).is_none());
+        let v = VectorRecord::decode(unpacked.into()).expect("prost reads it");
+        assert_eq!(v.values().collect::<Vec<_>>(), [1.0, 2.0]);
+        // Names split by another field: prost gathers them.
+        let mut split = FeatureVector {
+            names: vec!["a".into()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        split.extend(
+            FeatureVector {
+                event_time_us: 9,
+                names: vec!["b".into()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let v = VectorRecord::decode(split.into()).expect("prost reads it");
+        assert_eq!(v.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(v.event_time_us, 9);
+        // Invalid UTF-8 and a wrong wire type are refused, as prost refuses them.
+        let bad_text = [(2 << 3) | 2, 1, 0xff];
+        assert!(PredictionRecord::decode(Bytes::copy_from_slice(&bad_text)).is_err());
+        let wrong_type = [(4 << 3), 1];
+        assert!(PredictionRecord::decode(Bytes::copy_from_slice(&wrong_type)).is_err());
+        assert!(LabelRecord::decode(Bytes::from_static(&[0x0a, 0x05, b'a'])).is_err());
+    }
+
+    /// Random bytes: the fast path never accepts what prost refuses, and what
+    /// both accept reads the same.
+    #[test]
+    fn the_fast_path_agrees_with_prost_on_arbitrary_bytes() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let seeds = [
+            full_prediction().encode_to_vec(),
+            full_label().encode_to_vec(),
+            full_vector().encode_to_vec(),
+        ];
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % 3].clone();
+            // Flip, cut or splice a few bytes of a valid message.
+            for _ in 0..1 + next() % 3 {
+                match next() % 3 {
+                    0 if !bytes.is_empty() => {
+                        let i = (next() as usize) % bytes.len();
+                        bytes[i] = next() as u8;
+                    }
+                    1 if !bytes.is_empty() => bytes.truncate((next() as usize) % bytes.len()),
+                    _ => bytes.push(next() as u8),
+                }
+            }
+            let payload = Bytes::from(bytes);
+            match round % 3 {
+                0 => {
+                    let prost = <Prediction as prost::Message>::decode(payload.clone());
+                    if let Some(mut fast) = PredictionRecord::read(&payload) {
+                        fast.buf = payload.clone();
+                        let prost = prost.expect("the fast path accepted what prost refuses");
+                        assert_eq!(fast, PredictionRecord::from(prost), "round {round}");
+                    }
+                }
+                1 => {
+                    let prost = <Label as prost::Message>::decode(payload.clone());
+                    if let Some(mut fast) = LabelRecord::read(&payload) {
+                        fast.buf = payload.clone();
+                        let prost = prost.expect("the fast path accepted what prost refuses");
+                        assert_eq!(fast, LabelRecord::from(prost), "round {round}");
+                    }
+                }
+                _ => {
+                    let prost = <FeatureVector as prost::Message>::decode(payload.clone());
+                    if let Some(mut fast) = VectorRecord::read(&payload) {
+                        fast.buf = payload.clone();
+                        let prost = prost.expect("the fast path accepted what prost refuses");
+                        assert_eq!(fast, VectorRecord::from(prost), "round {round}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -16,12 +16,17 @@
 //!
 //! Expired and evicted predictions are unmatched; labels count as unmatched only
 //! if they never joined anything. Model versions are interned: the store holds
-//! a small number per waiting prediction instead of two strings.
+//! a small number per waiting prediction instead of two strings. A label key is
+//! stored once ([`LabelKey`]) however many orders and maps name it.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
-use millrace_proto::{Label, Prediction};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::input::{LabelRecord, PredictionRecord};
 
 use crate::quality::Labelled;
 use crate::stats::ModelVersion;
@@ -29,6 +34,148 @@ use crate::stats::ModelVersion;
 /// How many labels that joined on arrival stay for model versions still to come:
 /// the lag, in labels, one stream may have on the other.
 pub const JOINED_ON_ARRIVAL_KEPT: usize = 10_000;
+
+/// A label key, shared by the maps and orders that name it, with its hash:
+/// a record's key is hashed once (SipHash with this process's random keys, so
+/// keys chosen by a producer cannot be made to collide), and the maps below
+/// only ever read that hash, when they look a key up and when they grow.
+/// Snapshotted as a string.
+#[derive(Debug, Clone)]
+pub struct LabelKey {
+    hash: u64,
+    text: Arc<str>,
+}
+
+impl LabelKey {
+    fn new(text: &str) -> Self {
+        Self {
+            hash: key_hash(text),
+            text: Arc::from(text),
+        }
+    }
+
+    fn probe(&self) -> Probe<'_> {
+        Probe {
+            hash: self.hash,
+            text: &self.text,
+        }
+    }
+}
+
+fn key_hash(text: &str) -> u64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new).hash_one(text)
+}
+
+impl PartialEq for LabelKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for LabelKey {}
+
+impl Hash for LabelKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A key being looked up: its text where the record holds it, and its hash.
+#[derive(Clone, Copy)]
+struct Probe<'a> {
+    hash: u64,
+    text: &'a str,
+}
+
+impl<'a> Probe<'a> {
+    fn of(text: &'a str) -> Self {
+        Self {
+            hash: key_hash(text),
+            text,
+        }
+    }
+
+    fn to_key(self) -> LabelKey {
+        LabelKey {
+            hash: self.hash,
+            text: Arc::from(self.text),
+        }
+    }
+}
+
+/// What the maps compare: a stored key or a probe, by hash and text.
+trait Key {
+    fn parts(&self) -> Probe<'_>;
+}
+
+impl Key for LabelKey {
+    fn parts(&self) -> Probe<'_> {
+        self.probe()
+    }
+}
+
+impl Key for Probe<'_> {
+    fn parts(&self) -> Probe<'_> {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn Key + 'a> for LabelKey {
+    fn borrow(&self) -> &(dyn Key + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn Key + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.parts().hash);
+    }
+}
+
+impl PartialEq for dyn Key + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.parts(), other.parts());
+        a.hash == b.hash && a.text == b.text
+    }
+}
+
+impl Eq for dyn Key + '_ {}
+
+/// Hands the map the hash a [`LabelKey`] carries.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is ever called; fold anything else in all the same.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type KeyMap<V> = HashMap<LabelKey, V, BuildHasherDefault<KeyHasher>>;
+
+impl Serialize for LabelKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::new(&String::deserialize(deserializer)?))
+    }
+}
 
 /// Everything the join has counted since the first message.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +222,8 @@ struct KeptLabel {
 /// A prediction joined with its label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
-    pub version: ModelVersion,
+    /// The model version, as [`LabelJoin::intern`] numbers it (see [`LabelJoin::version`]).
+    pub version: u32,
     pub sample: Labelled,
     /// Label event time minus prediction event time (never negative).
     pub label_delay_us: i64,
@@ -88,19 +236,19 @@ pub struct Joined {
 pub struct LabelJoin {
     /// Every model version seen, in order of first sight.
     versions: Vec<ModelVersion>,
-    predictions: HashMap<String, Vec<WaitingPrediction>>,
-    labels: HashMap<String, KeptLabel>,
+    predictions: KeyMap<Vec<WaitingPrediction>>,
+    labels: KeyMap<KeptLabel>,
     next_seq: u64,
     clock_us: i64,
     pub counts: JoinCounts,
     /// (event time, seq) → label key: the expiry and eviction order.
     #[serde(skip_serializing)]
-    prediction_order: BTreeMap<(i64, u64), String>,
+    prediction_order: BTreeMap<(i64, u64), LabelKey>,
     #[serde(skip_serializing)]
-    label_order: BTreeMap<(i64, u64), String>,
+    label_order: BTreeMap<(i64, u64), LabelKey>,
     /// (label key, seq) of the labels that joined on arrival, oldest first.
     #[serde(skip_serializing)]
-    joined_on_arrival: VecDeque<(String, u64)>,
+    joined_on_arrival: VecDeque<(LabelKey, u64)>,
     /// Kept labels that have not joined any prediction yet.
     #[serde(skip_serializing)]
     unjoined_labels: usize,
@@ -109,8 +257,8 @@ pub struct LabelJoin {
 #[derive(Deserialize)]
 struct JoinData {
     versions: Vec<ModelVersion>,
-    predictions: HashMap<String, Vec<WaitingPrediction>>,
-    labels: HashMap<String, KeptLabel>,
+    predictions: KeyMap<Vec<WaitingPrediction>>,
+    labels: KeyMap<KeptLabel>,
     next_seq: u64,
     clock_us: i64,
     counts: JoinCounts,
@@ -132,13 +280,13 @@ impl From<JoinData> for LabelJoin {
             .iter()
             .map(|(key, l)| ((l.event_time_us, l.seq), key.clone()))
             .collect();
-        let mut arrivals: Vec<(u64, String)> = d
+        let mut arrivals: Vec<(u64, LabelKey)> = d
             .labels
             .iter()
             .filter(|(_, l)| l.on_arrival)
             .map(|(key, l)| (l.seq, key.clone()))
             .collect();
-        arrivals.sort_unstable();
+        arrivals.sort_unstable_by_key(|(seq, _)| *seq);
         let unjoined_labels = d.labels.values().filter(|l| l.joined.is_empty()).count();
         Self {
             versions: d.versions,
@@ -171,33 +319,43 @@ impl LabelJoin {
         self.labels.len()
     }
 
-    fn intern(&mut self, model: &str, version: &str) -> u32 {
-        let found = self
-            .versions
-            .iter()
-            .position(|v| v.model == model && v.version == version);
+    /// The number of a model version in this join, numbering it on first sight.
+    pub fn intern(&mut self, version: &ModelVersion) -> u32 {
+        let found = self.versions.iter().position(|v| v == version);
         let index = found.unwrap_or_else(|| {
-            self.versions.push(ModelVersion::new(model, version));
+            self.versions.push(version.clone());
             self.versions.len() - 1
         });
         // More model versions than u32 holds cannot be seen in one process's life.
         u32::try_from(index).unwrap_or(u32::MAX)
     }
 
-    fn version(&self, id: u32) -> ModelVersion {
-        self.versions
-            .get(id as usize)
-            .cloned()
-            .unwrap_or_else(|| ModelVersion::new("", ""))
+    /// The model version [`LabelJoin::intern`] numbered `id`.
+    pub fn version(&self, id: u32) -> Option<&ModelVersion> {
+        self.versions.get(id as usize)
     }
 
-    pub fn on_prediction(&mut self, p: &Prediction, limits: JoinLimits) -> Option<Joined> {
+    /// [`LabelJoin::on_prediction_of`] for the prediction's own model version.
+    pub fn on_prediction(&mut self, p: &PredictionRecord, limits: JoinLimits) -> Option<Joined> {
+        let version = self.intern(&ModelVersion::of(p));
+        self.on_prediction_of(version, p, limits)
+    }
+
+    /// Applies a prediction of the model version numbered `version`; answers
+    /// the pair when its label was waiting.
+    pub fn on_prediction_of(
+        &mut self,
+        version: u32,
+        p: &PredictionRecord,
+        limits: JoinLimits,
+    ) -> Option<Joined> {
         self.clock_us = self.clock_us.max(p.event_time_us);
-        if p.label_key.is_empty() {
+        let label_key = p.label_key();
+        if label_key.is_empty() {
             return None;
         }
-        let version = self.intern(&p.model, &p.model_version);
-        if let Some(label) = self.labels.get_mut(&p.label_key) {
+        let probe = Probe::of(label_key);
+        if let Some(label) = self.labels.get_mut(&probe as &dyn Key) {
             if !label.joined.contains(&version) {
                 if label.joined.is_empty() {
                     self.unjoined_labels -= 1;
@@ -206,7 +364,7 @@ impl LabelJoin {
                 let (positive, label_time) = (label.positive, label.event_time_us);
                 self.counts.matched += 1;
                 return Some(joined(
-                    self.version(version),
+                    version,
                     p.score,
                     p.predicted_positive,
                     p.event_time_us,
@@ -216,8 +374,6 @@ impl LabelJoin {
             }
         }
         let seq = self.next();
-        self.prediction_order
-            .insert((p.event_time_us, seq), p.label_key.clone());
         let waiting = WaitingPrediction {
             seq,
             version,
@@ -225,10 +381,23 @@ impl LabelJoin {
             predicted_positive: p.predicted_positive,
             event_time_us: p.event_time_us,
         };
-        match self.predictions.get_mut(&p.label_key) {
-            Some(list) => list.push(waiting),
+        match self.predictions.get_key_value(&probe as &dyn Key) {
+            Some((key, _)) => {
+                self.prediction_order
+                    .insert((p.event_time_us, seq), key.clone());
+                if let Some(list) = self.predictions.get_mut(&probe as &dyn Key) {
+                    list.push(waiting);
+                }
+            }
             None => {
-                self.predictions.insert(p.label_key.clone(), vec![waiting]);
+                // A key already kept for a label is shared, not copied.
+                let key = match self.labels.get_key_value(&probe as &dyn Key) {
+                    Some((key, _)) => key.clone(),
+                    None => probe.to_key(),
+                };
+                self.prediction_order
+                    .insert((p.event_time_us, seq), key.clone());
+                self.predictions.insert(key, vec![waiting]);
             }
         }
         while self.prediction_order.len() > limits.max_predictions.max(1) {
@@ -238,45 +407,57 @@ impl LabelJoin {
         None
     }
 
-    pub fn on_label(&mut self, l: &Label, limits: JoinLimits) -> Vec<Joined> {
+    pub fn on_label(&mut self, l: &LabelRecord, limits: JoinLimits) -> Vec<Joined> {
+        let mut out = Vec::new();
+        self.on_label_into(l, limits, &mut out);
+        out
+    }
+
+    /// Applies a label; adds the pairs it formed to `out`.
+    pub fn on_label_into(&mut self, l: &LabelRecord, limits: JoinLimits, out: &mut Vec<Joined>) {
         self.counts.labels += 1;
         self.clock_us = self.clock_us.max(l.event_time_us);
+        let probe = Probe::of(l.label_key());
         let positive = l.value >= 0.5;
-        let mut out = Vec::new();
         let mut joined_versions = Vec::new();
-        for w in self.predictions.remove(&l.label_key).unwrap_or_default() {
-            self.prediction_order.remove(&(w.event_time_us, w.seq));
-            self.counts.matched += 1;
-            if !joined_versions.contains(&w.version) {
-                joined_versions.push(w.version);
+        let mut key = None;
+        if let Some((waiting_key, waiting)) = self.predictions.remove_entry(&probe as &dyn Key) {
+            key = Some(waiting_key);
+            for w in waiting {
+                self.prediction_order.remove(&(w.event_time_us, w.seq));
+                self.counts.matched += 1;
+                if !joined_versions.contains(&w.version) {
+                    joined_versions.push(w.version);
+                }
+                out.push(joined(
+                    w.version,
+                    w.score,
+                    w.predicted_positive,
+                    w.event_time_us,
+                    positive,
+                    l.event_time_us,
+                ));
             }
-            out.push(joined(
-                self.version(w.version),
-                w.score,
-                w.predicted_positive,
-                w.event_time_us,
-                positive,
-                l.event_time_us,
-            ));
         }
-        if let Some(old) = self.labels.remove(&l.label_key) {
+        if let Some((old_key, old)) = self.labels.remove_entry(&probe as &dyn Key) {
+            key.get_or_insert(old_key);
             self.label_order.remove(&(old.event_time_us, old.seq));
             if old.joined.is_empty() {
                 self.unjoined_labels -= 1;
                 self.counts.labels_superseded += 1;
             }
         }
+        let key = key.unwrap_or_else(|| probe.to_key());
         let seq = self.next();
         let on_arrival = !joined_versions.is_empty();
         if on_arrival {
-            self.joined_on_arrival.push_back((l.label_key.clone(), seq));
+            self.joined_on_arrival.push_back((key.clone(), seq));
         } else {
             self.unjoined_labels += 1;
         }
-        self.label_order
-            .insert((l.event_time_us, seq), l.label_key.clone());
+        self.label_order.insert((l.event_time_us, seq), key.clone());
         self.labels.insert(
-            l.label_key.clone(),
+            key,
             KeptLabel {
                 seq,
                 positive,
@@ -295,7 +476,6 @@ impl LabelJoin {
                 self.counts.labels_evicted += 1;
             }
         }
-        out
     }
 
     /// Expires everything older than the clock minus the TTL.
@@ -347,7 +527,7 @@ impl LabelJoin {
     }
 
     /// Forgets a joined label, if the one under `key` is still the one numbered `seq`.
-    fn forget_label(&mut self, key: &str, seq: u64) {
+    fn forget_label(&mut self, key: &LabelKey, seq: u64) {
         if let Some(label) = self.labels.get(key).filter(|l| l.seq == seq) {
             let order = (label.event_time_us, label.seq);
             let unjoined = label.joined.is_empty();
@@ -366,7 +546,7 @@ impl LabelJoin {
 }
 
 fn joined(
-    version: ModelVersion,
+    version: u32,
     score: f64,
     predicted_positive: bool,
     prediction_time_us: i64,
@@ -395,7 +575,9 @@ mod tests {
         max_labels: 10,
     };
 
-    fn prediction(key: &str, version: &str, score: f64, t: i64) -> Prediction {
+    use millrace_proto::{Label, Prediction};
+
+    fn prediction(key: &str, version: &str, score: f64, t: i64) -> PredictionRecord {
         Prediction {
             event_id: format!("{key}-{version}"),
             model: "fraud".into(),
@@ -406,9 +588,10 @@ mod tests {
             event_time_us: t,
             ..Default::default()
         }
+        .into()
     }
 
-    fn label(key: &str, value: f64, t: i64) -> Label {
+    fn label(key: &str, value: f64, t: i64) -> LabelRecord {
         Label {
             event_id: format!("label-{key}"),
             label_key: key.into(),
@@ -416,10 +599,15 @@ mod tests {
             event_time_us: t,
             ..Default::default()
         }
+        .into()
     }
 
-    fn versions(joined: &[Joined]) -> Vec<&str> {
-        joined.iter().map(|j| j.version.version.as_str()).collect()
+    fn versions<'a>(join: &'a LabelJoin, joined: &[Joined]) -> Vec<&'a str> {
+        joined
+            .iter()
+            .filter_map(|j| join.version(j.version))
+            .map(|v| v.version.as_str())
+            .collect()
     }
 
     #[test]
@@ -434,7 +622,7 @@ mod tests {
             None
         );
         let out = j.on_label(&label("k", 1.0, 40), LIMITS);
-        assert_eq!(versions(&out), ["1", "2"]);
+        assert_eq!(versions(&j, &out), ["1", "2"]);
         assert_eq!(
             out[0].sample,
             Labelled {
@@ -512,7 +700,8 @@ mod tests {
             j.on_label(&label("b", 1.0, 5), limits).is_empty(),
             "b was oldest"
         );
-        assert_eq!(versions(&j.on_label(&label("a", 1.0, 5), limits)), ["1"]);
+        let out = j.on_label(&label("a", 1.0, 5), limits);
+        assert_eq!(versions(&j, &out), ["1"]);
         j.on_label(&label("x", 1.0, 6), limits); // 3 kept labels: b (unjoined) goes
         assert_eq!(j.counts.labels_evicted, 1);
         assert_eq!(j.kept_labels(), 2);
@@ -553,6 +742,36 @@ mod tests {
         assert!(j
             .on_prediction(&prediction(&recent, "2", 0.5, 0), limits)
             .is_some());
+    }
+
+    /// The snapshot keeps the layout it had with `String` keys: maps of label
+    /// key to waiting predictions and to kept labels.
+    #[test]
+    fn the_snapshot_layout_is_maps_of_strings() {
+        #[derive(Serialize, Deserialize)]
+        struct Layout {
+            versions: Vec<ModelVersion>,
+            predictions: HashMap<String, Vec<WaitingPrediction>>,
+            labels: HashMap<String, KeptLabel>,
+            next_seq: u64,
+            clock_us: i64,
+            counts: JoinCounts,
+        }
+        let mut j = LabelJoin::default();
+        j.on_prediction(&prediction("a", "1", 0.5, 10), LIMITS);
+        j.on_prediction(&prediction("a", "2", 0.5, 10), LIMITS);
+        j.on_label(&label("b", 1.0, 20), LIMITS);
+        let bytes = postcard::to_stdvec(&j).expect("encode");
+        let layout: Layout = postcard::from_bytes(&bytes).expect("the old layout reads it");
+        assert_eq!(layout.predictions["a"].len(), 2);
+        assert_eq!(layout.labels["b"].seq, 3);
+        let back: LabelJoin =
+            postcard::from_bytes(&postcard::to_stdvec(&layout).expect("encode")).expect("decode");
+        assert_eq!(back, j);
+        // A loaded key is found by a record's key.
+        let mut back = back;
+        let out = back.on_label(&label("a", 0.0, 30), LIMITS);
+        assert_eq!(versions(&back, &out), ["1", "2"]);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! quantiles feed the alert rules; Prometheus gets full histograms), and per
 //! stage the events per second measured on that stage's own clock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::keyed::Keyed;
 use crate::stats::ModelVersion;
 
 /// Seconds from `from_us` to `to_us`, clamped at 0 (clocks of different
@@ -40,19 +41,27 @@ impl LatencyWindow {
     /// Nearest-rank quantiles (the smallest value with at least q of the window
     /// at or below it), one per `q`; `None` for an empty window.
     pub fn quantiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
-        let mut sorted: Vec<f64> = self.values.iter().copied().collect();
-        sorted.sort_by(f64::total_cmp);
-        qs.iter()
-            .map(|q| {
-                if sorted.is_empty() {
-                    return None;
-                }
-                // ceil(q·n) as a 1-based rank, kept inside 1..=n.
-                let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
-                Some(sorted[rank.clamp(1, sorted.len()) - 1])
-            })
-            .collect()
+        let mut sorted = Vec::new();
+        self.sort_into(&mut sorted);
+        qs.iter().map(|q| quantile_of_sorted(&sorted, *q)).collect()
     }
+
+    /// The window's values, ascending, into `sorted` (a buffer kept between calls).
+    pub fn sort_into(&self, sorted: &mut Vec<f64>) {
+        sorted.clear();
+        sorted.extend(self.values.iter().copied());
+        sorted.sort_unstable_by(f64::total_cmp);
+    }
+}
+
+/// The nearest-rank `q` quantile of ascending values; `None` when there are none.
+pub fn quantile_of_sorted(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    // ceil(q·n) as a 1-based rank, kept inside 1..=n.
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
 /// The two lags of one model version.
@@ -83,6 +92,13 @@ impl RateMeter {
             return;
         }
         let second = time_us.div_euclid(1_000_000);
+        // Nearly every event lands in the newest second.
+        if let Some((newest, n)) = self.seconds.back_mut() {
+            if *newest == second {
+                *n += 1;
+                return;
+            }
+        }
         let first = *self.first.get_or_insert(second);
         self.first = Some(first.min(second));
         let newest = self.seconds.back().map_or(second, |(s, _)| *s).max(second);
@@ -123,19 +139,26 @@ impl RateMeter {
 /// Latency per model version and throughput per stage.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyBook {
-    pub versions: BTreeMap<ModelVersion, VersionLatency>,
+    pub versions: Keyed<ModelVersion, VersionLatency>,
     /// Keyed by stage name ("ingest", "feature-state", "inference", "labels").
-    pub stages: BTreeMap<String, RateMeter>,
+    pub stages: Keyed<String, RateMeter>,
 }
 
 impl LatencyBook {
+    /// The position of a stage's meter (see [`Keyed`]), adding it on first sight.
+    pub fn stage_position(&mut self, stage: &str) -> usize {
+        self.stages
+            .position_or_insert(stage, str::to_string, RateMeter::default)
+    }
+
     pub fn record_stage(&mut self, stage: &str, time_us: i64) {
-        if let Some(meter) = self.stages.get_mut(stage) {
+        let at = self.stage_position(stage);
+        self.record_stage_at(at, time_us);
+    }
+
+    pub fn record_stage_at(&mut self, position: usize, time_us: i64) {
+        if let Some(meter) = self.stages.at_mut(position) {
             meter.record(time_us);
-        } else {
-            let mut meter = RateMeter::default();
-            meter.record(time_us);
-            self.stages.insert(stage.to_string(), meter);
         }
     }
 }

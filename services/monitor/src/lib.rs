@@ -8,6 +8,7 @@
 //! - [`input`]: the three streams read through one stage, and why that is exactly-once.
 //! - [`health`]: the `HealthBoard` actor owning the state all three streams feed.
 //! - [`stats`]: per model version prediction stats (counts, positives, mean score).
+//! - [`keyed`]: the maps the ledgers keep per model version and feature, reached by position.
 //! - [`join`]: predictions meet their labels (bounded, TTL in event time).
 //! - [`quality`]: accuracy, precision, recall, ROC AUC, log loss, Brier, calibration over windows.
 //! - [`drift`]: reference vs window per feature and per model score: [`drift::psi`], [`drift::ks`].
@@ -22,6 +23,7 @@ pub mod drift;
 pub mod health;
 pub mod input;
 pub mod join;
+pub mod keyed;
 pub mod latency;
 pub mod metrics;
 pub mod quality;

@@ -55,7 +55,10 @@ async fn run() -> anyhow::Result<()> {
         sources: input::sources(),
         output: None,
         snapshot_key: input::SNAPSHOT_KEY.into(),
-        batch_size: 512,
+        // Messages per pull and per chunk. FEATURES and PREDICTIONS messages are
+        // batches of up to 128 records: 64 of them is 8k records decoded at once,
+        // where 512 held about 35 MiB more at the peak for no gain in rate.
+        batch_size: 64,
         snapshot_interval: env.snapshot_interval,
         snapshot_every: env.snapshot_every,
         span_name: "monitor",

@@ -9,8 +9,10 @@
 //! undefined (no labels yet, one class only) are removed, not set to 0.
 
 use millrace_chassis::metrics::{latency_buckets, Metrics};
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts,
 };
 
 use crate::drift::DriftFigures;
@@ -26,8 +28,101 @@ const BIN: &[&str] = &["model", "model_version", "window", "bin"];
 /// label (`quantile` is reserved for summaries: promtool refuses it on a gauge).
 pub const LATENCY_QUANTILES: [(f64, &str); 3] = [(0.5, "50"), (0.95, "95"), (0.99, "99")];
 
+/// The series of one model version that move on every prediction or join,
+/// looked up once (a lookup by label values hashes them and takes a lock) and
+/// counted locally: [`VersionMetrics::flush`] adds what a batch counted to the
+/// registry, which is what `/metrics` shows.
+pub struct VersionMetrics {
+    predictions: LocalIntCounter,
+    predicted_positive: LocalIntCounter,
+    last_prediction: Gauge,
+    event_to_prediction: LocalHistogram,
+    ingest_to_prediction: LocalHistogram,
+    label_joins: LocalIntCounter,
+}
+
+impl VersionMetrics {
+    /// One prediction applied: counters, last time and the two latency histograms.
+    pub fn observe_prediction(
+        &self,
+        positive: bool,
+        stats: &ModelStats,
+        lags: (Option<f64>, Option<f64>),
+    ) {
+        self.predictions.inc();
+        if positive {
+            self.predicted_positive.inc();
+        }
+        self.last_prediction
+            .set(stats.last_prediction_time_us as f64 / 1e6);
+        if let Some(s) = lags.0 {
+            self.event_to_prediction.observe(s);
+        }
+        if let Some(s) = lags.1 {
+            self.ingest_to_prediction.observe(s);
+        }
+    }
+
+    pub fn observe_join(&self) {
+        self.label_joins.inc();
+    }
+
+    pub fn flush(&self) {
+        self.predictions.flush();
+        self.predicted_positive.flush();
+        self.event_to_prediction.flush();
+        self.ingest_to_prediction.flush();
+        self.label_joins.flush();
+    }
+}
+
+/// The unlabelled series that move on every feature vector or join, counted
+/// locally like [`VersionMetrics`].
+pub struct RecordMetrics {
+    feature_vectors: LocalIntCounter,
+    event_to_ingest: LocalHistogram,
+    ingest_to_features: LocalHistogram,
+    label_delay: LocalHistogram,
+}
+
+impl RecordMetrics {
+    pub fn observe_feature_vector(&self, lags: (Option<f64>, Option<f64>)) {
+        self.feature_vectors.inc();
+        if let Some(s) = lags.0 {
+            self.event_to_ingest.observe(s);
+        }
+        if let Some(s) = lags.1 {
+            self.ingest_to_features.observe(s);
+        }
+    }
+
+    pub fn observe_label_delay(&self, seconds: f64) {
+        self.label_delay.observe(seconds);
+    }
+
+    pub fn flush(&self) {
+        self.feature_vectors.flush();
+        self.event_to_ingest.flush();
+        self.ingest_to_features.flush();
+        self.label_delay.flush();
+    }
+}
+
+/// The join's series, updated after every batch.
+#[derive(Clone)]
+struct JoinSeries {
+    predictions_expired: IntCounter,
+    predictions_evicted: IntCounter,
+    labels_expired: IntCounter,
+    labels_evicted: IntCounter,
+    labels_superseded: IntCounter,
+    waiting_predictions: IntGauge,
+    waiting_labels: IntGauge,
+}
+
 #[derive(Clone)]
 pub struct MonitorMetrics {
+    join_series: JoinSeries,
     predictions: IntCounterVec,
     predicted_positive: IntCounterVec,
     last_prediction: GaugeVec,
@@ -39,9 +134,6 @@ pub struct MonitorMetrics {
     labels: IntCounter,
     label_joins: IntCounterVec,
     label_delay: Histogram,
-    predictions_unmatched: IntCounterVec,
-    labels_unmatched: IntCounterVec,
-    join_waiting: IntGaugeVec,
     quality: [(QualityGauge, GaugeVec); 9],
     window_labelled: IntGaugeVec,
     calibration_positive: GaugeVec,
@@ -144,7 +236,33 @@ impl MonitorMetrics {
         ];
         let quality_gauge =
             |g: QualityGauge, name: &str, help: &str| (g, gauge_vec(metrics, name, help, WINDOW));
+        let predictions_unmatched = metrics.counter_vec(
+            "monitor_predictions_unmatched_total",
+            "Predictions that never met their label: expired (TTL) or evicted (store full).",
+            &["reason"],
+        );
+        let labels_unmatched = metrics.counter_vec(
+            "monitor_labels_unmatched_total",
+            "Labels that never met a prediction: expired, evicted or superseded by a newer label.",
+            &["reason"],
+        );
+        let join_waiting = int_gauge_vec(
+            metrics,
+            "monitor_label_join_waiting",
+            "Predictions waiting for their label and labels waiting for a prediction.",
+            &["side"],
+        );
+        let join_series = JoinSeries {
+            predictions_expired: predictions_unmatched.with_label_values(&["expired"]),
+            predictions_evicted: predictions_unmatched.with_label_values(&["evicted"]),
+            labels_expired: labels_unmatched.with_label_values(&["expired"]),
+            labels_evicted: labels_unmatched.with_label_values(&["evicted"]),
+            labels_superseded: labels_unmatched.with_label_values(&["superseded"]),
+            waiting_predictions: join_waiting.with_label_values(&["predictions"]),
+            waiting_labels: join_waiting.with_label_values(&["labels"]),
+        };
         Self {
+            join_series,
             predictions: metrics.counter_vec(
                 "monitor_predictions_total",
                 "Predictions monitor has applied, by model version.",
@@ -200,22 +318,7 @@ impl MonitorMetrics {
                 "Event time from a prediction's event to its label's event.",
                 label_delay,
             ),
-            predictions_unmatched: metrics.counter_vec(
-                "monitor_predictions_unmatched_total",
-                "Predictions that never met their label: expired (TTL) or evicted (store full).",
-                &["reason"],
-            ),
-            labels_unmatched: metrics.counter_vec(
-                "monitor_labels_unmatched_total",
-                "Labels that never met a prediction: expired, evicted or superseded by a newer label.",
-                &["reason"],
-            ),
-            join_waiting: int_gauge_vec(
-                metrics,
-                "monitor_label_join_waiting",
-                "Predictions waiting for their label and labels waiting for a prediction.",
-                &["side"],
-            ),
+
             quality: [
                 quality_gauge(
                     QualityGauge::Accuracy,
@@ -357,29 +460,26 @@ impl MonitorMetrics {
         self.set_last_prediction(version, stats);
     }
 
-    /// One prediction applied: counters, last time and the two latency histograms.
-    pub fn observe_prediction(
-        &self,
-        version: &ModelVersion,
-        positive: bool,
-        stats: &ModelStats,
-        lags: (Option<f64>, Option<f64>),
-    ) {
+    /// The per-event series of one model version.
+    pub fn version(&self, version: &ModelVersion) -> VersionMetrics {
         let labels = [version.model.as_str(), version.version.as_str()];
-        self.predictions.with_label_values(&labels).inc();
-        if positive {
-            self.predicted_positive.with_label_values(&labels).inc();
+        VersionMetrics {
+            predictions: self.predictions.with_label_values(&labels).local(),
+            predicted_positive: self.predicted_positive.with_label_values(&labels).local(),
+            last_prediction: self.last_prediction.with_label_values(&labels),
+            event_to_prediction: self.event_to_prediction.with_label_values(&labels).local(),
+            ingest_to_prediction: self.ingest_to_prediction.with_label_values(&labels).local(),
+            label_joins: self.label_joins.with_label_values(&labels).local(),
         }
-        self.set_last_prediction(version, stats);
-        if let Some(s) = lags.0 {
-            self.event_to_prediction
-                .with_label_values(&labels)
-                .observe(s);
-        }
-        if let Some(s) = lags.1 {
-            self.ingest_to_prediction
-                .with_label_values(&labels)
-                .observe(s);
+    }
+
+    /// The per-event unlabelled series.
+    pub fn records(&self) -> RecordMetrics {
+        RecordMetrics {
+            feature_vectors: self.feature_vectors.local(),
+            event_to_ingest: self.event_to_ingest.local(),
+            ingest_to_features: self.ingest_to_features.local(),
+            label_delay: self.label_delay.local(),
         }
     }
 
@@ -389,25 +489,8 @@ impl MonitorMetrics {
             .set(stats.last_prediction_time_us as f64 / 1e6);
     }
 
-    pub fn observe_feature_vector(&self, lags: (Option<f64>, Option<f64>)) {
-        self.feature_vectors.inc();
-        if let Some(s) = lags.0 {
-            self.event_to_ingest.observe(s);
-        }
-        if let Some(s) = lags.1 {
-            self.ingest_to_features.observe(s);
-        }
-    }
-
     pub fn sync_feature_vectors(&self, total: u64) {
         sync(&self.feature_vectors, total);
-    }
-
-    pub fn observe_join(&self, version: &ModelVersion, label_delay_s: f64) {
-        self.label_joins
-            .with_label_values(&[version.model.as_str(), version.version.as_str()])
-            .inc();
-        self.label_delay.observe(label_delay_s);
     }
 
     pub fn restore_joins(&self, version: &ModelVersion, labelled: u64) {
@@ -426,30 +509,16 @@ impl MonitorMetrics {
         waiting_predictions: usize,
         waiting_labels: usize,
     ) {
+        let j = &self.join_series;
         sync(&self.labels, counts.labels);
-        for (reason, total) in [
-            ("expired", counts.predictions_expired),
-            ("evicted", counts.predictions_evicted),
-        ] {
-            sync(
-                &self.predictions_unmatched.with_label_values(&[reason]),
-                total,
-            );
-        }
-        for (reason, total) in [
-            ("expired", counts.labels_expired),
-            ("evicted", counts.labels_evicted),
-            ("superseded", counts.labels_superseded),
-        ] {
-            sync(&self.labels_unmatched.with_label_values(&[reason]), total);
-        }
-        let gauge = |side: &str, n: usize| {
-            self.join_waiting
-                .with_label_values(&[side])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        };
-        gauge("predictions", waiting_predictions);
-        gauge("labels", waiting_labels);
+        sync(&j.predictions_expired, counts.predictions_expired);
+        sync(&j.predictions_evicted, counts.predictions_evicted);
+        sync(&j.labels_expired, counts.labels_expired);
+        sync(&j.labels_evicted, counts.labels_evicted);
+        sync(&j.labels_superseded, counts.labels_superseded);
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        j.waiting_predictions.set(count(waiting_predictions));
+        j.waiting_labels.set(count(waiting_labels));
     }
 
     pub fn publish_quality(&self, version: &ModelVersion, window: &str, f: &QualityFigures) {

@@ -9,11 +9,19 @@
 //! accumulated over millions of updates. Each model version keeps two windows:
 //! the last N labelled predictions, and those within T seconds of event time
 //! of the newest one.
+//!
+//! A window keeps its tally as samples come and go only once [`tracked`](CountWindow::track):
+//! the board tracks the windows its alert rules read (every `evaluate_every`
+//! labels). A window only the gauges and the API read (once a second at most)
+//! builds its tally when asked, which costs less than updating an ordered
+//! multiset of up to `max_window_samples` scores on every label.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::keyed::Keyed;
 use crate::stats::ModelVersion;
 
 /// One prediction with its label.
@@ -64,7 +72,7 @@ pub struct ScoreTally {
 }
 
 impl ScoreTally {
-    pub fn of(samples: &[Labelled]) -> Self {
+    pub fn of<'a>(samples: impl IntoIterator<Item = &'a Labelled>) -> Self {
         let mut tally = Self::default();
         for s in samples {
             tally.add(s);
@@ -280,12 +288,13 @@ pub struct QualityFigures {
 }
 
 /// The last `capacity` labelled predictions.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(from = "CountWindowData")]
 pub struct CountWindow {
     samples: VecDeque<Labelled>,
+    /// Kept up to date while tracked; built when asked otherwise.
     #[serde(skip_serializing)]
-    tally: ScoreTally,
+    tally: Option<ScoreTally>,
 }
 
 #[derive(Deserialize)]
@@ -294,43 +303,62 @@ struct CountWindowData {
 }
 
 impl From<CountWindowData> for CountWindow {
-    fn from(mut data: CountWindowData) -> Self {
-        let tally = ScoreTally::of(data.samples.make_contiguous());
+    fn from(data: CountWindowData) -> Self {
         Self {
             samples: data.samples,
-            tally,
+            tally: None,
         }
+    }
+}
+
+/// Windows are equal by their samples; the tally is derived from them.
+impl PartialEq for CountWindow {
+    fn eq(&self, other: &Self) -> bool {
+        self.samples == other.samples
     }
 }
 
 impl CountWindow {
     pub fn push(&mut self, sample: Labelled, capacity: usize) {
         self.samples.push_back(sample);
-        self.tally.add(&sample);
+        if let Some(t) = &mut self.tally {
+            t.add(&sample);
+        }
         while self.samples.len() > capacity.max(1) {
-            if let Some(old) = self.samples.pop_front() {
-                self.tally.remove(&old);
+            if let (Some(old), Some(t)) = (self.samples.pop_front(), &mut self.tally) {
+                t.remove(&old);
             }
         }
     }
 
-    pub fn tally(&self) -> &ScoreTally {
-        &self.tally
+    /// Keeps the tally up to date from now on (for a window read often).
+    pub fn track(&mut self) {
+        if self.tally.is_none() {
+            self.tally = Some(ScoreTally::of(&self.samples));
+        }
+    }
+
+    pub fn tally(&self) -> Cow<'_, ScoreTally> {
+        match &self.tally {
+            Some(t) => Cow::Borrowed(t),
+            None => Cow::Owned(ScoreTally::of(&self.samples)),
+        }
     }
 }
 
 /// Labelled predictions whose event time lies within the window's span of the
 /// newest one, at most `max_samples` (the oldest go first). Kept in event-time
 /// order; labels mostly join in that order, so a sample is nearly always appended.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(from = "TimeWindowData")]
 pub struct TimeWindow {
     samples: VecDeque<Labelled>,
     newest_us: i64,
     /// Samples too old for the window when they arrived, or pushed out by the cap.
     dropped: u64,
+    /// Kept up to date while tracked; built when asked otherwise.
     #[serde(skip_serializing)]
-    tally: ScoreTally,
+    tally: Option<ScoreTally>,
 }
 
 #[derive(Deserialize)]
@@ -341,14 +369,21 @@ struct TimeWindowData {
 }
 
 impl From<TimeWindowData> for TimeWindow {
-    fn from(mut data: TimeWindowData) -> Self {
-        let tally = ScoreTally::of(data.samples.make_contiguous());
+    fn from(data: TimeWindowData) -> Self {
         Self {
             samples: data.samples,
             newest_us: data.newest_us,
             dropped: data.dropped,
-            tally,
+            tally: None,
         }
+    }
+}
+
+/// Windows are equal by what they hold; the tally is derived from it.
+impl PartialEq for TimeWindow {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.samples, self.newest_us, self.dropped)
+            == (&other.samples, other.newest_us, other.dropped)
     }
 }
 
@@ -371,15 +406,17 @@ impl TimeWindow {
                 let at = self.samples.partition_point(|s| s.event_time_us <= t);
                 self.samples.insert(at, sample);
             }
-            self.tally.add(&sample);
+            if let Some(tally) = &mut self.tally {
+                tally.add(&sample);
+            }
         }
         while let Some(oldest) = self.samples.front() {
             let too_old = oldest.event_time_us < oldest_kept;
             if !too_old && self.samples.len() <= max_samples.max(1) {
                 break;
             }
-            if let Some(old) = self.samples.pop_front() {
-                self.tally.remove(&old);
+            if let (Some(old), Some(tally)) = (self.samples.pop_front(), &mut self.tally) {
+                tally.remove(&old);
             }
             if !too_old {
                 self.dropped += 1;
@@ -387,8 +424,18 @@ impl TimeWindow {
         }
     }
 
-    pub fn tally(&self) -> &ScoreTally {
-        &self.tally
+    /// Keeps the tally up to date from now on (for a window read often).
+    pub fn track(&mut self) {
+        if self.tally.is_none() {
+            self.tally = Some(ScoreTally::of(&self.samples));
+        }
+    }
+
+    pub fn tally(&self) -> Cow<'_, ScoreTally> {
+        match &self.tally {
+            Some(t) => Cow::Borrowed(t),
+            None => Cow::Owned(ScoreTally::of(&self.samples)),
+        }
     }
 
     pub fn dropped(&self) -> u64 {
@@ -408,7 +455,7 @@ pub struct VersionQuality {
 /// Quality of every model version that has labelled predictions.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QualityBook {
-    pub versions: BTreeMap<ModelVersion, VersionQuality>,
+    pub versions: Keyed<ModelVersion, VersionQuality>,
 }
 
 /// The window settings a book needs.
@@ -427,11 +474,19 @@ impl QualityBook {
         sample: Labelled,
         windows: QualityWindows,
     ) -> u64 {
-        if !self.versions.contains_key(version) {
-            self.versions
-                .insert(version.clone(), VersionQuality::default());
-        }
-        let Some(q) = self.versions.get_mut(version) else {
+        let at = self.position_or_insert(version);
+        self.record_at(at, sample, windows)
+    }
+
+    /// The position of a version's windows (see [`Keyed`]), adding them on first sight.
+    pub fn position_or_insert(&mut self, version: &ModelVersion) -> usize {
+        self.versions
+            .position_or_insert(version, ModelVersion::clone, VersionQuality::default)
+    }
+
+    /// [`QualityBook::record`] at a version's position.
+    pub fn record_at(&mut self, position: usize, sample: Labelled, windows: QualityWindows) -> u64 {
+        let Some(q) = self.versions.at_mut(position) else {
             return 0;
         };
         q.labelled += 1;
@@ -665,10 +720,14 @@ mod tests {
             w.push(s(score, positive), 3);
         }
         assert_eq!(w.tally().len(), 3);
-        assert_eq!(
-            w.tally(),
-            &ScoreTally::of(&[s(0.1, false), s(0.2, true), s(0.3, true)])
-        );
+        let want = ScoreTally::of(&[s(0.1, false), s(0.2, true), s(0.3, true)]);
+        assert_eq!(*w.tally(), want);
+        // Tracked from here on: the kept tally follows the samples.
+        w.track();
+        w.push(s(0.4, false), 3);
+        let want = ScoreTally::of(&[s(0.2, true), s(0.3, true), s(0.4, false)]);
+        assert!(matches!(w.tally(), Cow::Borrowed(_)));
+        assert_eq!(*w.tally(), want);
     }
 
     #[test]
@@ -677,16 +736,22 @@ mod tests {
             event_time_us: t,
             ..s(0.5, positive)
         };
-        let mut w = TimeWindow::default();
-        w.push(at(100, true), 50, 10);
-        w.push(at(120, false), 50, 10);
-        w.push(at(160, true), 50, 10); // 100 is now older than 160 - 50
-        assert_eq!(w.tally().len(), 2);
-        w.push(at(90, true), 50, 10); // arrives too late for the window
-        assert_eq!((w.tally().len(), w.dropped()), (2, 1));
-        w.push(at(161, true), 50, 2); // the cap pushes out 120
-        assert_eq!(w.tally(), &ScoreTally::of(&[at(160, true), at(161, true)]));
-        assert_eq!(w.dropped(), 2);
+        for tracked in [false, true] {
+            let mut w = TimeWindow::default();
+            if tracked {
+                w.track();
+            }
+            w.push(at(100, true), 50, 10);
+            w.push(at(120, false), 50, 10);
+            w.push(at(160, true), 50, 10); // 100 is now older than 160 - 50
+            assert_eq!(w.tally().len(), 2);
+            w.push(at(90, true), 50, 10); // arrives too late for the window
+            assert_eq!((w.tally().len(), w.dropped()), (2, 1));
+            w.push(at(161, true), 50, 2); // the cap pushes out 120
+            assert_eq!(*w.tally(), ScoreTally::of(&[at(160, true), at(161, true)]));
+            assert_eq!(w.dropped(), 2);
+            assert_eq!(matches!(w.tally(), Cow::Borrowed(_)), tracked);
+        }
     }
 
     #[test]

@@ -7,8 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use millrace_proto::{ModelHealth, Prediction};
-use serde::{Deserialize, Serialize};
+use millrace_proto::ModelHealth;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::input::PredictionRecord;
+use crate::keyed::Keyed;
 
 /// A model and one of its versions: the key of every per-version ledger.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -25,8 +28,8 @@ impl ModelVersion {
         }
     }
 
-    pub fn of(prediction: &Prediction) -> Self {
-        Self::new(&prediction.model, &prediction.model_version)
+    pub fn of(prediction: &PredictionRecord) -> Self {
+        Self::new(prediction.model(), prediction.model_version())
     }
 }
 
@@ -41,7 +44,7 @@ pub struct ModelStats {
 }
 
 impl ModelStats {
-    pub fn record(&mut self, prediction: &Prediction) {
+    pub fn record(&mut self, prediction: &PredictionRecord) {
         self.predictions += 1;
         if prediction.predicted_positive {
             self.predicted_positive += 1;
@@ -74,33 +77,80 @@ impl ModelStats {
     }
 }
 
-/// Stats for every model version seen: model → version → stats. Ordered, so
-/// every answer lists models and versions the same way.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+/// Stats for every model version seen, in (model, version) order, so every
+/// answer lists models and versions the same way. Snapshotted as
+/// `models: model → version → stats`, the form it has always had.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct PredictionLedger {
-    pub models: BTreeMap<String, BTreeMap<String, ModelStats>>,
+    versions: Keyed<ModelVersion, ModelStats>,
+}
+
+#[derive(Serialize)]
+struct LedgerRef<'a> {
+    models: BTreeMap<&'a str, BTreeMap<&'a str, &'a ModelStats>>,
+}
+
+#[derive(Deserialize)]
+struct LedgerData {
+    models: BTreeMap<String, BTreeMap<String, ModelStats>>,
+}
+
+impl Serialize for PredictionLedger {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut models: BTreeMap<&str, BTreeMap<&str, &ModelStats>> = BTreeMap::new();
+        for (v, stats) in self.versions.iter() {
+            models
+                .entry(v.model.as_str())
+                .or_default()
+                .insert(v.version.as_str(), stats);
+        }
+        LedgerRef { models }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PredictionLedger {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let data = LedgerData::deserialize(deserializer)?;
+        Ok(Self {
+            versions: data
+                .models
+                .into_iter()
+                .flat_map(|(model, versions)| {
+                    versions.into_iter().map(move |(version, stats)| {
+                        (ModelVersion::new(model.clone(), version), stats)
+                    })
+                })
+                .collect(),
+        })
+    }
 }
 
 impl PredictionLedger {
-    /// Records one prediction; returns its version's stats after the update.
-    pub fn record(&mut self, prediction: &Prediction) -> &ModelStats {
-        // Looked up before inserting: the names are cloned once per version, not per prediction.
-        if !self.models.contains_key(&prediction.model) {
-            self.models
-                .insert(prediction.model.clone(), BTreeMap::new());
-        }
-        let versions = self
-            .models
-            .get_mut(&prediction.model)
-            .unwrap_or_else(|| unreachable!("inserted above"));
-        if !versions.contains_key(&prediction.model_version) {
-            versions.insert(prediction.model_version.clone(), ModelStats::default());
-        }
-        let stats = versions
-            .get_mut(&prediction.model_version)
-            .unwrap_or_else(|| unreachable!("inserted above"));
+    /// The position of a version's stats (see [`Keyed`]), adding them on first sight.
+    pub fn position_or_insert(&mut self, version: &ModelVersion) -> usize {
+        self.versions
+            .position_or_insert(version, ModelVersion::clone, ModelStats::default)
+    }
+
+    /// Records one prediction at a version's position; answers its stats after the update.
+    pub fn record_at(
+        &mut self,
+        position: usize,
+        prediction: &PredictionRecord,
+    ) -> Option<&ModelStats> {
+        let stats = self.versions.at_mut(position)?;
         stats.record(prediction);
-        stats
+        Some(stats)
+    }
+
+    /// Records one prediction; returns its version's stats after the update.
+    pub fn record(&mut self, prediction: &PredictionRecord) -> Option<&ModelStats> {
+        let at = self.position_or_insert(&ModelVersion::of(prediction));
+        self.record_at(at, prediction)
+    }
+
+    pub fn stats(&self, version: &ModelVersion) -> Option<&ModelStats> {
+        self.versions.get(version)
     }
 
     /// Every version of `model` (every model when `None`); an unknown model has none.
@@ -115,20 +165,18 @@ impl PredictionLedger {
         &'a self,
         model: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a str, &'a str, &'a ModelStats)> {
-        self.models
+        self.versions
             .iter()
-            .filter(move |(m, _)| model.is_none_or(|wanted| wanted == m.as_str()))
-            .flat_map(|(m, versions)| {
-                versions
-                    .iter()
-                    .map(move |(v, stats)| (m.as_str(), v.as_str(), stats))
-            })
+            .filter(move |(v, _)| model.is_none_or(|wanted| wanted == v.model.as_str()))
+            .map(|(v, stats)| (v.model.as_str(), v.version.as_str(), stats))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use millrace_proto::Prediction;
 
     fn prediction(model: &str, version: &str, score: f64, positive: bool, t: i64) -> Prediction {
         Prediction {
@@ -236,7 +284,7 @@ mod tests {
         {
             let mut ledger = PredictionLedger::default();
             for p in &predictions {
-                ledger.record(p);
+                ledger.record(&p.clone().into());
             }
             let got = ledger.health(filter);
             assert_eq!(got.len(), expected.len(), "{name}: {got:?}");
@@ -252,6 +300,27 @@ mod tests {
                 assert_eq!(without_mean(g), without_mean(e), "{name}");
             }
         }
+    }
+
+    #[test]
+    fn the_ledger_snapshots_as_nested_maps_of_model_and_version() {
+        let mut ledger = PredictionLedger::default();
+        for (m, v) in [("fraud", "2"), ("delay", "1"), ("fraud", "1")] {
+            ledger.record(&prediction(m, v, 0.5, true, 1).into());
+        }
+        let nested = postcard::to_stdvec(&ledger).expect("encode");
+        let mut models: BTreeMap<String, BTreeMap<String, ModelStats>> = BTreeMap::new();
+        for (m, v, stats) in ledger.versions(None) {
+            models
+                .entry(m.to_string())
+                .or_default()
+                .insert(v.to_string(), stats.clone());
+        }
+        assert_eq!(nested, postcard::to_stdvec(&models).expect("encode"));
+        let back: PredictionLedger = postcard::from_bytes(&nested).expect("decode");
+        assert_eq!(back, ledger);
+        let order: Vec<(&str, &str)> = back.versions(None).map(|(m, v, _)| (m, v)).collect();
+        assert_eq!(order, [("delay", "1"), ("fraud", "1"), ("fraud", "2")]);
     }
 
     #[test]

@@ -35,27 +35,51 @@ impl DriftStatistic for Ks {
 /// larger than at the (j−1)-th reference value, already read. Integers
 /// throughout: |R·m − C·n| / (n·m).
 pub fn ks_of_buckets(reference: &Reference, bucket_counts: &[u32], len: u64) -> Option<f64> {
-    let (n, m) = (u128::from(reference.size), u128::from(len));
+    let (n, m) = (reference.size, len);
     if n == 0 || m == 0 {
         return None;
     }
-    let count = |b: usize| u128::from(bucket_counts.get(b).copied().unwrap_or(0));
-    let (mut seen, mut widest) = (0u128, 0u128);
-    let mut gap = |r: u128, c: u128| widest = widest.max((r * m).abs_diff(c * n));
-    for (j, &at_or_below) in reference.cumulative.iter().enumerate() {
-        let below = if j == 0 {
-            0
+    // Every count is at most n (reference) or m (window), so with n·m in a u64
+    // no product below overflows one; past that (windows of billions) u128.
+    let widest = match n.checked_mul(m) {
+        Some(_) => u128::from(widest_gap::<u64>(reference, bucket_counts, n, m)),
+        None => widest_gap::<u128>(reference, bucket_counts, n.into(), m.into()),
+    };
+    Some(widest as f64 / (u128::from(n) * u128::from(m)) as f64)
+}
+
+/// max over the steps of |R·m − C·n| (R, C the reference's and the window's counts so far).
+fn widest_gap<T>(reference: &Reference, bucket_counts: &[u32], n: T, m: T) -> T
+where
+    T: Copy
+        + Ord
+        + Default
+        + From<u64>
+        + std::ops::Add<Output = T>
+        + std::ops::Mul<Output = T>
+        + std::ops::Sub<Output = T>,
+{
+    let count = |b: usize| T::from(u64::from(bucket_counts.get(b).copied().unwrap_or(0)));
+    let gap = |r: T, c: T| {
+        let (a, b) = (r * m, c * n);
+        if a > b {
+            a - b
         } else {
-            u128::from(reference.cumulative[j - 1])
-        };
-        seen += count(2 * j);
-        gap(below, seen);
-        seen += count(2 * j + 1);
-        gap(u128::from(at_or_below), seen);
+            b - a
+        }
+    };
+    let (mut seen, mut widest, mut below) = (T::default(), T::default(), T::default());
+    for (j, &at_or_below) in reference.cumulative.iter().enumerate() {
+        // Never past the window's size, so no product can overflow.
+        seen = (seen + count(2 * j)).min(m);
+        widest = widest.max(gap(below, seen));
+        seen = (seen + count(2 * j + 1)).min(m);
+        below = T::from(at_or_below).min(n);
+        widest = widest.max(gap(below, seen));
     }
     // Beyond the last reference value the reference's function is 1 and the
     // window's only climbs to 1: nothing wider there.
-    Some(widest as f64 / (n * m) as f64)
+    widest
 }
 
 /// KS statistic of two ascending samples; `None` when either is empty.

@@ -14,16 +14,20 @@
 //! the j-th distinct value, or strictly between the (j−1)-th and the j-th. The
 //! window keeps a count per bucket as values come and go; PSI bins and the
 //! exact KS statistic are both read from those counts in one pass over them
-//! (see [`ks::ks_of_buckets`]).
+//! (see [`ks::ks_of_buckets`]). Placing a value is a search among at most a few
+//! distinct values: a [`Guide`] cuts the reference's range into as many
+//! equal-width cells as it has distinct values and remembers where each starts.
 
 pub mod ks;
 pub mod psi;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 
 use millrace_chassis::config::FeatureKind;
 use serde::{Deserialize, Serialize};
 
+use crate::keyed::Keyed;
 use crate::stats::ModelVersion;
 
 /// One way of measuring how far the current window is from the reference.
@@ -129,6 +133,57 @@ pub struct Reference {
     pub counts: Vec<u64>,
     /// The PSI bin of each bucket (see [`Reference::bucket_of`]).
     bucket_bins: Vec<u32>,
+    /// Where to search `distinct` for a value; rebuilt on load.
+    #[serde(skip)]
+    guide: Guide,
+}
+
+/// Cuts `[distinct[0], distinct[last]]` into equal-width cells; `starts[c]` is
+/// the first distinct value whose cell is `c` or later. A value's cell bounds
+/// where it can fall among the distinct values: every value of an earlier cell
+/// is smaller, every value of a later one larger (the cell of a value never
+/// decreases as the value grows), so the search covers one cell's values only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Guide {
+    low: f64,
+    scale: f64,
+    starts: Vec<u32>,
+}
+
+impl Guide {
+    fn build(distinct: &[f64]) -> Self {
+        let (Some(&low), Some(&high)) = (distinct.first(), distinct.last()) else {
+            return Self::default();
+        };
+        let cells = distinct.len();
+        let scale = cells as f64 / (high - low);
+        if !(scale.is_finite() && scale > 0.0) || u32::try_from(cells).is_err() {
+            return Self::default();
+        }
+        let mut guide = Self {
+            low,
+            scale,
+            starts: Vec::with_capacity(cells + 1),
+        };
+        for c in 0..=cells {
+            let start = distinct.partition_point(|d| guide.cell(*d, cells) < c);
+            guide.starts.push(u32::try_from(start).unwrap_or(u32::MAX));
+        }
+        guide
+    }
+
+    /// Non-decreasing in `v`: subtraction, multiplication by a positive number,
+    /// and the saturating cast all keep order.
+    fn cell(&self, v: f64, cells: usize) -> usize {
+        (((v - self.low) * self.scale) as usize).min(cells - 1)
+    }
+
+    /// The range of `distinct` holding the position of `v`, when built.
+    fn range(&self, v: f64) -> Option<Range<usize>> {
+        let cells = self.starts.len().checked_sub(1).filter(|c| *c > 0)?;
+        let c = self.cell(v, cells);
+        Some(self.starts[c] as usize..self.starts[c + 1] as usize)
+    }
 }
 
 impl Reference {
@@ -176,6 +231,7 @@ impl Reference {
                 .map(|b| u32::try_from(b).unwrap_or(u32::MAX))
                 .collect(),
         };
+        let guide = Guide::build(&distinct);
         Self {
             kind: spec.kind,
             size: values.len() as u64,
@@ -184,6 +240,7 @@ impl Reference {
             binning,
             counts,
             bucket_bins,
+            guide,
         }
     }
 
@@ -193,7 +250,17 @@ impl Reference {
     pub fn bucket_of(&self, v: f64) -> u32 {
         let bucket = match self.kind {
             FeatureKind::Numeric => {
-                let j = self.distinct.partition_point(|d| *d < v);
+                let j = match self.guide.range(v) {
+                    Some(cell) => {
+                        let start = cell.start;
+                        start
+                            + self
+                                .distinct
+                                .get(cell)
+                                .map_or(0, |run| run.partition_point(|d| *d < v))
+                    }
+                    None => self.distinct.partition_point(|d| *d < v),
+                };
                 if self.distinct.get(j) == Some(&v) {
                     2 * j + 1
                 } else {
@@ -214,28 +281,7 @@ impl Reference {
 pub struct Current<'a> {
     pub len: u64,
     pub bucket_counts: &'a [u32],
-    pub counts: Vec<u64>,
-}
-
-impl<'a> Current<'a> {
-    pub fn of(bucket_counts: &'a [u32], reference: &Reference) -> Self {
-        let mut counts = vec![0u64; reference.counts.len()];
-        let mut len = 0u64;
-        for (bucket, n) in bucket_counts.iter().enumerate() {
-            if *n > 0 {
-                let bin = reference.bucket_bins.get(bucket).copied().unwrap_or(0) as usize;
-                if let Some(c) = counts.get_mut(bin) {
-                    *c += u64::from(*n);
-                }
-                len += u64::from(*n);
-            }
-        }
-        Self {
-            len,
-            bucket_counts,
-            counts,
-        }
-    }
+    pub counts: &'a [u64],
 }
 
 /// How one value is watched.
@@ -272,9 +318,12 @@ pub struct DriftTracker {
     /// Values that were not finite (NaN, ±∞): counted, never binned.
     pub skipped: u64,
     pub last: Option<DriftFigures>,
-    /// The window's count per bucket; rebuilt from `window` on load.
+    /// The window's count per bucket and per PSI bin, kept as values come and
+    /// go (so an evaluation reads them instead of counting); rebuilt from `window` on load.
     #[serde(skip_serializing)]
     bucket_counts: Vec<u32>,
+    #[serde(skip_serializing)]
+    bin_counts: Vec<u64>,
 }
 
 #[derive(Deserialize)]
@@ -289,14 +338,11 @@ struct TrackerData {
 }
 
 impl From<TrackerData> for DriftTracker {
-    fn from(d: TrackerData) -> Self {
-        let mut bucket_counts = vec![0u32; d.reference.as_ref().map_or(0, Reference::buckets)];
-        for b in &d.window {
-            if let Some(c) = bucket_counts.get_mut(*b as usize) {
-                *c += 1;
-            }
+    fn from(mut d: TrackerData) -> Self {
+        if let Some(r) = &mut d.reference {
+            r.guide = Guide::build(&r.distinct);
         }
-        Self {
+        let mut tracker = Self {
             filling: d.filling,
             reference: d.reference,
             window: d.window,
@@ -304,8 +350,11 @@ impl From<TrackerData> for DriftTracker {
             observed: d.observed,
             skipped: d.skipped,
             last: d.last,
-            bucket_counts,
-        }
+            bucket_counts: Vec::new(),
+            bin_counts: Vec::new(),
+        };
+        tracker.recount();
+        tracker
     }
 }
 
@@ -322,8 +371,8 @@ impl DriftTracker {
             self.filling.push(v);
             if self.filling.len() >= spec.reference_events.max(1) {
                 let reference = Reference::freeze(std::mem::take(&mut self.filling), spec);
-                self.bucket_counts = vec![0; reference.buckets()];
                 self.reference = Some(reference);
+                self.recount();
             }
             return None;
         };
@@ -333,9 +382,23 @@ impl DriftTracker {
         if let Some(c) = self.bucket_counts.get_mut(bucket as usize) {
             *c += 1;
         }
+        if let Some(c) = reference
+            .bucket_bins
+            .get(bucket as usize)
+            .and_then(|bin| self.bin_counts.get_mut(*bin as usize))
+        {
+            *c += 1;
+        }
         while self.window.len() > size {
             if let Some(old) = self.window.pop_front() {
                 if let Some(c) = self.bucket_counts.get_mut(old as usize) {
+                    *c = c.saturating_sub(1);
+                }
+                if let Some(c) = reference
+                    .bucket_bins
+                    .get(old as usize)
+                    .and_then(|bin| self.bin_counts.get_mut(*bin as usize))
+                {
                     *c = c.saturating_sub(1);
                 }
             }
@@ -347,7 +410,11 @@ impl DriftTracker {
         {
             return None;
         }
-        let current = Current::of(&self.bucket_counts, reference);
+        let current = Current {
+            len: self.window.len() as u64,
+            bucket_counts: &self.bucket_counts,
+            counts: &self.bin_counts,
+        };
         let figures = DriftFigures {
             psi: psi::Psi.measure(reference, &current),
             ks: ks::Ks.measure(reference, &current),
@@ -355,6 +422,27 @@ impl DriftTracker {
         };
         self.last = Some(figures);
         Some(figures)
+    }
+
+    /// Counts the window per bucket and per bin from scratch (a new reference, a load).
+    fn recount(&mut self) {
+        let Some(reference) = &self.reference else {
+            return;
+        };
+        self.bucket_counts = vec![0; reference.buckets()];
+        self.bin_counts = vec![0; reference.counts.len()];
+        for b in &self.window {
+            if let Some(c) = self.bucket_counts.get_mut(*b as usize) {
+                *c += 1;
+            }
+            if let Some(c) = reference
+                .bucket_bins
+                .get(*b as usize)
+                .and_then(|bin| self.bin_counts.get_mut(*bin as usize))
+            {
+                *c += 1;
+            }
+        }
     }
 
     pub fn reference_size(&self) -> usize {
@@ -371,8 +459,8 @@ impl DriftTracker {
 /// Every watched feature (by name) and every model version's score.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftBook {
-    pub features: BTreeMap<String, DriftTracker>,
-    pub scores: BTreeMap<ModelVersion, DriftTracker>,
+    pub features: Keyed<String, DriftTracker>,
+    pub scores: Keyed<ModelVersion, DriftTracker>,
 }
 
 #[cfg(test)]
@@ -421,6 +509,43 @@ mod tests {
             .map(|v| b.bin_of(*v))
             .collect();
         assert_eq!(bins, [0, 0, 0, 1, 1]);
+    }
+
+    /// The guided search places every value where a search of all distinct
+    /// values does: between, on, below and above them, ties and uneven spreads included.
+    #[test]
+    fn guided_buckets_match_a_full_search() {
+        let s = spec(FeatureKind::Numeric);
+        let mut state = 11u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let shapes: [fn(u64) -> f64; 5] = [
+            |x| (x % 1000) as f64 / 7.0,
+            |x| ((x % 100) as f64).exp(), // a long tail: most cells empty
+            |x| (x % 3) as f64,           // few distinct values
+            |x| -1e300 + (x % 2) as f64 * 2e300,
+            |_| 4.25, // one value: no guide
+        ];
+        for (i, shape) in shapes.iter().enumerate() {
+            let values: Vec<f64> = (0..500).map(|_| shape(next())).collect();
+            let r = Reference::freeze(values.clone(), &s);
+            let full = |v: f64| {
+                let j = r.distinct.partition_point(|d| *d < v);
+                let on = r.distinct.get(j) == Some(&v);
+                u32::try_from(2 * j + usize::from(on)).unwrap_or(u32::MAX)
+            };
+            let mut probes: Vec<f64> = values;
+            probes.extend(r.distinct.iter().map(|d| d + d.abs() * 1e-9 + 1e-12));
+            probes.extend(r.distinct.iter().map(|d| d - d.abs() * 1e-9 - 1e-12));
+            probes.extend([f64::MIN, -1e308, -1.0, 0.0, 1e-300, 1e308, f64::MAX]);
+            for v in probes {
+                assert_eq!(r.bucket_of(v), full(v), "shape {i}, value {v}");
+            }
+        }
     }
 
     #[test]
@@ -506,6 +631,32 @@ mod tests {
             + (0.25 - e) * (0.25 / e).ln();
         let got = f.psi.expect("psi");
         assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+
+    #[test]
+    fn counts_kept_as_values_come_and_go_equal_a_recount() {
+        for kind in [FeatureKind::Numeric, FeatureKind::Categorical] {
+            let s = DriftSpec {
+                reference_events: 50,
+                window_events: 30,
+                ..spec(kind)
+            };
+            let mut t = DriftTracker::default();
+            for i in 0..500u32 {
+                t.observe(f64::from((i * 7919) % 23), &s);
+                if i % 37 == 0 || i == 499 {
+                    let mut fresh = t.clone();
+                    fresh.recount();
+                    assert_eq!(
+                        (&t.bucket_counts, &t.bin_counts),
+                        (&fresh.bucket_counts, &fresh.bin_counts),
+                        "{kind:?} after {i}"
+                    );
+                }
+            }
+            let window: u64 = t.bin_counts.iter().sum();
+            assert_eq!(window, 30);
+        }
     }
 
     #[test]

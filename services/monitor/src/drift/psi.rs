@@ -13,7 +13,7 @@ pub struct Psi;
 
 impl DriftStatistic for Psi {
     fn measure(&self, reference: &Reference, current: &Current<'_>) -> Option<f64> {
-        psi_of_counts(&reference.counts, &current.counts)
+        psi_of_counts(&reference.counts, current.counts)
     }
 }
 
