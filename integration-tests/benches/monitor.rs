@@ -435,8 +435,10 @@ async fn run() -> Result<()> {
     let snap_sum =
         metric_value(&text, "millrace_stage_snapshot_seconds_sum", &[]).unwrap_or_default();
     let snap_bytes = metric_value(&text, "millrace_stage_snapshot_bytes", &[]).unwrap_or_default();
-    // Every prediction is joined, still waiting, or counted unmatched; with the
-    // labels draining ahead of their predictions, the label store may overflow.
+    // Every prediction is joined, still waiting, or counted unmatched. The drain takes
+    // the three backlogs a message at a time, and a PREDICTIONS message holds 128
+    // predictions where a LABELS one holds one label: predictions run ahead of their
+    // labels, past the join's bound (max_pending_predictions), and the oldest are evicted.
     let value =
         |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels).unwrap_or_default();
     let matched = value("millrace_monitor_label_joins_total", &[]);
@@ -452,6 +454,10 @@ async fn run() -> Result<()> {
     );
     let labels_evicted = value(
         "millrace_monitor_labels_unmatched_total",
+        &[("reason", "evicted")],
+    );
+    let predictions_evicted = value(
+        "millrace_monitor_predictions_unmatched_total",
         &[("reason", "evicted")],
     );
     let vectors = value("millrace_monitor_feature_vectors_total", &[]);
@@ -520,7 +526,8 @@ async fn run() -> Result<()> {
         snap_bytes / (1024.0 * 1024.0)
     );
     println!(
-        "label join: {matched:.0} of {predictions:.0} predictions joined, {labels_evicted:.0} labels evicted (store bound) as labels drained ahead"
+        "label join: {matched:.0} of {predictions:.0} predictions joined; evicted by the store bounds \
+         as the backlogs drained at different paces: {predictions_evicted:.0} predictions, {labels_evicted:.0} labels"
     );
     Ok(())
 }

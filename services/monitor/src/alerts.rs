@@ -25,6 +25,8 @@ use millrace_chassis::config::{
 use millrace_proto::{Alert, AlertState};
 use serde::{Deserialize, Serialize};
 
+use crate::keyed::Keyed;
+
 /// Which figures a metric reads, and so where its rules are evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -426,10 +428,10 @@ pub struct Transition {
     pub msg_id: String,
 }
 
-/// Every series' state; snapshotted.
+/// Every series' state; snapshotted (as a map in key order).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertBook {
-    pub series: BTreeMap<SeriesKey, Series>,
+    pub series: Keyed<SeriesKey, Series>,
 }
 
 impl AlertBook {
@@ -439,10 +441,30 @@ impl AlertBook {
         &mut self,
         rules: &[Rule],
         scope: &Scope,
+        read: impl FnMut(&Rule) -> Reading<'a>,
+    ) -> Vec<Transition> {
+        self.evaluate_at(rules, scope, &mut Vec::new(), read)
+    }
+
+    /// [`AlertBook::evaluate`], remembering in `positions[i]` where the series of
+    /// rule `i` for this scope lies, so a caller that keeps `positions` per scope
+    /// finds its series without a search next time.
+    pub fn evaluate_at<'a>(
+        &mut self,
+        rules: &[Rule],
+        scope: &Scope,
+        positions: &mut Vec<Option<usize>>,
         mut read: impl FnMut(&Rule) -> Reading<'a>,
     ) -> Vec<Transition> {
+        if positions.len() < rules.len() {
+            positions.resize(rules.len(), None);
+        }
         let mut out = Vec::new();
-        for rule in rules.iter().filter(|r| r.applies_to(scope)) {
+        for (i, rule) in rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.applies_to(scope))
+        {
             let reading = read(rule);
             let Some(threshold) = rule.threshold.or(reading.default_threshold) else {
                 continue;
@@ -455,16 +477,27 @@ impl AlertBook {
                 scope.feature,
             );
             let probe: &dyn SeriesParts = &parts;
+            let known = positions[i].or_else(|| self.series.position(probe));
+            positions[i] = known;
             let Some(value) = reading.value else {
-                if let Some(series) = self.series.get_mut(probe) {
+                if let Some(series) = known.and_then(|at| self.series.at_mut(at)) {
                     series.holding_since = None;
                 }
                 continue;
             };
-            if !self.series.contains_key(probe) {
-                self.series.insert(SeriesKey::of(parts), Series::default());
-            }
-            let Some(series) = self.series.get_mut(probe) else {
+            let at = match known {
+                Some(at) => at,
+                None => {
+                    let at = self.series.position_or_insert(
+                        probe,
+                        |_| SeriesKey::of(parts),
+                        Series::default,
+                    );
+                    positions[i] = Some(at);
+                    at
+                }
+            };
+            let Some(series) = self.series.at_mut(at) else {
                 continue;
             };
             series.last_value = Some(value);
@@ -550,7 +583,7 @@ impl AlertBook {
     /// Per rule: (firing transitions, resolved transitions, series firing now).
     pub fn totals(&self) -> BTreeMap<&str, (u64, u64, u64)> {
         let mut totals: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
-        for (key, s) in &self.series {
+        for (key, s) in self.series.iter() {
             let t = totals.entry(key.rule.as_str()).or_default();
             let firing = u64::from(s.firing.is_some());
             t.0 += s.incidents;
@@ -656,16 +689,31 @@ mod tests {
     }
 
     /// Feeds `values` at positions 1, 2, …; answers (position, state) per transition.
+    /// Every case runs twice: looking its series up each time, and remembering
+    /// where it lies (as the board does); both must see the same transitions.
     fn run(rules: &[Rule], values: &[Option<f64>]) -> Vec<(u64, AlertState)> {
+        let looked_up = run_with(rules, values, false);
+        assert_eq!(run_with(rules, values, true), looked_up);
+        looked_up
+    }
+
+    fn run_with(rules: &[Rule], values: &[Option<f64>], remember: bool) -> Vec<(u64, AlertState)> {
         let mut book = AlertBook::default();
+        let mut positions = Vec::new();
         let mut seen = Vec::new();
         for (i, v) in values.iter().enumerate() {
             let position = i as u64 + 1;
             let s = scope(position, position as i64 * 1_000_000);
-            for t in book.evaluate(rules, &s, |_| Reading {
+            let read = |_: &Rule| Reading {
                 value: *v,
                 ..reading(0.0)
-            }) {
+            };
+            let transitions = if remember {
+                book.evaluate_at(rules, &s, &mut positions, read)
+            } else {
+                book.evaluate(rules, &s, read)
+            };
+            for t in transitions {
                 seen.push((position, t.alert.state()));
             }
         }

@@ -108,6 +108,8 @@ struct VersionSlot {
     join: Option<u32>,
     /// Its quality gauges are behind its windows.
     stale_quality: bool,
+    /// Where each rule's alert series for it lies (see [`AlertBook::evaluate_at`]).
+    series: Vec<Option<usize>>,
 }
 
 /// A watched feature as this process has looked it up.
@@ -118,6 +120,8 @@ struct FeatureSlot {
     spec: DriftSpec,
     /// PSI moderate and significant levels, KS threshold.
     levels: (f64, f64, f64),
+    /// Where each rule's alert series for it lies (see [`AlertBook::evaluate_at`]).
+    series: Vec<Option<usize>>,
 }
 
 /// The names of a feature vector as they were on the wire, and the feature
@@ -453,6 +457,7 @@ impl Board<'_> {
             quality: state.quality.versions.position(&version),
             join: None,
             stale_quality: false,
+            series: Vec::new(),
             version,
         };
         if let Some(at) = slot.quality {
@@ -568,7 +573,7 @@ impl Board<'_> {
                 .map(|(q, _)| quantile_of_sorted(sorted, *q))
                 .collect()
         };
-        let slot = &self.hot.versions[i];
+        let slot = &mut self.hot.versions[i];
         self.metrics.publish_latency(
             &slot.version,
             "event_to_prediction",
@@ -591,22 +596,25 @@ impl Board<'_> {
             time_us: p.event_time_us,
             event_id: p.event_id(),
         };
-        let transitions = self.state.alerts.evaluate(self.rules, &scope, |rule| {
-            let sorted = match rule.metric {
-                MonitorMetric::IngestToPredictionSeconds => sorted_ingest,
-                _ => sorted_event,
-            };
-            Reading {
-                value: quantile_of_sorted(sorted, rule.quantile),
-                default_threshold: None,
-                window: format!(
-                    "at quantile {} over the last {} predictions",
-                    rule.quantile,
-                    sorted.len()
-                )
-                .into(),
-            }
-        });
+        let transitions =
+            self.state
+                .alerts
+                .evaluate_at(self.rules, &scope, &mut slot.series, |rule| {
+                    let sorted = match rule.metric {
+                        MonitorMetric::IngestToPredictionSeconds => sorted_ingest,
+                        _ => sorted_event,
+                    };
+                    Reading {
+                        value: quantile_of_sorted(sorted, rule.quantile),
+                        default_threshold: None,
+                        window: format!(
+                            "at quantile {} over the last {} predictions",
+                            rule.quantile,
+                            sorted.len()
+                        )
+                        .into(),
+                    }
+                });
         emit(
             self.state,
             self.rules,
@@ -662,9 +670,12 @@ impl Board<'_> {
             time_us: p.event_time_us,
             event_id: p.event_id(),
         };
-        let transitions = self.state.alerts.evaluate(self.rules, &scope, |rule| {
-            drift_reading(rule.metric, &figures, psi_level, ks_level, window)
-        });
+        let transitions =
+            self.state
+                .alerts
+                .evaluate_at(self.rules, &scope, &mut slot.series, |rule| {
+                    drift_reading(rule.metric, &figures, psi_level, ks_level, window)
+                });
         emit(
             self.state,
             self.rules,
@@ -744,7 +755,7 @@ impl Board<'_> {
             }
             QualityWindow::Time => format!("over the last {} s of event time", q.window_secs),
         };
-        let slot = &self.hot.versions[i];
+        let slot = &mut self.hot.versions[i];
         let scope = Scope {
             family: Family::Quality,
             model: &slot.version.model,
@@ -754,22 +765,25 @@ impl Board<'_> {
             time_us,
             event_id,
         };
-        let transitions = self.state.alerts.evaluate(rules, &scope, |rule| {
-            let f = match rule.window {
-                QualityWindow::Labels => by_labels.as_ref(),
-                QualityWindow::Time => by_time.as_ref(),
-            };
-            Reading {
-                value: f.and_then(|f| quality_value(rule.metric, f)),
-                default_threshold: None,
-                window: format!(
-                    "{} ({} labelled)",
-                    describe(rule.window),
-                    f.map_or(0, |f| f.labelled)
-                )
-                .into(),
-            }
-        });
+        let transitions = self
+            .state
+            .alerts
+            .evaluate_at(rules, &scope, &mut slot.series, |rule| {
+                let f = match rule.window {
+                    QualityWindow::Labels => by_labels.as_ref(),
+                    QualityWindow::Time => by_time.as_ref(),
+                };
+                Reading {
+                    value: f.and_then(|f| quality_value(rule.metric, f)),
+                    default_threshold: None,
+                    window: format!(
+                        "{} ({} labelled)",
+                        describe(rule.window),
+                        f.map_or(0, |f| f.labelled)
+                    )
+                    .into(),
+                }
+            });
         emit(self.state, rules, self.metrics, transitions, trace, out);
     }
 
@@ -812,6 +826,7 @@ impl Board<'_> {
                 tracker,
                 spec: drift_spec(self.settings, Some(name)),
                 levels: drift_levels(self.settings, Some(name)),
+                series: Vec::new(),
             });
             self.hot.features.len() - 1
         });
@@ -835,7 +850,7 @@ impl Board<'_> {
             return;
         };
         for (slot, value) in slots.iter().zip(v.values()) {
-            let Some(feature) = slot.and_then(|f| self.hot.features.get(f)) else {
+            let Some(feature) = slot.and_then(|f| self.hot.features.get_mut(f)) else {
                 continue;
             };
             let Some(tracker) = self.state.drift.features.at_mut(feature.tracker) else {
@@ -864,9 +879,12 @@ impl Board<'_> {
                 time_us: v.event_time_us,
                 event_id: v.event_id(),
             };
-            let transitions = self.state.alerts.evaluate(self.rules, &scope, |rule| {
-                drift_reading(rule.metric, &figures, psi_level, ks_level, window)
-            });
+            let transitions =
+                self.state
+                    .alerts
+                    .evaluate_at(self.rules, &scope, &mut feature.series, |rule| {
+                        drift_reading(rule.metric, &figures, psi_level, ks_level, window)
+                    });
             emit(
                 self.state,
                 self.rules,

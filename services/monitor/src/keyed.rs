@@ -117,6 +117,21 @@ impl<K: Ord, V> Keyed<K, V> {
         self.order.contains_key(key)
     }
 
+    /// Keeps the entries `keep` answers true for. Positions change: take them anew.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        let mut values: Vec<Option<V>> = std::mem::take(&mut self.values)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (k, at) in std::mem::take(&mut self.order) {
+            if let Some(v) = values.get_mut(at).and_then(Option::take) {
+                if keep(&k, &v) {
+                    self.insert(k, v);
+                }
+            }
+        }
+    }
+
     /// Entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.order
@@ -209,6 +224,11 @@ mod tests {
         assert_eq!(k.at(7), None);
         k.insert("a".into(), 5);
         assert_eq!((k.len(), k.get("a")), (2, Some(&5)));
+        k.insert("c".into(), 7);
+        k.retain(|key, _| key != "a");
+        let entries: Vec<(&str, u32)> = k.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(entries, [("b", 12), ("c", 7)]);
+        assert_eq!(k.position("c").and_then(|at| k.at(at)), Some(&7));
     }
 
     #[test]
