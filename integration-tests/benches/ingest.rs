@@ -7,8 +7,9 @@
 //!   512 acks in flight, `Nats-Msg-Id` set, into a stream configured as EVENTS is;
 //! - (b) ingest `PublishBatch` throughput at batch sizes 1, 100 and 1,000 with 1 and 4
 //!   producers (a lean client: requests are spliced from pre-encoded events);
-//!   and ingest's CPU time per event accepted in each of those runs (user + system, from
-//!   `/proc/<pid>/stat`), which a machine shared with other work changes less than rates;
+//!   and the CPU time per event accepted in each of those runs of the client (this
+//!   process), ingest and nats-server (user + system, from `/proc/<pid>/stat`), which a
+//!   machine shared with other work changes less than rates; the same for (a);
 //! - (c) the ratio of (b) at batch 1,000 to (a) (target: at least 70%); (a) is also
 //!   shown with 4,096 acks in flight, ingest's own depth, which matters with
 //!   `sync_interval: always` (one fsync per batch of writes);
@@ -145,13 +146,66 @@ impl Durability {
     }
 }
 
+/// One `PublishBatch` throughput figure and what it cost.
+struct IngestRun {
+    batch: usize,
+    producers: usize,
+    rate: f64,
+    cpu: CpuPerEvent,
+}
+
+/// CPU µs per event of the client (this process), ingest and nats-server.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuPerEvent {
+    client: f64,
+    ingest: f64,
+    nats: f64,
+}
+
+impl CpuPerEvent {
+    fn show(&self) -> String {
+        format!(
+            "{:.1} / {:.1} / {:.1} µs",
+            self.client, self.ingest, self.nats
+        )
+    }
+}
+
+/// CPU seconds used so far by this process, ingest (if running) and nats-server.
+#[derive(Debug, Clone, Copy)]
+struct CpuClock {
+    client: f64,
+    ingest: f64,
+    nats: f64,
+}
+
+impl CpuClock {
+    fn read(ingest: Option<u32>, nats: Option<u32>) -> Result<Self> {
+        let of = |pid: Option<u32>| pid.map_or(Ok(0.0), cpu_seconds);
+        Ok(Self {
+            client: cpu_seconds(std::process::id())?,
+            ingest: of(ingest)?,
+            nats: of(nats)?,
+        })
+    }
+
+    /// What each used since `self`, per event of `events`.
+    fn per_event(&self, now: &CpuClock, events: u64) -> CpuPerEvent {
+        let per = |a: f64, b: f64| (b - a) * 1e6 / events.max(1) as f64;
+        CpuPerEvent {
+            client: per(self.client, now.client),
+            ingest: per(self.ingest, now.ingest),
+            nats: per(self.nats, now.nats),
+        }
+    }
+}
+
 /// Everything measured under one durability choice.
 struct Column {
     durability: Durability,
     raw: RawRun,
     raw_deep: RawRun,
-    /// `(batch, producers, events/s, ingest CPU µs per event)`.
-    ingest: Vec<(usize, usize, f64, f64)>,
+    ingest: Vec<IngestRun>,
     batch_latency: LatencyRun,
     stream_latency: LatencyRun,
     ingest_hwm_kb: u64,
@@ -173,7 +227,9 @@ async fn measure(durability: Durability, events: &Arc<FlightEvents>) -> Result<C
     let ids = Arc::new(AtomicU64::new(0));
 
     let s2 = stream::Compression::S2;
-    let raw = raw_publish(&nats, events, &ids, "RAW", s2.clone(), RAW_ACKS_IN_FLIGHT).await?;
+    let before = CpuClock::read(None, nats.pid())?;
+    let mut raw = raw_publish(&nats, events, &ids, "RAW", s2.clone(), RAW_ACKS_IN_FLIGHT).await?;
+    raw.cpu = before.per_event(&CpuClock::read(None, nats.pid())?, raw.acked);
     eprintln!("(a) raw JetStream publish, S2: {raw:?}");
     let raw_deep = raw_publish(&nats, events, &ids, "RAWDEEP", s2, INGEST_ACKS_IN_FLIGHT).await?;
     eprintln!("    raw JetStream publish, {INGEST_ACKS_IN_FLIGHT} in flight: {raw_deep:?}");
@@ -212,22 +268,27 @@ async fn measure(durability: Durability, events: &Arc<FlightEvents>) -> Result<C
     let mut rates = Vec::new();
     for batch in BATCH_SIZES {
         for producers in PRODUCERS {
-            let (cpu_before, accepted_before) = (
-                cpu_seconds(ingest_pid)?,
+            let (before, accepted_before) = (
+                CpuClock::read(Some(ingest_pid), nats.pid())?,
                 target.accepted.load(Ordering::Relaxed),
             );
             let rate = batch_throughput(&target, batch, producers).await?;
-            let cpu = cpu_seconds(ingest_pid)? - cpu_before;
             let accepted = target.accepted.load(Ordering::Relaxed) - accepted_before;
-            let cpu_us = cpu * 1e6 / accepted.max(1) as f64;
+            let cpu = before.per_event(&CpuClock::read(Some(ingest_pid), nats.pid())?, accepted);
             eprintln!(
                 "(b) ingest batch {batch:>4} x {producers} producers: {rate:.0} events/s, \
-                 {cpu_us:.1} µs ingest CPU per event"
+                 CPU per event client / ingest / nats-server {}",
+                cpu.show()
             );
-            rates.push((batch, producers, rate, cpu_us));
+            rates.push(IngestRun {
+                batch,
+                producers,
+                rate,
+                cpu,
+            });
         }
     }
-    let peak = rates.iter().map(|r| r.2).fold(0.0, f64::max);
+    let peak = rates.iter().map(|r| r.rate).fold(0.0, f64::max);
     let half = peak / 2.0;
     let batch_latency = batch_latency_at(&target, half).await?;
     eprintln!("(d) PublishBatch at {half:.0} events/s: {batch_latency:?}");
@@ -435,6 +496,10 @@ fn write_digits(out: &mut [u8], mut n: u64) {
 struct RawRun {
     rate: f64,
     timed_out: u64,
+    /// Every publish acknowledged, warmup included.
+    acked: u64,
+    /// Set by the caller, who knows the processes.
+    cpu: CpuPerEvent,
 }
 
 /// Publishes events into a stream configured like EVENTS (file storage, discard-new,
@@ -476,11 +541,13 @@ async fn raw_publish(
     let until = from + MEASURE;
     let mut counted = Window::new(from);
     let mut timed_out = 0u64;
+    let mut acked = 0u64;
     let mut settle = |ack: Result<jetstream::publish::PublishAck, PublishError>| {
         match ack {
             Ok(ack) => {
                 ensure!(!ack.duplicate, "raw publish of a new id answered duplicate");
                 counted.answered(1);
+                acked += 1;
             }
             // A broker slower than the ack timeout: counted, as ingest counts `unavailable`.
             Err(e) if e.kind() == PublishErrorKind::TimedOut => timed_out += 1,
@@ -513,6 +580,8 @@ async fn raw_publish(
     Ok(RawRun {
         rate: counted.rate(),
         timed_out,
+        acked,
+        cpu: CpuPerEvent::default(),
     })
 }
 
@@ -1014,19 +1083,23 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
             if i == 0 { "(b)" } else { "   " },
             if producers == 1 { "" } else { "s" }
         );
-        row(&name, &|c| format!("{} ev/s", thousands(c.ingest[i].2)));
+        row(&name, &|c| format!("{} ev/s", thousands(c.ingest[i].rate)));
     }
+    println!("    CPU per event: client / ingest / nats-server");
+    row("    (a) raw JetStream publish, 512 acks in flight", &|c| {
+        c.raw.cpu.show()
+    });
     for (i, (batch, producers)) in BATCH_SIZES
         .iter()
         .flat_map(|b| PRODUCERS.iter().map(move |p| (*b, *p)))
         .enumerate()
     {
         let name = format!(
-            "{} ingest CPU per event, batch {batch:>4}, {producers} producer{}",
+            "{} PublishBatch, batch {batch:>4}, {producers} producer{}",
             if i == 0 { "(b)" } else { "   " },
             if producers == 1 { "" } else { "s" }
         );
-        row(&name, &|c| format!("{:.1} µs", c.ingest[i].3));
+        row(&name, &|c| c.ingest[i].cpu.show());
     }
     for producers in PRODUCERS {
         let name = format!(
@@ -1037,8 +1110,8 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
             let ingest = c
                 .ingest
                 .iter()
-                .find(|(b, p, _, _)| *b == 1000 && *p == producers)
-                .map_or(0.0, |r| r.2);
+                .find(|r| r.batch == 1000 && r.producers == producers)
+                .map_or(0.0, |r| r.rate);
             let ratio = ingest / c.raw.rate;
             format!(
                 "{:.0}% {}",
