@@ -37,15 +37,20 @@ pub struct Record {
     pub trace: Context,
 }
 
-/// The records a stream message holds: the items of a batch, or the message itself.
+/// The records a stream message holds: the items of a batch, or the message
+/// itself. Their trace contexts are read only when `traced`.
 pub fn unbatch(
     headers: Option<&HeaderMap>,
     payload: Bytes,
+    traced: bool,
 ) -> Result<Vec<Record>, prost::DecodeError> {
     if !is_batch(headers) {
         return Ok(vec![Record {
             payload,
-            trace: telemetry::context_from_headers(headers),
+            trace: match traced {
+                true => telemetry::context_from_headers(headers),
+                false => Context::new(),
+            },
         }]);
     }
     let batch = Batch::decode(payload)?;
@@ -54,7 +59,10 @@ pub fn unbatch(
         .into_iter()
         .map(|item| Record {
             payload: item.payload,
-            trace: telemetry::context_from_traceparent(&item.traceparent),
+            trace: match traced {
+                true => telemetry::context_from_traceparent(&item.traceparent),
+                false => Context::new(),
+            },
         })
         .collect())
 }
@@ -64,7 +72,7 @@ pub fn decode_records<M: prost::Message + Default>(
     headers: Option<&HeaderMap>,
     payload: Bytes,
 ) -> Result<Vec<M>, prost::DecodeError> {
-    unbatch(headers, payload)?
+    unbatch(headers, payload, false)?
         .into_iter()
         .map(|r| M::decode(r.payload))
         .collect()

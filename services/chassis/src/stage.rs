@@ -238,6 +238,7 @@ where
         None => None,
     };
     let mut checkpoint = Checkpoint {
+        traced: telemetry::spans_exported(),
         bus: &bus,
         store: &store,
         spec: &spec,
@@ -348,6 +349,8 @@ struct Checkpoint<'a> {
     last_snapshot: Instant,
     /// How long the last snapshot held the stage up.
     last_cost: Duration,
+    /// Spans are exported: open one per record and carry its context on.
+    traced: bool,
 }
 
 impl Checkpoint<'_> {
@@ -389,20 +392,21 @@ impl Checkpoint<'_> {
                 continue;
             }
             let stream = self.bus.stream_name(self.spec.sources[source].stream);
-            let records = match batch::unbatch(msg.headers.as_ref(), msg.payload.clone()) {
-                Ok(records) => records,
-                Err(e) => {
-                    let parent = telemetry::context_from_headers(msg.headers.as_ref());
-                    let what = format!(
-                        "{stream} sequence {sequence} on {}: the batch does not decode: {e}",
-                        msg.subject
-                    );
-                    let id = format!("{}:malformed:{stream}:{sequence}", self.spec.stage);
-                    self.dead_letter(what, id, msg.payload.to_vec(), parent)
-                        .await?;
-                    Vec::new()
-                }
-            };
+            let records =
+                match batch::unbatch(msg.headers.as_ref(), msg.payload.clone(), self.traced) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        let parent = telemetry::context_from_headers(msg.headers.as_ref());
+                        let what = format!(
+                            "{stream} sequence {sequence} on {}: the batch does not decode: {e}",
+                            msg.subject
+                        );
+                        let id = format!("{}:malformed:{stream}:{sequence}", self.spec.stage);
+                        self.dead_letter(what, id, msg.payload.to_vec(), parent)
+                            .await?;
+                        Vec::new()
+                    }
+                };
             let many = records.len() > 1;
             let replayed = covered.is_some_and(|c| c.in_replay(source, sequence));
             let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
@@ -420,12 +424,16 @@ impl Checkpoint<'_> {
             for (index, record) in records.into_iter().enumerate() {
                 match T::decode(source, record.payload.clone()) {
                     Ok(message) => {
-                        let trace = telemetry::event_span(
-                            self.spec.span_name,
-                            SpanKind::Consumer,
-                            &record.trace,
-                            message.event_id(),
-                        );
+                        let trace = if self.traced {
+                            telemetry::event_span(
+                                self.spec.span_name,
+                                SpanKind::Consumer,
+                                &record.trace,
+                                message.event_id(),
+                            )
+                        } else {
+                            Context::new()
+                        };
                         piece.items.push(Delivered {
                             source,
                             sequence,

@@ -33,6 +33,19 @@ impl Telemetry {
     }
 }
 
+/// Whether this process exports spans: an OTLP endpoint is set and the SDK is
+/// not disabled. When it does not, per-event span work is skipped.
+pub fn spans_exported() -> bool {
+    let endpoint_set = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    endpoint_set && !disabled
+}
+
 /// Installs logging and, when an OTLP endpoint is configured, span export.
 /// Must run inside the tokio runtime (the OTLP exporter needs it).
 pub fn init(service: Service) -> Result<Telemetry, ChassisError> {
@@ -46,14 +59,7 @@ pub fn init(service: Service) -> Result<Telemetry, ChassisError> {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 
-    let endpoint_set = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    if !endpoint_set || disabled {
+    if !spans_exported() {
         return Ok(Telemetry { provider: None });
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -39,20 +39,6 @@ use millrace_proto::schemas_server::SchemasServer;
 /// Snapshot key of the schema book.
 pub(crate) const SCHEMAS_KEY: &str = "schemas";
 
-/// Whether spans are exported, as `telemetry::init` decides it (an OTLP
-/// endpoint set and the SDK not disabled). Without export, ingest opens no
-/// span per record: the caller's trace context still travels on in the headers.
-fn spans_exported() -> bool {
-    let endpoint_set = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    endpoint_set && !disabled
-}
-
 /// Refuses limits under which nothing could be taken in, and warns about
 /// batches that could never be (they are answered INVALID_ARGUMENT).
 fn check_limits(limits: &millrace_chassis::config::IngestLimits) -> anyhow::Result<()> {
@@ -117,7 +103,7 @@ async fn run() -> anyhow::Result<()> {
             partitions: pipeline.pipeline.partitions,
             limits: pipeline.ingest.clone(),
             metrics: publish::IngestMetrics::new(&metrics),
-            spans: spans_exported(),
+            spans: telemetry::spans_exported(),
         },
     );
     let grpc_addr = env.grpc_addr.context("ingest needs a gRPC address")?;
