@@ -42,7 +42,7 @@ pub use nats::{
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pipeline::{
-    check_exactly_once, customer, implied_customer_orders, now_us, order,
+    check_exactly_once, customer, implied_customer_orders, labelled_orders_sections, now_us, order,
     order_placed_v2_with_coupon, orders, orders_model_probability, orders_pipeline_toml,
     publish_all_accepted, string_field, Pipeline, PipelineBuilder, ORDERS_AMOUNT_WEIGHT,
     ORDERS_COUNT_WEIGHT, ORDERS_INTERCEPT,

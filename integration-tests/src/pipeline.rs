@@ -585,3 +585,55 @@ pub fn order_placed_v2_with_coupon() -> EventSchema {
         ],
     }
 }
+
+/// The orders pipeline's events, feature and model plus a label: `order_outcome` names
+/// the order by `order_id` and is positive when `chargeback >= 1`. The fixed model `fraud`
+/// v1 scores higher amounts as riskier. Tests prepend their `[pipeline]` table and append
+/// their own sections (`[model.online]`, `[monitor.*]`).
+pub fn labelled_orders_sections() -> String {
+    r#"[events.order_placed]
+key_field = "customer"
+score = true
+[events.order_placed.fields.customer]
+type = "string"
+required = true
+[events.order_placed.fields.order_id]
+type = "string"
+required = true
+[events.order_placed.fields.amount]
+type = "double"
+required = true
+min = 0.0
+
+[events.order_outcome]
+key_field = "order_id"
+label = true
+[events.order_outcome.fields.order_id]
+type = "string"
+required = true
+[events.order_outcome.fields.chargeback]
+type = "double"
+required = true
+
+[label]
+event = "order_outcome"
+key_field = "order_id"
+scored_key_field = "order_id"
+value_field = "chargeback"
+op = ">="
+threshold = 1.0
+
+[[features]]
+name = "customer_orders"
+source = "order_placed"
+entity = "customer"
+aggregation = "count"
+
+[model]
+name = "fraud"
+version = "1"
+intercept = -2.0
+inputs = [{ name = "customer_orders", weight = 0.1 }, { name = "amount", weight = 0.01 }]
+"#
+    .to_string()
+}

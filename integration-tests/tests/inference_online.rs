@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use anyhow::{ensure, Context, Result};
 use millrace_integration_tests::pipeline::{customer, orders_model_probability};
 use millrace_integration_tests::{
-    decode_all, metric_value, metrics, now_us, order, publish_all_accepted, read_stream,
-    wait_for_stream_count, wait_until, Pipeline, Service, LONG,
+    decode_all, labelled_orders_sections, metric_value, metrics, now_us, order,
+    publish_all_accepted, read_stream, wait_for_stream_count, wait_until, Pipeline, Service, LONG,
 };
 use millrace_proto::inference::model_infer_request::InferInputTensor;
 use millrace_proto::inference::{InferTensorContents, ModelInferRequest};
@@ -28,59 +28,21 @@ use millrace_proto::v1::{
 /// and is positive when `chargeback >= 1`. The fixed model `fraud` v1 scores higher
 /// amounts as riskier; in this test's world small orders are the fraudulent ones.
 fn labelled_orders_toml() -> String {
-    r#"[pipeline]
+    format!(
+        "{}{}{}",
+        r#"[pipeline]
 name = "test"
 partitions = 4
 
-[events.order_placed]
-key_field = "customer"
-score = true
-[events.order_placed.fields.customer]
-type = "string"
-required = true
-[events.order_placed.fields.order_id]
-type = "string"
-required = true
-[events.order_placed.fields.amount]
-type = "double"
-required = true
-min = 0.0
-
-[events.order_outcome]
-key_field = "order_id"
-label = true
-[events.order_outcome.fields.order_id]
-type = "string"
-required = true
-[events.order_outcome.fields.chargeback]
-type = "double"
-required = true
-
-[label]
-event = "order_outcome"
-key_field = "order_id"
-scored_key_field = "order_id"
-value_field = "chargeback"
-op = ">="
-threshold = 1.0
-
-[[features]]
-name = "customer_orders"
-source = "order_placed"
-entity = "customer"
-aggregation = "count"
-
-[model]
-name = "fraud"
-version = "1"
-intercept = -2.0
-inputs = [{ name = "customer_orders", weight = 0.1 }, { name = "amount", weight = 0.01 }]
+"#,
+        labelled_orders_sections(),
+        r#"
 
 [model.online]
 learning_rate = 0.3
 min_learning_rate = 0.02
 "#
-    .to_string()
+    )
 }
 
 const CUSTOMERS: usize = 20;

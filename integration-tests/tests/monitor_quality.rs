@@ -10,61 +10,24 @@ use anyhow::{ensure, Context, Result};
 use millrace_integration_tests::monitor::{model_health_json, promtool_check};
 use millrace_integration_tests::pipeline::customer;
 use millrace_integration_tests::{
-    decode_all, metric_value, metrics, now_us, order, publish_all_accepted, read_stream,
-    wait_for_stream_count, wait_idle, wait_until, Pipeline, Service, LONG,
+    decode_all, labelled_orders_sections, metric_value, metrics, now_us, order,
+    publish_all_accepted, read_stream, wait_for_stream_count, wait_idle, wait_until, Pipeline,
+    Service, LONG,
 };
 use millrace_proto::v1::{Alert, AlertState, Event, GetModelHealthRequest, Prediction, Value};
 
 /// The orders pipeline with a label (`order_outcome`, positive when `chargeback >= 1`,
 /// naming the order by `order_id`) and a rule on accuracy.
 fn pipeline_toml() -> String {
-    r#"[pipeline]
+    format!(
+        "{}{}{}",
+        r#"[pipeline]
 name = "quality"
 partitions = 4
 
-[events.order_placed]
-key_field = "customer"
-score = true
-[events.order_placed.fields.customer]
-type = "string"
-required = true
-[events.order_placed.fields.order_id]
-type = "string"
-required = true
-[events.order_placed.fields.amount]
-type = "double"
-required = true
-min = 0.0
-
-[events.order_outcome]
-key_field = "order_id"
-label = true
-[events.order_outcome.fields.order_id]
-type = "string"
-required = true
-[events.order_outcome.fields.chargeback]
-type = "double"
-required = true
-
-[label]
-event = "order_outcome"
-key_field = "order_id"
-scored_key_field = "order_id"
-value_field = "chargeback"
-op = ">="
-threshold = 1.0
-
-[[features]]
-name = "customer_orders"
-source = "order_placed"
-entity = "customer"
-aggregation = "count"
-
-[model]
-name = "fraud"
-version = "1"
-intercept = -2.0
-inputs = [{ name = "customer_orders", weight = 0.1 }, { name = "amount", weight = 0.01 }]
+"#,
+        labelled_orders_sections(),
+        r#"
 
 [monitor.quality]
 evaluate_every = 10
@@ -77,7 +40,7 @@ threshold = 0.9
 hysteresis = 0.05
 model = "fraud"
 "#
-    .to_string()
+    )
 }
 
 const ORDERS: usize = 200;
