@@ -161,6 +161,8 @@ fi
 # service must not leak into all five.
 unset MILLRACE_HTTP_ADDR MILLRACE_GRPC_ADDR MILLRACE_DATA_DIR
 export NATS_URL="$nats_url" MILLRACE_PIPELINE="$pipeline" RUST_LOG="${RUST_LOG:-info}"
+# For the CLI in other terminals (scripts/demo.sh): where NATS and the pipeline file are.
+printf '%s\n' "$nats_url" >"$data/nats.url"
 
 for svc in "${services[@]}"; do
     exe="$bin/millrace-$svc"
@@ -194,7 +196,7 @@ echo
 echo "  data: ${data#"$root"/}/<service>   logs: ${logs#"$root"/}/<service>.log"
 [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]] && echo "  spans: $OTEL_EXPORTER_OTLP_ENDPOINT"
 echo
-echo "Send events from another terminal: scripts/send-events.sh"
+echo "From another terminal: scripts/demo.sh (the flight-delay demo) or scripts/send-events.sh"
 echo "Ctrl-C stops everything."
 
 # Wait until Ctrl-C, or until something we started exits on its own.
