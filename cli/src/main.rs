@@ -190,11 +190,29 @@ async fn main() -> anyhow::Result<()> {
             if health.models.is_empty() {
                 println!("no predictions seen yet");
             }
+            let figure = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| format!("{x:.4}"));
             for m in health.models {
                 println!(
-                    "{} v{}: {} predictions, {} positive, mean score {:.4}",
-                    m.model, m.model_version, m.predictions, m.predicted_positive, m.mean_score
+                    "{} v{}: {} predictions, {} positive, mean score {:.4}; {} labelled: \
+                     accuracy {}, ROC AUC {}, log loss {}, Brier {}, label positive rate {}; \
+                     score PSI {}; event to prediction p99 {} s",
+                    m.model,
+                    m.model_version,
+                    m.predictions,
+                    m.predicted_positive,
+                    m.mean_score,
+                    m.labelled,
+                    figure(m.accuracy),
+                    figure(m.roc_auc),
+                    figure(m.log_loss),
+                    figure(m.brier),
+                    figure(m.label_positive_rate),
+                    figure(m.score_psi),
+                    figure(m.event_to_prediction_p99_seconds),
                 );
+            }
+            for a in health.firing {
+                println!("firing: {}", a.message);
             }
             Ok(())
         }

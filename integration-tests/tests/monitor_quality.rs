@@ -318,7 +318,7 @@ async fn quality_through_the_pipeline(pipeline: &Pipeline) -> Result<()> {
             && fired.threshold == 0.9,
         "{fired:#?}"
     );
-    let firing = pipeline
+    let health = pipeline
         .monitor()
         .await?
         .get_model_health(GetModelHealthRequest {
@@ -326,12 +326,30 @@ async fn quality_through_the_pipeline(pipeline: &Pipeline) -> Result<()> {
         })
         .await
         .context("GetModelHealth")?
-        .into_inner()
-        .firing;
+        .into_inner();
     ensure!(
-        firing.iter().any(|a| a.alert_id == fired.alert_id),
-        "GetModelHealth lists {}: {firing:#?}",
-        fired.alert_id
+        health.firing.iter().any(|a| a.alert_id == fired.alert_id),
+        "GetModelHealth lists {}: {:#?}",
+        fired.alert_id,
+        health.firing
+    );
+    // The gRPC answer carries the same count-window figures as the JSON.
+    let v1 = health
+        .models
+        .iter()
+        .find(|m| m.model_version == "1")
+        .with_context(|| format!("fraud v1 in {:#?}", health.models))?;
+    let near = |got: Option<f64>, want: Option<f64>| match (got, want) {
+        (Some(g), Some(w)) => (g - w).abs() < 1e-9,
+        (g, w) => g == w,
+    };
+    ensure!(
+        v1.labelled == want_v1.n as u64
+            && near(v1.accuracy, Some(want_v1.accuracy))
+            && near(v1.roc_auc, want_v1.roc_auc)
+            && near(v1.log_loss, Some(want_v1.log_loss))
+            && near(v1.brier, Some(want_v1.brier)),
+        "GetModelHealth fraud v1 {v1:#?} vs {want_v1:?}"
     );
     Ok(())
 }

@@ -231,13 +231,29 @@ impl HealthReport {
             models: self
                 .models
                 .iter()
-                .map(|m| ModelHealth {
-                    model: m.health.model.clone(),
-                    model_version: m.health.model_version.clone(),
-                    predictions: m.health.predictions,
-                    predicted_positive: m.health.predicted_positive,
-                    mean_score: m.health.mean_score,
-                    last_prediction_time_us: m.health.last_prediction_time_us,
+                .map(|m| {
+                    let q = &m.quality.labels;
+                    ModelHealth {
+                        model: m.health.model.clone(),
+                        model_version: m.health.model_version.clone(),
+                        predictions: m.health.predictions,
+                        predicted_positive: m.health.predicted_positive,
+                        mean_score: m.health.mean_score,
+                        last_prediction_time_us: m.health.last_prediction_time_us,
+                        labelled: m.labelled,
+                        accuracy: q.accuracy,
+                        roc_auc: q.roc_auc,
+                        log_loss: q.log_loss,
+                        brier: q.brier,
+                        label_positive_rate: q.label_positive_rate,
+                        score_psi: m.score_drift.psi,
+                        event_to_prediction_p99_seconds: m
+                            .latency
+                            .event_to_prediction_seconds
+                            .get("99")
+                            .copied()
+                            .flatten(),
+                    }
                 })
                 .collect(),
             firing: self.firing.clone(),

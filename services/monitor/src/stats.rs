@@ -73,6 +73,7 @@ impl ModelStats {
             predicted_positive: self.predicted_positive,
             mean_score: self.mean_score(),
             last_prediction_time_us: self.last_prediction_time_us,
+            ..Default::default()
         }
     }
 }
@@ -198,6 +199,7 @@ mod tests {
             predicted_positive: pos,
             mean_score: mean,
             last_prediction_time_us: last,
+            ..Default::default()
         }
     }
 
