@@ -25,6 +25,31 @@ fn header_len(sequences: usize) -> usize {
     PREFIX_LEN + 8 * sequences + 8 + 4
 }
 
+/// How long [`open_sled`] waits for a lock that a dropped handle still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens a sled database, waiting out a file lock that is still held by a
+/// handle this process just dropped: sled's flusher thread keeps the database
+/// (and its lock) alive for a moment after the last `Db` goes away, so a
+/// close-and-reopen would otherwise fail at random. Another process holding
+/// the lock is still refused, after [`LOCK_WAIT`].
+pub fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            // sled reports the lock as `Other` with the lock error in its text.
+            Err(sled::Error::Io(e))
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A loaded snapshot: the state and, per stream read, the last sequence applied to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot<T> {
@@ -42,7 +67,7 @@ impl SnapshotStore {
     /// Opens (creating) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, ChassisError> {
         let path = dir.join("snapshots");
-        let db = sled::open(&path).map_err(|e| ChassisError::SnapshotStore {
+        let db = open_sled(&path).map_err(|e| ChassisError::SnapshotStore {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -200,6 +225,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SnapshotStore::open(dir.path()).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_this_process_is_about_to_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let held = open_sled(&path).expect("first open");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        open_sled(&path).expect("the second open waits for the first handle to go");
+        release.join().expect("release thread");
     }
 
     #[test]

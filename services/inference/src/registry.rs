@@ -75,7 +75,7 @@ impl Registry {
             path: path.clone(),
             message: e.to_string(),
         };
-        let db = sled::open(&path).map_err(store)?;
+        let db = millrace_chassis::snapshot::open_sled(&path).map_err(store)?;
         let versions = db.open_tree("versions").map_err(store)?;
         let pointers = db.open_tree("pointers").map_err(store)?;
         Ok(Self {
