@@ -8,6 +8,12 @@
 //! checksum itself | payload.
 //! A record that fails any check is refused with the reason; it is never
 //! loaded as if it were state.
+//!
+//! Records live in files (`states/<key>.<generation>`, written to a temporary
+//! name, fsynced and renamed); sled holds, per key, which generation is
+//! current and is the commit point. Large values rewritten in sled stay in
+//! its memory for many versions (a 3 MiB state rewritten 60 times held over
+//! 100 MiB), so only the small pointer goes there.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +23,8 @@ use serde::Serialize;
 use crate::ChassisError;
 
 const MAGIC: &[u8; 4] = b"MRSN";
+/// A sled value: this magic, then the current generation (u64 LE).
+const POINTER_MAGIC: &[u8; 4] = b"MRSP";
 const FORMAT_VERSION: u16 = 2;
 /// Magic, version and sequence count: enough to know how long the header is.
 const PREFIX_LEN: usize = 4 + 2 + 2;
@@ -61,6 +69,7 @@ pub struct Snapshot<T> {
 pub struct SnapshotStore {
     db: sled::Db,
     path: PathBuf,
+    states: PathBuf,
 }
 
 impl SnapshotStore {
@@ -71,7 +80,11 @@ impl SnapshotStore {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        Ok(Self { db, path })
+        let states = path.join("states");
+        let store = Self { db, path, states };
+        std::fs::create_dir_all(&store.states).map_err(|e| store.file_error(&store.states, e))?;
+        store.remove_stale_files()?;
+        Ok(store)
     }
 
     /// Writes `state` with `sequences` (one per stream read) under `key` and waits until it is on disk.
@@ -85,17 +98,94 @@ impl SnapshotStore {
             key: key.into(),
             message: e.to_string(),
         })?;
-        let record =
-            encode_record(sequences, &payload).ok_or_else(|| ChassisError::SnapshotEncode {
+        let header =
+            encode_header(sequences, &payload).ok_or_else(|| ChassisError::SnapshotEncode {
                 key: key.into(),
                 message: format!("{} sequences, at most {}", sequences.len(), u16::MAX),
             })?;
-        let len = record.len();
+        self.commit(key, &[&header, &payload])?;
+        Ok(header.len() + payload.len())
+    }
+
+    /// Writes `parts` as the next generation of `key`'s file, makes it durable,
+    /// then points sled at it; the previous file goes only after that.
+    fn commit(&self, key: &str, parts: &[&[u8]]) -> Result<(), ChassisError> {
+        use std::io::Write;
+        let previous = self.generation(key)?;
+        let generation = previous.map_or(1, |g| g + 1);
+        let file = self.state_file(key, generation);
+        let temporary = file.with_extension(format!("{generation}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut out = std::fs::File::create(&temporary)?;
+            for part in parts {
+                out.write_all(part)?;
+            }
+            out.sync_all()?;
+            std::fs::rename(&temporary, &file)?;
+            std::fs::File::open(&self.states)?.sync_all()
+        };
+        write().map_err(|e| self.file_error(&file, e))?;
+        let mut pointer = POINTER_MAGIC.to_vec();
+        pointer.extend_from_slice(&generation.to_le_bytes());
         self.db
-            .insert(key, record)
+            .insert(key, pointer)
             .map_err(|e| self.store_error(e))?;
         self.db.flush().map_err(|e| self.store_error(e))?;
-        Ok(len)
+        if let Some(old) = previous {
+            let old = self.state_file(key, old);
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!("snapshot {key}: could not remove {}: {e}", old.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The generation sled points at for `key`.
+    fn generation(&self, key: &str) -> Result<Option<u64>, ChassisError> {
+        let Some(value) = self.db.get(key).map_err(|e| self.store_error(e))? else {
+            return Ok(None);
+        };
+        decode_pointer(&value)
+            .map(Some)
+            .map_err(|message| ChassisError::SnapshotCorrupt {
+                key: key.into(),
+                message,
+            })
+    }
+
+    fn state_file(&self, key: &str, generation: u64) -> PathBuf {
+        let mut name = String::with_capacity(key.len() + 8);
+        for b in key.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                name.push(char::from(b));
+            } else {
+                name.push_str(&format!("%{b:02x}"));
+            }
+        }
+        self.states.join(format!("{name}.{generation}"))
+    }
+
+    /// Files no pointer names: a crash between writing a file and committing
+    /// its pointer, or before the old file was removed, leaves them behind.
+    fn remove_stale_files(&self) -> Result<(), ChassisError> {
+        let mut current = std::collections::HashSet::new();
+        for entry in self.db.iter() {
+            let (key, value) = entry.map_err(|e| self.store_error(e))?;
+            if let (Ok(key), Ok(generation)) = (std::str::from_utf8(&key), decode_pointer(&value)) {
+                current.insert(self.state_file(key, generation));
+            }
+        }
+        let entries =
+            std::fs::read_dir(&self.states).map_err(|e| self.file_error(&self.states, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !current.contains(&path) {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!("could not remove stale snapshot {}: {e}", path.display());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The snapshot under `key`, `None` if there never was one.
@@ -103,9 +193,14 @@ impl SnapshotStore {
         &self,
         key: &str,
     ) -> Result<Option<Snapshot<T>>, ChassisError> {
-        let Some(record) = self.db.get(key).map_err(|e| self.store_error(e))? else {
+        let Some(generation) = self.generation(key)? else {
             return Ok(None);
         };
+        let file = self.state_file(key, generation);
+        let record = std::fs::read(&file).map_err(|e| ChassisError::SnapshotCorrupt {
+            key: key.into(),
+            message: format!("state file {}: {e}", file.display()),
+        })?;
         let (sequences, payload) =
             decode_record(&record).map_err(|message| ChassisError::SnapshotCorrupt {
                 key: key.into(),
@@ -118,13 +213,16 @@ impl SnapshotStore {
         Ok(Some(Snapshot { sequences, state }))
     }
 
-    /// Stores raw bytes under `key`, bypassing the format (tests of corruption use it).
+    /// Stores raw bytes as `key`'s record, bypassing the format (tests of corruption use it).
     pub fn put_raw(&self, key: &str, bytes: &[u8]) -> Result<(), ChassisError> {
-        self.db
-            .insert(key, bytes)
-            .map_err(|e| self.store_error(e))?;
-        self.db.flush().map_err(|e| self.store_error(e))?;
-        Ok(())
+        self.commit(key, &[bytes])
+    }
+
+    fn file_error(&self, file: &Path, e: std::io::Error) -> ChassisError {
+        ChassisError::SnapshotStore {
+            path: file.to_path_buf(),
+            message: e.to_string(),
+        }
     }
 
     fn store_error(&self, e: sled::Error) -> ChassisError {
@@ -135,9 +233,11 @@ impl SnapshotStore {
     }
 }
 
-fn encode_record(sequences: &[u64], payload: &[u8]) -> Option<Vec<u8>> {
+/// The record's header for `payload`, which follows it unchanged (so a large
+/// state is never copied to be framed).
+fn encode_header(sequences: &[u64], payload: &[u8]) -> Option<Vec<u8>> {
     let count = u16::try_from(sequences.len()).ok()?;
-    let mut out = Vec::with_capacity(header_len(sequences.len()) + payload.len());
+    let mut out = Vec::with_capacity(header_len(sequences.len()));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
@@ -147,8 +247,23 @@ fn encode_record(sequences: &[u64], payload: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let crc = checksum(&out[4..], payload);
     out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
     Some(out)
+}
+
+fn decode_pointer(value: &[u8]) -> Result<u64, String> {
+    if value.len() == 12 && &value[..4] == POINTER_MAGIC {
+        return Ok(le_u64(&value[4..]));
+    }
+    if value.starts_with(MAGIC) {
+        return Err(
+            "an inline snapshot from an earlier millrace; remove the data directory to start fresh"
+                .into(),
+        );
+    }
+    Err(format!(
+        "not a snapshot pointer ({} bytes, bad magic)",
+        value.len()
+    ))
 }
 
 fn checksum(header: &[u8], payload: &[u8]) -> u32 {
@@ -261,10 +376,55 @@ mod tests {
         assert!(s.load::<u64>("absent").expect("load").is_none());
     }
 
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("snapshots").join("states"))
+            .expect("states dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn each_key_keeps_one_file_and_stale_ones_go_at_open() {
+        let (dir, s) = store();
+        for n in 0..5u64 {
+            s.save("monitor", &[n], &n).expect("save");
+        }
+        s.save("a/b", &[1], &1u64).expect("save");
+        assert_eq!(files(dir.path()), ["a%2fb.1", "monitor.5"]);
+
+        // What a crash can leave: a half-written file and a committed-too-late one.
+        let states = dir.path().join("snapshots").join("states");
+        std::fs::write(states.join("monitor.6.tmp"), b"half").expect("write");
+        std::fs::write(states.join("monitor.6"), b"never committed").expect("write");
+        drop(s);
+        let s = SnapshotStore::open(dir.path()).expect("reopen");
+        assert_eq!(files(dir.path()), ["a%2fb.1", "monitor.5"]);
+        let snap = s.load::<u64>("monitor").expect("load").expect("present");
+        assert_eq!((snap.sequences, snap.state), (vec![4], 4));
+        s.save("monitor", &[5], &5u64).expect("save after reopen");
+        assert_eq!(files(dir.path()), ["a%2fb.1", "monitor.6"]);
+    }
+
+    #[test]
+    fn a_missing_state_file_is_an_error_naming_the_snapshot() {
+        let (dir, s) = store();
+        s.save("feature-state", &[3], &3u64).expect("save");
+        std::fs::remove_file(dir.path().join("snapshots/states/feature-state.1")).expect("rm");
+        let err = s
+            .load::<u64>("feature-state")
+            .expect_err("missing")
+            .to_string();
+        assert!(err.contains("feature-state"), "{err}");
+        assert!(err.contains("state file"), "{err}");
+    }
+
     #[test]
     fn corrupt_records_are_refused_with_the_reason() {
-        let good =
-            encode_record(&[9], &postcard::to_stdvec(&7u64).expect("encode")).expect("record");
+        let payload = postcard::to_stdvec(&7u64).expect("encode");
+        let mut good = encode_header(&[9], &payload).expect("header");
+        good.extend_from_slice(&payload);
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
