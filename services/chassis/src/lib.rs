@@ -4,10 +4,12 @@
 //! - [`config`]: the pipeline TOML and the environment (`NATS_URL`, `OTEL_*`, ports, data dir).
 //! - [`bus`]: the NATS connection, stream provisioning, typed publish with `Nats-Msg-Id`
 //!   and `traceparent`, and durable consumers that resume where a snapshot left off.
+//! - [`boot`]: the start and end every service shares (settings, NATS, snapshot store,
+//!   gRPC and HTTP servers, the stage run).
 //! - [`stage`]: the one loop every consuming service runs: consume, apply in an actor,
 //!   publish, snapshot, ack.
-//! - [`snapshot`]: actor state plus its last applied stream sequence, stored in sled with a
-//!   format version and a checksum.
+//! - [`snapshot`]: actor state plus its last applied stream sequence, with a format version
+//!   and a checksum, in files that sled points at.
 //! - [`telemetry`]: `tracing` logs, OTLP span export, W3C trace context in NATS headers.
 //! - [`metrics`], [`http`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` server.
 //! - [`shutdown`]: SIGTERM/SIGINT as a value every task can wait on.
@@ -16,6 +18,7 @@
 //! - [`runtime`]: the actix system on a multi-threaded tokio runtime.
 
 pub mod batch;
+pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod error;

@@ -14,14 +14,11 @@ mod tables;
 
 use actix::Actor;
 use anyhow::Context as _;
-use millrace_chassis::bus::{Bus, StreamKind};
-use millrace_chassis::config::{Pipeline, Service, ServiceEnv};
-use millrace_chassis::http::{self, Readiness};
-use millrace_chassis::metrics::{Metrics, StageMetrics};
-use millrace_chassis::shutdown::Shutdown;
-use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, Source, StageSpec};
-use millrace_chassis::{runtime, telemetry};
+use millrace_chassis::boot::Boot;
+use millrace_chassis::bus::StreamKind;
+use millrace_chassis::config::Service;
+use millrace_chassis::runtime;
+use millrace_chassis::stage::{self, Source};
 
 /// Records are decoded, copied and packed in small buffers; mimalloc frees and
 /// reuses them markedly cheaper than the system allocator.
@@ -33,59 +30,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let env = ServiceEnv::from_env(Service::Enrich)?;
-    let telemetry = telemetry::init(env.service)?;
-    let pipeline = Pipeline::load(&env.pipeline_path)?;
-    let (shutdown, _trigger) = Shutdown::on_signals();
-    let metrics = Metrics::new();
-
-    let bus = Bus::connect(
-        &env.nats,
-        "millrace-enrich",
-        pipeline.streams.clone(),
-        &shutdown,
-    )
-    .await?;
-    bus.provision(&[StreamKind::Events, StreamKind::Enriched, StreamKind::Dlq])
+    let mut svc = Boot::load(Service::Enrich)?
+        .connect(&[StreamKind::Events, StreamKind::Enriched, StreamKind::Dlq])
         .await?;
-    let store = SnapshotStore::open(&env.data_dir)?;
-
-    let spec = StageSpec {
-        stage: "enrich",
-        sources: vec![Source::new(StreamKind::Events, "enrich")],
-        output: Some(StreamKind::Enriched),
-        snapshot_key: "enrich".into(),
-        batch_size: 512,
-        snapshot_interval: env.snapshot_interval,
-        snapshot_every: env.snapshot_every,
-        span_name: "enrich",
-    };
-    let (state, resume) = stage::load_state::<join::EnrichState>(&store, &spec)?;
-    let enricher = join::Enricher::new(state, &pipeline.enrich, &metrics)
-        .map_err(|e| anyhow::anyhow!("enrich settings in {}: {e}", env.pipeline_path.display()))?
+    let spec = svc.stage_spec(
+        "enrich",
+        vec![Source::new(StreamKind::Events, "enrich")],
+        Some(StreamKind::Enriched),
+        512,
+    );
+    let (state, resume) = stage::load_state::<join::EnrichState>(&svc.store, &spec)?;
+    let enricher = join::Enricher::new(state, &svc.pipeline.enrich, &svc.metrics)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "enrich settings in {}: {e}",
+                svc.env.pipeline_path.display()
+            )
+        })?
         .start();
-
-    let readiness = Readiness::new(Some(bus.client().clone()));
-    let http = tokio::spawn(http::serve(
-        env.http_addr,
-        metrics.clone(),
-        readiness.clone(),
-        axum::Router::new(),
-        shutdown.clone(),
-    ));
-    readiness.set_started();
-    let result = stage::run(
-        bus,
-        store,
-        spec,
-        enricher,
-        resume,
-        StageMetrics::new(&metrics),
-        shutdown,
-    )
-    .await
-    .context("enrich stage");
-    http.abort();
-    telemetry.shutdown();
-    result
+    svc.serve_http(axum::Router::new());
+    svc.run_stage(spec, enricher, resume)
+        .await
+        .context("enrich stage")
 }

@@ -5,14 +5,11 @@ use std::time::Instant;
 
 use actix::Actor;
 use anyhow::Context as _;
-use millrace_chassis::bus::{Bus, StreamKind};
-use millrace_chassis::config::{Pipeline, Service, ServiceEnv};
-use millrace_chassis::http::{self, Readiness};
-use millrace_chassis::metrics::{Metrics, StageMetrics};
-use millrace_chassis::shutdown::Shutdown;
-use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, Source, StageSpec};
-use millrace_chassis::{runtime, telemetry};
+use millrace_chassis::boot::Boot;
+use millrace_chassis::bus::StreamKind;
+use millrace_chassis::config::Service;
+use millrace_chassis::runtime;
+use millrace_chassis::stage::{self, Source};
 use millrace_feature_state::{
     api, EncodedState, FeatureSpec, FeatureStore, FeatureStoreActor, STAGE,
 };
@@ -28,38 +25,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let env = ServiceEnv::from_env(Service::FeatureState)?;
-    let telemetry = telemetry::init(env.service)?;
-    let pipeline = Pipeline::load(&env.pipeline_path)?;
-    let (shutdown, _trigger) = Shutdown::on_signals();
-    let metrics = Metrics::new();
-
-    let bus = Bus::connect(
-        &env.nats,
-        "millrace-feature-state",
-        pipeline.streams.clone(),
-        &shutdown,
-    )
-    .await?;
-    bus.provision(&[StreamKind::Enriched, StreamKind::Features, StreamKind::Dlq])
+    let mut svc = Boot::load(Service::FeatureState)?
+        .connect(&[StreamKind::Enriched, StreamKind::Features, StreamKind::Dlq])
         .await?;
-    let store = SnapshotStore::open(&env.data_dir)?;
-
-    let spec = StageSpec {
-        stage: STAGE,
-        sources: vec![Source::new(StreamKind::Enriched, "feature-state")],
-        output: Some(StreamKind::Features),
-        snapshot_key: "feature-state".into(),
-        batch_size: 512,
-        snapshot_interval: env.snapshot_interval,
-        snapshot_every: env.snapshot_every,
-        span_name: "feature-state",
-    };
+    let spec = svc.stage_spec(
+        STAGE,
+        vec![Source::new(StreamKind::Enriched, "feature-state")],
+        Some(StreamKind::Features),
+        512,
+    );
     let started = Instant::now();
-    let (state, resume_after) = stage::load_state::<EncodedState>(&store, &spec)?;
-    let (features, restored) = FeatureStore::new(FeatureSpec::from_pipeline(&pipeline), &metrics)
-        .restore(&state.0)
-        .context("restoring feature state")?;
+    let (state, resume_after) = stage::load_state::<EncodedState>(&svc.store, &spec)?;
+    let (features, restored) =
+        FeatureStore::new(FeatureSpec::from_pipeline(&svc.pipeline), &svc.metrics)
+            .restore(&state.0)
+            .context("restoring feature state")?;
     drop(state);
     tracing::info!(
         entities = restored.entities,
@@ -76,40 +56,15 @@ async fn run() -> anyhow::Result<()> {
     }
     let features = FeatureStoreActor::new(features).start();
 
-    let grpc_addr = env
-        .grpc_addr
-        .context("feature-state needs a gRPC address")?;
-    let grpc = millrace_chassis::grpc::spawn(
-        grpc_addr,
+    svc.serve_grpc(
         tonic::transport::Server::builder().add_service(FeatureStateServer::new(
             api::OnlineFeatures {
                 store: features.clone(),
             },
         )),
-        shutdown.clone(),
     )?;
-    let readiness = Readiness::new(Some(bus.client().clone()));
-    let http = tokio::spawn(http::serve(
-        env.http_addr,
-        metrics.clone(),
-        readiness.clone(),
-        axum::Router::new(),
-        shutdown.clone(),
-    ));
-    readiness.set_started();
-    let result = stage::run(
-        bus,
-        store,
-        spec,
-        features,
-        resume_after,
-        StageMetrics::new(&metrics),
-        shutdown,
-    )
-    .await
-    .context("feature-state stage");
-    grpc.abort();
-    http.abort();
-    telemetry.shutdown();
-    result
+    svc.serve_http(axum::Router::new());
+    svc.run_stage(spec, features, resume_after)
+        .await
+        .context("feature-state stage")
 }

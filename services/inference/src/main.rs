@@ -7,14 +7,11 @@ use std::sync::Arc;
 
 use actix::Actor;
 use anyhow::Context as _;
-use millrace_chassis::bus::{Bus, StreamKind};
-use millrace_chassis::config::{Pipeline, Service, ServiceEnv};
-use millrace_chassis::http::{self, Readiness};
-use millrace_chassis::metrics::{Metrics, StageMetrics};
-use millrace_chassis::shutdown::Shutdown;
-use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::stage::{self, Source, StageSpec};
-use millrace_chassis::{runtime, telemetry};
+use millrace_chassis::boot::Boot;
+use millrace_chassis::bus::StreamKind;
+use millrace_chassis::config::Service;
+use millrace_chassis::runtime;
+use millrace_chassis::stage::{self, Source};
 use millrace_inference::catalog::Catalog;
 use millrace_inference::registry::Registry;
 use millrace_inference::registry_api::{RegistryService, MAX_ARTIFACT_BYTES};
@@ -35,47 +32,32 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let env = ServiceEnv::from_env(Service::Inference)?;
-    let telemetry = telemetry::init(env.service)?;
-    let pipeline = Pipeline::load(&env.pipeline_path)?;
-    let pipeline_model = ModelArtifact::from_def(&pipeline.model);
+    let boot = Boot::load(Service::Inference)?;
+    let pipeline_model = ModelArtifact::from_def(&boot.pipeline.model);
     pipeline_model
         .load()
-        .with_context(|| format!("pipeline file {}", env.pipeline_path.display()))?;
-    let (shutdown, _trigger) = Shutdown::on_signals();
-    let metrics = Metrics::new();
-
-    let bus = Bus::connect(
-        &env.nats,
-        "millrace-inference",
-        pipeline.streams.clone(),
-        &shutdown,
-    )
-    .await?;
-    bus.provision(&[
-        StreamKind::Features,
-        StreamKind::Labels,
-        StreamKind::Predictions,
-        StreamKind::Dlq,
-    ])
-    .await?;
-    let store = SnapshotStore::open(&env.data_dir)?;
+        .with_context(|| format!("pipeline file {}", boot.env.pipeline_path.display()))?;
+    let mut svc = boot
+        .connect(&[
+            StreamKind::Features,
+            StreamKind::Labels,
+            StreamKind::Predictions,
+            StreamKind::Dlq,
+        ])
+        .await?;
 
     // One stage over both streams: the snapshot holds the state and both sequences.
-    let spec = StageSpec {
-        stage: "inference",
-        sources: vec![
+    let spec = svc.stage_spec(
+        "inference",
+        vec![
             Source::new(StreamKind::Features, "inference"),
             Source::new(StreamKind::Labels, "inference-labels"),
         ],
-        output: Some(StreamKind::Predictions),
-        snapshot_key: "inference".into(),
-        batch_size: 512,
-        snapshot_interval: env.snapshot_interval,
-        snapshot_every: env.snapshot_every,
-        span_name: "inference",
-    };
-    let (mut state, resume) = stage::load_state::<serving::ServingState>(&store, &spec)?;
+        Some(StreamKind::Predictions),
+        512,
+    );
+    let (mut state, resume) = stage::load_state::<serving::ServingState>(&svc.store, &spec)?;
+    let pipeline = &svc.pipeline;
     let online = &pipeline.model.online;
     if online.enabled && pipeline.label.is_some() {
         let inputs = if online.inputs.is_empty() {
@@ -87,7 +69,7 @@ async fn run() -> anyhow::Result<()> {
     } else {
         state.online = None;
     }
-    let registry = Registry::open(&env.data_dir)?;
+    let registry = Registry::open(&svc.env.data_dir)?;
     let catalog = Arc::new(
         Catalog::open(
             registry,
@@ -104,11 +86,9 @@ async fn run() -> anyhow::Result<()> {
         online = state.online.is_some(),
         "serving model"
     );
-    let server = serving::ModelServer::new(catalog.clone(), state, &metrics).start();
+    let server = serving::ModelServer::new(catalog.clone(), state, &svc.metrics).start();
 
-    let readiness = Readiness::new(Some(bus.client().clone()));
-    let grpc_addr = env.grpc_addr.context("inference needs a gRPC address")?;
-    let oip = oip::OpenInference::new(catalog.clone(), readiness.clone(), &metrics);
+    let oip = oip::OpenInference::new(catalog.clone(), svc.readiness.clone(), &svc.metrics);
     let api = oip.api_metrics();
     let feature_state_url = std::env::var("MILLRACE_FEATURE_STATE_URL")
         .ok()
@@ -116,13 +96,12 @@ async fn run() -> anyhow::Result<()> {
         .unwrap_or_else(|| DEFAULT_FEATURE_STATE_URL.into());
     let score = ScoreService::new(
         catalog.clone(),
-        pipeline.features.clone(),
+        svc.pipeline.features.clone(),
         &feature_state_url,
         api.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    let grpc = millrace_chassis::grpc::spawn(
-        grpc_addr,
+    svc.serve_grpc(
         tonic::transport::Server::builder()
             .add_service(GrpcInferenceServiceServer::new(oip))
             .add_service(InferenceServer::new(score))
@@ -130,29 +109,9 @@ async fn run() -> anyhow::Result<()> {
                 ModelRegistryServer::new(RegistryService::new(catalog, api))
                     .max_decoding_message_size(MAX_ARTIFACT_BYTES),
             ),
-        shutdown.clone(),
     )?;
-    let http = tokio::spawn(http::serve(
-        env.http_addr,
-        metrics.clone(),
-        readiness.clone(),
-        axum::Router::new(),
-        shutdown.clone(),
-    ));
-    readiness.set_started();
-    let result = stage::run(
-        bus,
-        store,
-        spec,
-        server,
-        resume,
-        StageMetrics::new(&metrics),
-        shutdown,
-    )
-    .await
-    .context("inference stage");
-    grpc.abort();
-    http.abort();
-    telemetry.shutdown();
-    result
+    svc.serve_http(axum::Router::new());
+    svc.run_stage(spec, server, resume)
+        .await
+        .context("inference stage")
 }

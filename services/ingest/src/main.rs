@@ -26,14 +26,10 @@ mod wire;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use actix::Actor;
-use anyhow::Context as _;
-use millrace_chassis::bus::{Bus, StreamKind};
-use millrace_chassis::config::{Pipeline, Service, ServiceEnv};
-use millrace_chassis::http::{self, Readiness};
-use millrace_chassis::metrics::Metrics;
-use millrace_chassis::shutdown::Shutdown;
-use millrace_chassis::snapshot::SnapshotStore;
-use millrace_chassis::{grpc, runtime, telemetry};
+use millrace_chassis::boot::Boot;
+use millrace_chassis::bus::StreamKind;
+use millrace_chassis::config::Service;
+use millrace_chassis::{runtime, telemetry};
 use millrace_proto::schemas_server::SchemasServer;
 
 /// Snapshot key of the schema book.
@@ -68,45 +64,35 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let env = ServiceEnv::from_env(Service::Ingest)?;
-    let telemetry = telemetry::init(env.service)?;
-    let pipeline = Pipeline::load(&env.pipeline_path)?;
-    check_limits(&pipeline.ingest)?;
-    let (mut shutdown, _trigger) = Shutdown::on_signals();
-    let metrics = Metrics::new();
-
-    let bus = Bus::connect(
-        &env.nats,
-        "millrace-ingest",
-        pipeline.streams.clone(),
-        &shutdown,
-    )
-    .await?;
-    bus.provision(&[StreamKind::Events, StreamKind::Labels, StreamKind::Dlq])
+    let boot = Boot::load(Service::Ingest)?;
+    check_limits(&boot.pipeline.ingest)?;
+    let mut svc = boot
+        .connect(&[StreamKind::Events, StreamKind::Labels, StreamKind::Dlq])
         .await?;
-    let store = SnapshotStore::open(&env.data_dir)?;
+    let pipeline = svc.pipeline.clone();
 
-    let registered = store
+    let registered = svc
+        .store
         .load(SCHEMAS_KEY)?
         .map(|s| s.state)
         .unwrap_or_default();
     let book = registry::SchemaBook::new(&pipeline.events, registered);
     let schemas = book.handle();
     let book = book.start();
-    store.save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
+    svc.store
+        .save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
 
     let ingestor = publish::Ingestor::new(
-        bus.clone(),
+        svc.bus.clone(),
         schemas.clone(),
         publish::Settings {
             label_rule: pipeline.label.clone(),
             partitions: pipeline.pipeline.partitions,
             limits: pipeline.ingest.clone(),
-            metrics: publish::IngestMetrics::new(&metrics),
+            metrics: publish::IngestMetrics::new(&svc.metrics),
             spans: telemetry::spans_exported(),
         },
     );
-    let grpc_addr = env.grpc_addr.context("ingest needs a gRPC address")?;
     let api = service::IngestService::new(
         api::IngestApi {
             ingestor: ingestor.clone(),
@@ -116,34 +102,22 @@ async fn run() -> anyhow::Result<()> {
     let schemas_api = SchemasServer::new(api::SchemasApi {
         book: book.clone(),
         schemas: schemas.clone(),
-        store: store.clone(),
+        store: svc.store.clone(),
     });
-    let grpc = grpc::spawn(
-        grpc_addr,
+    let grpc = svc.serve_grpc(
         tonic::transport::Server::builder()
             .add_service(api)
             .add_service(schemas_api),
-        shutdown.clone(),
     )?;
-
     let nats_intake = tokio::spawn(intake::serve(
-        bus.client().clone(),
+        svc.bus.client().clone(),
         ingestor.clone(),
         schemas.clone(),
-        shutdown.clone(),
+        svc.shutdown.clone(),
     ));
+    svc.serve_http(axum::Router::new());
 
-    let readiness = Readiness::new(Some(bus.client().clone()));
-    let http = tokio::spawn(http::serve(
-        env.http_addr,
-        metrics.clone(),
-        readiness.clone(),
-        axum::Router::new(),
-        shutdown.clone(),
-    ));
-    readiness.set_started();
-
-    shutdown.recv().await;
+    svc.shutdown.clone().recv().await;
     // The gRPC server stops taking requests and finishes those in flight,
     // whose answers already wait on JetStream's acks.
     match grpc.await {
@@ -156,8 +130,8 @@ async fn run() -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!("NATS ingest path: {e}"),
         Err(e) => tracing::error!("NATS ingest path task: {e}"),
     }
-    store.save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
-    http.abort();
-    telemetry.shutdown();
+    svc.store
+        .save(SCHEMAS_KEY, &[], &book.send(registry::ExportSchemas).await?)?;
+    svc.finish();
     Ok(())
 }
