@@ -25,7 +25,10 @@ use millrace_integration_tests::{
     decode_all, metric_value, metrics, now_us, read_stream, test_dir, wait_idle, wait_until,
     Pipeline, Service, LONG,
 };
-use millrace_proto::v1::{Alert, AlertState, FeatureVector, GetModelHealthRequest};
+use millrace_proto::v1::model_registry_client::ModelRegistryClient;
+use millrace_proto::v1::{
+    Alert, AlertState, FeatureVector, GetModelHealthRequest, Prediction, RegisterModelRequest,
+};
 
 const REFERENCE: usize = 1000;
 const WINDOW: usize = 500;
@@ -317,4 +320,221 @@ fn monitor_refuses_a_bad_alert_rule_with_the_reason() {
         stderr.contains("low_accuracy") && stderr.contains("needs a threshold"),
         "monitor names the rule and the reason: {stderr}"
     );
+}
+
+/// `reference = "training"`: a model version registered with the distribution it was
+/// trained on is watched against it from its first window, with no first values to wait
+/// for. Training: `amount` ~ N(100, 20), scores uniform over [0.1, 0.4]. Served: `amount`
+/// ~ N(140, 20), scores over [0.6, 0.9]. The first-events reference (10,000 values) never
+/// fills in this test, so any PSI, and any alert, comes from the training reference.
+/// The pipeline's own version 1 has no training distribution: it stays on first events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_drifts_against_a_training_reference_from_the_registry() {
+    let toml = r#"[pipeline]
+name = "drift"
+partitions = 1
+
+[model]
+name = "fraud"
+version = "1"
+inputs = [{ name = "amount", weight = 0.01 }]
+
+[monitor.drift]
+reference_events = 10000
+window_events = 200
+evaluate_every = 50
+bins = 10
+
+[monitor.drift.models.fraud]
+reference = "training"
+
+[[monitor.alerts]]
+name = "feature_drift"
+metric = "psi"
+op = ">"
+
+[[monitor.alerts]]
+name = "score_drift"
+metric = "score_psi"
+op = ">"
+"#;
+    let mut pipeline = Pipeline::builder()
+        .pipeline_toml(toml)
+        .only(&[Service::Inference, Service::Monitor])
+        .start()
+        .await
+        .expect("inference and monitor start");
+    training_scenario(&mut pipeline)
+        .await
+        .expect("training reference scenario");
+}
+
+/// The JSON `ValueDistribution` of `values`, every distinct value (as `millrace train` records few).
+fn distribution_json(mut values: Vec<f64>) -> serde_json::Value {
+    values.sort_by(f64::total_cmp);
+    let (mut distinct, mut at_or_below) = (Vec::<f64>::new(), Vec::<u64>::new());
+    for (i, v) in values.iter().enumerate() {
+        if distinct.last() == Some(v) {
+            if let Some(c) = at_or_below.last_mut() {
+                *c = i as u64 + 1;
+            }
+        } else {
+            distinct.push(*v);
+            at_or_below.push(i as u64 + 1);
+        }
+    }
+    serde_json::json!({ "count": values.len(), "values": distinct, "at_or_below": at_or_below })
+}
+
+fn prediction(i: usize, version: &str, score: f64) -> RawMessage {
+    let p = Prediction {
+        event_id: format!("train-{i:05}"),
+        model: "fraud".into(),
+        model_version: version.into(),
+        score,
+        predicted_positive: score >= 0.5,
+        event_time_us: now_us(),
+        ingest_time_us: now_us(),
+        predict_time_us: now_us(),
+        ..Default::default()
+    };
+    RawMessage::new(
+        "predictions.fraud",
+        format!("inference:fraud:{version}:train-{i:05}"),
+        &p,
+    )
+}
+
+async fn training_scenario(pipeline: &mut Pipeline) -> Result<()> {
+    let mut g = Gaussian::new(7);
+    // Register t1 with its training distribution, as `millrace train --out` writes it.
+    let amounts: Vec<f64> = (0..2000).map(|_| g.sample(100.0, 20.0).round()).collect();
+    let scores: Vec<f64> = (0..2000)
+        .map(|_| 0.1 + (g.uniform() * 300.0).floor() / 1000.0)
+        .collect();
+    let artifact = serde_json::json!({
+        "meta": {
+            "name": "fraud", "version": "t1", "inputs": ["amount"], "threshold": 0.5,
+            "training": {
+                "inputs": { "amount": distribution_json(amounts) },
+                "scores": distribution_json(scores),
+            },
+        },
+        "spec": { "kind": "logistic", "intercept": 0.0, "weights": [0.01] },
+    });
+    let inference_url = pipeline.service(Service::Inference).grpc_url();
+    let mut registry = ModelRegistryClient::connect(inference_url.clone())
+        .await
+        .context("registry client")?;
+    let registered = registry
+        .register_model(RegisterModelRequest {
+            artifact: serde_json::to_vec(&artifact)?,
+            ..Default::default()
+        })
+        .await
+        .context("RegisterModel t1")?
+        .into_inner();
+    ensure!(
+        registered.training_inputs.contains_key("amount")
+            && registered
+                .training_scores
+                .as_ref()
+                .is_some_and(|s| s.count == 2000),
+        "the registry keeps the training distribution: {registered:?}"
+    );
+
+    // Monitor finds inference by MILLRACE_INFERENCE_URL.
+    let monitor = pipeline.service_mut(Service::Monitor);
+    monitor.terminate().await?;
+    monitor.set_env("MILLRACE_INFERENCE_URL", &inference_url);
+    monitor.restart().await?;
+    let monitor_http = pipeline.service(Service::Monitor).http_addr();
+
+    // The first predictions of t1 (and of 1) make monitor ask the registry.
+    publish_raw(
+        pipeline.jetstream(),
+        vec![prediction(0, "t1", 0.2), prediction(1, "1", 0.2)],
+    )
+    .await?;
+    let health = wait_until(
+        "t1's score drifts against its training scores",
+        LONG,
+        || async {
+            let json = model_health_json(monitor_http, None).await?;
+            let from = |version: &str| {
+                json["models"].as_array().and_then(|ms| {
+                    ms.iter()
+                        .find(|m| m["model_version"] == version)
+                        .map(|m| m["score_drift"]["reference_from"].clone())
+                })
+            };
+            let amount = json["features"].as_array().and_then(|fs| {
+                fs.iter()
+                    .find(|f| f["feature"] == "amount")
+                    .map(|f| f["reference_from"].clone())
+            });
+            let ready = from("t1") == Some("training".into())
+                && amount == Some("training".into())
+                && from("1") == Some("first_events".into());
+            Ok((ready, json))
+        },
+    )
+    .await?;
+    let amount = health["features"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["feature"] == "amount"))
+        .context("amount in the health JSON")?;
+    ensure!(
+        amount["reference"] == 2000 && amount["reference_version"] == "fraud/t1",
+        "amount's reference is t1's training data: {amount}"
+    );
+    let text = metrics(monitor_http).await?;
+    let reference = |version: &str, r: &str| {
+        metric_value(
+            &text,
+            "millrace_monitor_score_drift_reference",
+            &[
+                ("model", "fraud"),
+                ("model_version", version),
+                ("reference", r),
+            ],
+        )
+    };
+    ensure!(
+        reference("t1", "training") == Some(1.0) && reference("1", "first_events") == Some(1.0),
+        "the metric says which reference each version uses"
+    );
+
+    // Served data moved away from the training data: one window is enough.
+    let mut messages: Vec<RawMessage> = (0..300)
+        .map(|i| prediction(10 + i, "t1", 0.6 + g.uniform() * 0.3))
+        .collect();
+    messages.extend((0..300).map(|i| vector(i, &mut g, 140.0)));
+    publish_raw(pipeline.jetstream(), messages).await?;
+    let fired = wait_until("feature and score drift alerts", LONG, || async {
+        let stored = read_stream(pipeline.jetstream(), "ALERTS").await?;
+        let alerts: Vec<Alert> = decode_all(&stored)?;
+        let ids: Vec<String> = alerts.iter().map(|a| a.alert_id.clone()).collect();
+        let both = ids.iter().any(|id| id == "feature_drift:amount#1")
+            && ids.iter().any(|id| id == "score_drift:fraud:t1#1");
+        Ok((both, alerts))
+    })
+    .await?;
+    for a in &fired {
+        eprintln!(
+            "{}: {} = {:.3} ({})",
+            a.alert_id, a.metric, a.value, a.message
+        );
+        ensure!(
+            a.state() == AlertState::Firing
+                && a.value > 0.2
+                && a.message.contains("against the training data"),
+            "fired against the training reference: {a:?}"
+        );
+    }
+    ensure!(
+        !fired.iter().any(|a| a.model_version == "1"),
+        "version 1 has no reference yet, so no score drift: {fired:#?}"
+    );
+    Ok(())
 }

@@ -1332,6 +1332,7 @@ impl Default for QualitySettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftSettings {
+    /// The reference of every model without its own under `models`.
     pub reference: DriftReference,
     /// Size of the reference window.
     pub reference_events: usize,
@@ -1349,6 +1350,33 @@ pub struct DriftSettings {
     pub ks_significant: f64,
     /// Per-feature overrides, by feature name.
     pub features: BTreeMap<String, FeatureDriftSettings>,
+    /// Per-model overrides (`[monitor.drift.models.<model>]`), by model name.
+    pub models: BTreeMap<String, ModelDriftSettings>,
+}
+
+impl DriftSettings {
+    /// The reference `model`'s scores (and the features it reads) are compared with.
+    pub fn reference_of(&self, model: &str) -> DriftReference {
+        self.models
+            .get(model)
+            .and_then(|m| m.reference)
+            .unwrap_or(self.reference)
+    }
+
+    /// Whether some model takes its reference from its training metadata.
+    pub fn wants_training(&self) -> bool {
+        self.reference == DriftReference::Training
+            || self
+                .models
+                .values()
+                .any(|m| m.reference == Some(DriftReference::Training))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelDriftSettings {
+    pub reference: Option<DriftReference>,
 }
 
 impl Default for DriftSettings {
@@ -1364,6 +1392,7 @@ impl Default for DriftSettings {
             psi_significant: 0.2,
             ks_significant: 0.1,
             features: BTreeMap::new(),
+            models: BTreeMap::new(),
         }
     }
 }
@@ -1374,6 +1403,9 @@ impl Default for DriftSettings {
 pub enum DriftReference {
     /// The first `reference_events` values seen.
     FirstEvents,
+    /// The distribution the model version was trained on, from its registry
+    /// metadata; the first `reference_events` values where it has none.
+    Training,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1696,6 +1728,30 @@ mod tests {
         op = ">="
         threshold = 15.0
     "#;
+
+    #[test]
+    fn drift_reference_is_first_events_unless_a_model_asks_for_training() {
+        let p = Pipeline::parse(MINIMAL, Path::new("t.toml")).expect("parses");
+        assert_eq!(
+            p.monitor.drift.reference_of("any"),
+            DriftReference::FirstEvents
+        );
+        assert!(!p.monitor.drift.wants_training());
+        let text = format!("{MINIMAL}\n[monitor.drift.models.fraud]\nreference = \"training\"\n");
+        let p = Pipeline::parse(&text, Path::new("t.toml")).expect("parses");
+        let d = &p.monitor.drift;
+        assert_eq!(d.reference_of("fraud"), DriftReference::Training);
+        assert_eq!(d.reference_of("other"), DriftReference::FirstEvents);
+        assert!(d.wants_training());
+        let text = format!("{MINIMAL}\n[monitor.drift]\nreference = \"training\"\n");
+        let p = Pipeline::parse(&text, Path::new("t.toml")).expect("parses");
+        assert_eq!(
+            p.monitor.drift.reference_of("any"),
+            DriftReference::Training
+        );
+        let text = format!("{MINIMAL}\n[monitor.drift]\nreference = \"holdout\"\n");
+        assert!(Pipeline::parse(&text, Path::new("t.toml")).is_err());
+    }
 
     #[test]
     fn label_rule_turns_a_label_event_into_a_label() {

@@ -16,7 +16,9 @@ use smartcore::linear::logistic_regression::{LogisticRegression, LogisticRegress
 
 use crate::evaluation::Holdout;
 use crate::forest::{ForestModel, ForestShape};
-use crate::scorer::{LoadedModel, ModelArtifact, ModelMeta, ModelSpec};
+use crate::scorer::{
+    LoadedModel, ModelArtifact, ModelMeta, ModelSpec, TrainingDistribution, ValueDistribution,
+};
 
 /// Labelled rows: `rows` is row-major, `inputs.len()` wide.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -242,11 +244,15 @@ pub fn train(
             trained_to_us: train_set.times.iter().copied().max().unwrap_or(0),
             training_rows: train_set.len() as u64,
             metrics: Default::default(),
+            training: None,
         },
         spec,
     };
     let model = artifact.load().map_err(|e| e.to_string())?;
-    let train_eval = evaluate(&model, &train_set);
+    let mut train_scores = Vec::with_capacity(train_set.len());
+    model.score_rows(&train_set.rows, &mut train_scores);
+    let train_eval = Holdout::of(&train_scores, &train_set.labels);
+    artifact.meta.training = Some(training_distribution(&train_set, &train_scores));
     let test_eval = evaluate(&model, &test_set);
     let m = &mut artifact.meta.metrics;
     m.insert("train_roc_auc".into(), train_eval.roc_auc);
@@ -264,6 +270,23 @@ pub fn train(
         train: train_eval,
         holdout: test_eval,
     })
+}
+
+/// Each input's distribution over the rows the model was fit on, and its scores'.
+pub fn training_distribution(data: &Dataset, scores: &[f64]) -> TrainingDistribution {
+    let w = data.inputs.len().max(1);
+    TrainingDistribution {
+        inputs: data
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(j, name)| {
+                let column = data.rows.chunks_exact(w).map(|row| row[j]);
+                (name.clone(), ValueDistribution::of(column))
+            })
+            .collect(),
+        scores: Some(ValueDistribution::of(scores.iter().copied())),
+    }
 }
 
 pub fn evaluate(model: &LoadedModel, data: &Dataset) -> Holdout {
@@ -440,6 +463,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_artifact_records_the_training_rows_distribution() {
+        let data = Dataset {
+            inputs: vec!["a".into(), "b".into()],
+            // (a, b) rows by time; the last (holdout) row is left out.
+            rows: vec![1.0, 5.0, 2.0, 5.0, 1.0, 7.0, 3.0, 5.0, 9.0, 9.0],
+            labels: vec![0.0, 1.0, 0.0, 1.0, 1.0],
+            times: vec![0, 1, 2, 3, 4],
+        };
+        let t = train(
+            &data,
+            Algorithm::Logistic { alpha: 0.1 },
+            "m",
+            "v",
+            0.5,
+            0.2,
+        )
+        .unwrap();
+        let training = t.artifact.meta.training.expect("a training distribution");
+        let a = &training.inputs["a"];
+        assert_eq!(
+            (a.count, &a.values, &a.at_or_below),
+            (4, &vec![1.0, 2.0, 3.0], &vec![2, 3, 4])
+        );
+        let b = &training.inputs["b"];
+        assert_eq!(
+            (b.count, &b.values, &b.at_or_below),
+            (4, &vec![5.0, 7.0], &vec![3, 4])
+        );
+        let scores = training.scores.expect("score distribution");
+        assert_eq!(scores.count, 4);
+        assert!(scores.values.iter().all(|s| (0.0..=1.0).contains(s)));
     }
 
     #[test]

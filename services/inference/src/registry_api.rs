@@ -70,6 +70,17 @@ impl RegistryService {
             progressive_roc_auc: progress.roc_auc,
             progressive_log_loss: progress.log_loss,
             progressive_brier: progress.brier,
+            training_inputs: meta.training.as_ref().map_or_else(Default::default, |t| {
+                t.inputs
+                    .iter()
+                    .map(|(k, d)| (k.clone(), d.to_proto()))
+                    .collect()
+            }),
+            training_scores: meta
+                .training
+                .as_ref()
+                .and_then(|t| t.scores.as_ref())
+                .map(|d| d.to_proto()),
         }
     }
 

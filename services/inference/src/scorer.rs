@@ -70,6 +70,94 @@ pub struct ModelMeta {
     /// Training and holdout metrics, e.g. `holdout_roc_auc`, `holdout_log_loss`.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// What the training data looked like, for monitor's drift reference
+    /// (absent for models not trained by `millrace train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingDistribution>,
+}
+
+/// The training data's distribution of each input and of the model's scores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingDistribution {
+    /// By input name.
+    pub inputs: BTreeMap<String, ValueDistribution>,
+    pub scores: Option<ValueDistribution>,
+}
+
+/// An empirical distribution function at a bounded number of points:
+/// `at_or_below[i]` of the `count` values are at or below `values[i]`. With at
+/// most [`Self::MAX_POINTS`] distinct values it is exact; beyond, the points are
+/// every `count / MAX_POINTS`-th value in order, exact there, each value lumped
+/// with the point at or above it. Monitor builds its drift reference from it
+/// as from a window of raw values (quantile bins, KS at every point).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValueDistribution {
+    pub count: u64,
+    pub values: Vec<f64>,
+    pub at_or_below: Vec<u64>,
+}
+
+impl ValueDistribution {
+    /// Enough for 10–20 PSI bins to fall within 0.1% of where the raw values put them.
+    pub const MAX_POINTS: usize = 1000;
+
+    /// The distribution of the finite `values` (NaN and ±∞ are left out, as monitor does).
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut sorted: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+        sorted.sort_unstable_by(f64::total_cmp);
+        // -0.0 and 0.0 are one value.
+        for v in &mut sorted {
+            if *v == 0.0 {
+                *v = 0.0;
+            }
+        }
+        let n = sorted.len();
+        let mut d = Self {
+            count: n as u64,
+            ..Default::default()
+        };
+        for (i, v) in sorted.iter().enumerate() {
+            let last_of_run = sorted.get(i + 1) != Some(v);
+            if last_of_run {
+                d.values.push(*v);
+                d.at_or_below.push(i as u64 + 1);
+            }
+        }
+        if d.values.len() > Self::MAX_POINTS {
+            d.thin(Self::MAX_POINTS);
+        }
+        d
+    }
+
+    /// Keeps at most `points` points: for each k in 1..=points, the first one
+    /// with at least ⌈k·count/points⌉ values at or below it (the last among them).
+    fn thin(&mut self, points: usize) {
+        let (n, p) = (u128::from(self.count), points.max(1) as u128);
+        // The smallest rank ⌈k·n/p⌉ above `c`.
+        let target = |c: u64| {
+            let k = u128::from(c) * p / n + 1;
+            u64::try_from((k * n).div_ceil(p)).unwrap_or(u64::MAX)
+        };
+        let (mut values, mut below) = (Vec::with_capacity(points), Vec::with_capacity(points));
+        let mut next = target(0);
+        for (v, c) in self.values.iter().zip(&self.at_or_below) {
+            if *c >= next {
+                values.push(*v);
+                below.push(*c);
+                next = target(*c);
+            }
+        }
+        self.values = values;
+        self.at_or_below = below;
+    }
+
+    pub fn to_proto(&self) -> millrace_proto::ValueDistribution {
+        millrace_proto::ValueDistribution {
+            count: self.count,
+            values: self.values.clone(),
+            at_or_below: self.at_or_below.clone(),
+        }
+    }
 }
 
 /// One model version as stored and shipped: metadata plus parameters. Its
@@ -297,5 +385,52 @@ impl std::fmt::Debug for LoadedModel {
             .field("version", &self.meta.version)
             .field("kind", &self.kind)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thinned(values: &[f64], points: usize) -> (Vec<f64>, Vec<u64>) {
+        let mut d = ValueDistribution::of(values.iter().copied());
+        d.thin(points);
+        (d.values, d.at_or_below)
+    }
+
+    #[test]
+    fn a_distribution_counts_each_distinct_value_and_skips_non_finite_ones() {
+        let d = ValueDistribution::of([3.0, 1.0, 2.0, f64::NAN, 2.0, -0.0, 0.0, f64::INFINITY]);
+        assert_eq!(d.count, 6);
+        assert_eq!(d.values, [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(d.at_or_below, [2, 3, 5, 6]);
+        assert_eq!(ValueDistribution::of([]), ValueDistribution::default());
+    }
+
+    #[test]
+    fn thinning_keeps_the_points_at_even_ranks() {
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        // ranks ⌈k·10/4⌉ = 3, 5, 8, 10
+        assert_eq!(
+            thinned(&ten, 4),
+            (vec![3.0, 5.0, 8.0, 10.0], vec![3, 5, 8, 10])
+        );
+        // One value holds ranks 2..=9: it stands for k = 1..3, then 3.0 for k = 4.
+        let heavy = [1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 3.0];
+        assert_eq!(thinned(&heavy, 4), (vec![2.0, 3.0], vec![9, 10]));
+        let many: Vec<f64> = (0..100_000).map(|i| f64::from(i % 5000)).collect();
+        let d = ValueDistribution::of(many);
+        assert_eq!(d.values.len(), ValueDistribution::MAX_POINTS);
+        assert_eq!((d.values[0], d.at_or_below[0]), (4.0, 100));
+        assert_eq!(d.at_or_below.last(), Some(&100_000));
+    }
+
+    #[test]
+    fn metadata_without_a_training_distribution_reads_as_before() {
+        let json = br#"{"name":"m","version":"1","inputs":["x"],"threshold":0.5}"#;
+        let meta: ModelMeta = serde_json::from_slice(json).expect("old metadata");
+        assert_eq!(meta.training, None);
+        let text = serde_json::to_string(&meta).expect("encode");
+        assert!(!text.contains("training\""), "{text}");
     }
 }

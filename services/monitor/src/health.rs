@@ -30,14 +30,16 @@ use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use millrace_chassis::bus::{subject, Outgoing};
-use millrace_chassis::config::{FeatureKind, MonitorMetric, MonitorSettings, QualityWindow};
+use millrace_chassis::config::{
+    DriftReference, FeatureKind, MonitorMetric, MonitorSettings, QualityWindow,
+};
 use millrace_chassis::stage::{Apply, TakeSnapshot};
 use millrace_proto::{FeatureVector, Label, Prediction};
 use opentelemetry::Context as TraceContext;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertBook, Family, Reading, Rule, Scope, Transition};
-use crate::drift::{DriftBook, DriftFigures, DriftSpec, DriftTracker};
+use crate::drift::{DriftBook, DriftFigures, DriftSpec, DriftTracker, ReferenceSource};
 use crate::input::{LabelRecord, MonitorInput, PredictionRecord, VectorRecord};
 use crate::join::{JoinLimits, Joined, LabelJoin};
 use crate::latency::{lag_seconds, quantile_of_sorted, LatencyBook, VersionLatency};
@@ -45,6 +47,7 @@ use crate::metrics::{MonitorMetrics, RecordMetrics, VersionMetrics, LATENCY_QUAN
 use crate::quality::{QualityBook, QualityFigures, QualityWindows, VersionQuality};
 use crate::report::HealthReport;
 use crate::stats::{ModelVersion, PredictionLedger};
+use crate::training::{self, TrainingMetadata};
 
 /// What monitor snapshots: every ledger, reflecting exactly the messages applied.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,7 +154,8 @@ struct Hot {
     tracked_windows: (bool, bool),
     score_spec: Option<DriftSpec>,
     score_levels: (f64, f64, f64),
-    drift_window: String,
+    /// How drift alerts describe their window: against the first values, against training data.
+    drift_window: (String, String),
     /// Sorted copies of the latency windows, kept between evaluations.
     sorted_event: Vec<f64>,
     sorted_ingest: Vec<f64>,
@@ -159,6 +163,8 @@ struct Hot {
     joined: Vec<Joined>,
     /// The unlabelled per-record series, counted locally and flushed after each batch.
     records: Option<RecordMetrics>,
+    /// Where to ask for a model version's training metadata (see [`training`]).
+    training_requests: Option<tokio::sync::mpsc::UnboundedSender<ModelVersion>>,
 }
 
 fn family_index(family: Family) -> usize {
@@ -216,9 +222,15 @@ impl HealthBoard {
         hot.score_spec = Some(drift_spec(&settings, None));
         hot.score_levels = drift_levels(&settings, None);
         hot.records = Some(metrics.records());
-        hot.drift_window = format!(
-            "over the last {} values against the first {}",
-            settings.drift.window_events, settings.drift.reference_events
+        hot.drift_window = (
+            format!(
+                "over the last {} values against the first {}",
+                settings.drift.window_events, settings.drift.reference_events
+            ),
+            format!(
+                "over the last {} values against the training data",
+                settings.drift.window_events
+            ),
         );
         let board = Self {
             state: Arc::new(state),
@@ -229,6 +241,75 @@ impl HealthBoard {
         };
         board.restore_metrics();
         board
+    }
+
+    /// Installs a version's training distributions as the references of its
+    /// score and of the features it read (those without a training reference
+    /// yet); where there are none, says so and keeps the first values.
+    pub fn install_training(&mut self, m: TrainingMetadata) {
+        let TrainingMetadata { version, answer } = m;
+        let keeps = self.settings.drift.reference_events;
+        let meta = match answer {
+            Ok(Some(meta)) => meta,
+            Ok(None) => {
+                tracing::warn!(model = %version.model, version = %version.version,
+                    "not in the model registry: its drift reference stays the first {keeps} values");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(model = %version.model, version = %version.version, error = %e,
+                    "no training metadata: its drift reference stays the first {keeps} values");
+                return;
+            }
+        };
+        let source = ReferenceSource::Training {
+            model: version.model.clone(),
+            version: version.version.clone(),
+        };
+        let mut board = self.board();
+        let i = board.version_slot_of(&version);
+        let at = board.score_tracker(i);
+        let installed = match (&meta.training_scores, board.hot.score_spec) {
+            (Some(d), Some(spec)) => training::reference(d, &spec, source.clone()),
+            (None, _) | (_, None) => Err("its metadata has no training distribution".into()),
+        };
+        match (installed, board.state.drift.scores.at_mut(at)) {
+            (Ok(reference), Some(tracker)) => {
+                tracing::info!(model = %version.model, version = %version.version,
+                    values = reference.size, "score drift against the training scores");
+                tracker.install(reference);
+                board.metrics.publish_score_reference(&version, "training");
+            }
+            (Err(e), _) => {
+                tracing::warn!(model = %version.model, version = %version.version, reason = %e,
+                    "score drift stays against the first {keeps} values");
+            }
+            (Ok(_), None) => {}
+        }
+        let mut features = 0;
+        for (name, d) in &meta.training_inputs {
+            let Some(f) = board.feature_slot(name) else {
+                continue;
+            };
+            let feature = &board.hot.features[f];
+            let Some(tracker) = board.state.drift.features.at_mut(feature.tracker) else {
+                continue;
+            };
+            if matches!(tracker.source(), ReferenceSource::Training { .. }) {
+                continue;
+            }
+            match training::reference(d, &feature.spec, source.clone()) {
+                Ok(reference) => {
+                    tracker.install(reference);
+                    features += 1;
+                }
+                Err(e) => tracing::warn!(feature = %name, model = %version.model,
+                    version = %version.version, reason = %e,
+                    "training distribution refused: drift stays against the first {keeps} values"),
+            }
+        }
+        tracing::info!(model = %version.model, version = %version.version, features,
+            "features now drifting against this version's training data");
     }
 
     /// A board with the default settings and no rules (tests, tools).
@@ -262,6 +343,8 @@ impl HealthBoard {
             if let Some(f) = &tracker.last {
                 self.metrics.publish_score_drift(version, f);
             }
+            self.metrics
+                .publish_score_reference(version, tracker.source().name());
         }
         self.publish_join();
         publish_alerts(&self.state, &self.rules, &self.metrics);
@@ -443,8 +526,30 @@ impl Board<'_> {
         }
     }
 
+    fn version_slot_of(&mut self, version: &ModelVersion) -> usize {
+        match self.hot.versions.iter().position(|s| s.version == *version) {
+            Some(i) => i,
+            None => self.new_version_slot(version.clone()),
+        }
+    }
+
     fn new_version_slot(&mut self, version: ModelVersion) -> usize {
         let state = &mut *self.state;
+        let trained = state
+            .drift
+            .scores
+            .get(&version)
+            .is_some_and(|t| matches!(t.source(), ReferenceSource::Training { .. }));
+        self.metrics
+            .publish_score_reference(&version, if trained { "training" } else { "first_events" });
+        if !trained && self.settings.drift.reference_of(&version.model) == DriftReference::Training
+        {
+            if let Some(requests) = &self.hot.training_requests {
+                tracing::info!(model = %version.model, version = %version.version,
+                    "asking the model registry for its training distribution");
+                let _ = requests.send(version.clone());
+            }
+        }
         let slot = VersionSlot {
             metrics: self.metrics.version(&version),
             stats: state.predictions.position_or_insert(&version),
@@ -486,10 +591,7 @@ impl Board<'_> {
             return Some(*i);
         }
         let version = self.state.join.version(id)?.clone();
-        let i = match self.hot.versions.iter().position(|s| s.version == version) {
-            Some(i) => i,
-            None => self.new_version_slot(version),
-        };
+        let i = self.version_slot_of(&version);
         self.hot.versions[i].join = Some(id);
         let at = id as usize;
         if self.hot.by_join.len() <= at {
@@ -635,19 +737,8 @@ impl Board<'_> {
         let Some(spec) = self.hot.score_spec else {
             return;
         };
+        let at = self.score_tracker(i);
         let slot = &mut self.hot.versions[i];
-        let at = match slot.score {
-            Some(at) => at,
-            None => {
-                let at = self.state.drift.scores.position_or_insert(
-                    &slot.version,
-                    ModelVersion::clone,
-                    DriftTracker::default,
-                );
-                slot.score = Some(at);
-                at
-            }
-        };
         let Some(tracker) = self.state.drift.scores.at_mut(at) else {
             return;
         };
@@ -655,12 +746,17 @@ impl Board<'_> {
             return;
         };
         let position = tracker.observed;
+        let trained = matches!(tracker.source(), ReferenceSource::Training { .. });
         self.metrics.publish_score_drift(&slot.version, &figures);
         if !self.hot.families[family_index(Family::ScoreDrift)] {
             return;
         }
         let (_, psi_level, ks_level) = self.hot.score_levels;
-        let window = &self.hot.drift_window;
+        let window = if trained {
+            &self.hot.drift_window.1
+        } else {
+            &self.hot.drift_window.0
+        };
         let scope = Scope {
             family: Family::ScoreDrift,
             model: &slot.version.model,
@@ -684,6 +780,23 @@ impl Board<'_> {
             trace,
             out,
         );
+    }
+
+    /// Position of version slot `i`'s score tracker, made on first need.
+    fn score_tracker(&mut self, i: usize) -> usize {
+        let slot = &mut self.hot.versions[i];
+        match slot.score {
+            Some(at) => at,
+            None => {
+                let at = self.state.drift.scores.position_or_insert(
+                    &slot.version,
+                    ModelVersion::clone,
+                    DriftTracker::default,
+                );
+                slot.score = Some(at);
+                at
+            }
+        }
     }
 
     fn label(&mut self, l: &LabelRecord, trace: &TraceContext, out: &mut Vec<Outgoing>) {
@@ -860,6 +973,7 @@ impl Board<'_> {
                 continue;
             };
             let position = tracker.observed;
+            let trained = matches!(tracker.source(), ReferenceSource::Training { .. });
             self.metrics.publish_feature_drift(
                 &feature.name,
                 &figures,
@@ -869,7 +983,11 @@ impl Board<'_> {
                 continue;
             }
             let (_, psi_level, ks_level) = feature.levels;
-            let window = &self.hot.drift_window;
+            let window = if trained {
+                &self.hot.drift_window.1
+            } else {
+                &self.hot.drift_window.0
+            };
             let scope = Scope {
                 family: Family::FeatureDrift,
                 model: "",
@@ -1022,6 +1140,14 @@ impl Actor for HealthBoard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(REFRESH, |board, _| board.refresh());
+        // The fetcher lives and dies with the board that asks it.
+        if self.settings.drift.wants_training() {
+            let url = training::inference_url();
+            tracing::info!(%url, "drift references from training metadata in the model registry");
+            let (requests, asked) = tokio::sync::mpsc::unbounded_channel();
+            self.hot.training_requests = Some(requests);
+            actix::spawn(training::fetch_training(url, asked, ctx.address()));
+        }
     }
 }
 
@@ -1030,6 +1156,14 @@ impl Handler<Apply<MonitorInput>> for HealthBoard {
 
     fn handle(&mut self, Apply(batch): Apply<MonitorInput>, _: &mut Self::Context) -> Self::Result {
         self.apply_all(batch.iter().map(|d| (&d.message, &d.trace)))
+    }
+}
+
+impl Handler<TrainingMetadata> for HealthBoard {
+    type Result = ();
+
+    fn handle(&mut self, m: TrainingMetadata, _: &mut Self::Context) {
+        self.install_training(m);
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`quality`]: accuracy, precision, recall, ROC AUC, log loss, Brier, calibration over windows.
 //! - [`drift`]: reference vs window per feature and per model score: [`drift::psi`], [`drift::ks`].
 //! - [`latency`]: event→prediction and ingest→prediction windows, per-stage throughput.
+//! - [`training`]: a model version's training distribution as its drift reference, fetched from the registry.
 //! - [`alerts`]: rules from `[[monitor.alerts]]`, hysteresis, deterministic alert ids.
 //! - [`metrics`]: the Prometheus view; [`report`]: the health answer; [`api`]: gRPC and HTTP.
 //! - `main.rs` (the binary) wires config, NATS, the actor, the stage loop, gRPC and HTTP.
@@ -29,3 +30,4 @@ pub mod metrics;
 pub mod quality;
 pub mod report;
 pub mod stats;
+pub mod training;

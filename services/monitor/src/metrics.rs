@@ -144,6 +144,7 @@ pub struct MonitorMetrics {
     feature_severity: IntGaugeVec,
     score_psi: GaugeVec,
     score_ks: GaugeVec,
+    score_reference: IntGaugeVec,
     latency_window: GaugeVec,
     stage_rate: GaugeVec,
     alerts_firing: IntGaugeVec,
@@ -420,6 +421,12 @@ impl MonitorMetrics {
                 "Kolmogorov-Smirnov statistic of a model version's scores against its reference.",
                 VERSION,
             ),
+            score_reference: int_gauge_vec(
+                metrics,
+                "monitor_score_drift_reference",
+                "1 for the reference a model version's score drift is measured against: first_events or training.",
+                &["model", "model_version", "reference"],
+            ),
             latency_window: gauge_vec(
                 metrics,
                 "monitor_latency_window_seconds",
@@ -554,6 +561,16 @@ impl MonitorMetrics {
         let labels = [version.model.as_str(), version.version.as_str()];
         set_or_remove(&self.score_psi, &labels, f.psi);
         set_or_remove(&self.score_ks, &labels, f.ks);
+    }
+
+    /// Which reference a version's score drift uses (`first_events` or `training`).
+    pub fn publish_score_reference(&self, version: &ModelVersion, reference: &str) {
+        for r in ["first_events", "training"] {
+            let labels = [version.model.as_str(), version.version.as_str(), r];
+            self.score_reference
+                .with_label_values(&labels)
+                .set(i64::from(r == reference));
+        }
     }
 
     /// `quantiles[hop][i]` for the hops `event_to_prediction` and `ingest_to_prediction`.

@@ -79,6 +79,11 @@ pub struct DriftReport {
     pub observed: u64,
     /// Values in the reference so far (complete at `drift.reference_events`).
     pub reference: usize,
+    /// Where the reference comes from: "first_events" or "training".
+    pub reference_from: &'static str,
+    /// The model version whose training data it is, as "model/version".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_version: Option<String>,
     pub window: usize,
     pub psi: Option<f64>,
     pub ks: Option<f64>,
@@ -247,6 +252,7 @@ impl HealthReport {
                         brier: q.brier,
                         label_positive_rate: q.label_positive_rate,
                         score_psi: m.score_drift.psi,
+                        score_reference: m.score_drift.reference_from.into(),
                         event_to_prediction_p99_seconds: m
                             .latency
                             .event_to_prediction_seconds
@@ -265,6 +271,13 @@ fn drift_report(tracker: Option<&crate::drift::DriftTracker>) -> DriftReport {
     DriftReport {
         observed: tracker.map_or(0, |t| t.observed),
         reference: tracker.map_or(0, |t| t.reference_size()),
+        reference_from: tracker.map_or("first_events", |t| t.source().name()),
+        reference_version: tracker.and_then(|t| match t.source() {
+            crate::drift::ReferenceSource::Training { model, version } => {
+                Some(format!("{model}/{version}"))
+            }
+            crate::drift::ReferenceSource::FirstEvents => None,
+        }),
         window: tracker.map_or(0, |t| t.window_size()),
         psi: tracker.and_then(|t| t.last).and_then(|f| f.psi),
         ks: tracker.and_then(|t| t.last).and_then(|f| f.ks),

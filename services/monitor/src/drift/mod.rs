@@ -1,6 +1,7 @@
 //! Drift of a value's distribution (a feature, or a model version's score)
-//! against a reference window: the first `reference_events` values, frozen
-//! once complete, then compared with a sliding window of the last
+//! against a reference: the first `reference_events` values, frozen once
+//! complete, or a model version's training distribution from its metadata
+//! ([`Reference::from_steps`]); compared with a sliding window of the last
 //! `window_events` values every `evaluate_every` values.
 //!
 //! The reference fixes the bins once: numeric values by the reference's
@@ -21,7 +22,7 @@
 pub mod ks;
 pub mod psi;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Range;
 
 use millrace_chassis::config::FeatureKind;
@@ -49,10 +50,22 @@ impl Binning {
     /// Edges at the `bins`-quantiles of `sorted`, without repeats and without one
     /// at the minimum (a bin below every reference value would only be empty).
     pub fn quantiles(sorted: &[f64], bins: usize) -> Self {
+        let steps = Steps::of_sorted(sorted);
+        Self::quantiles_of(&steps, bins)
+    }
+
+    /// [`Self::quantiles`] of the values the steps describe: the k-th edge is
+    /// the value at index ⌊k·n/bins⌋ of them in order.
+    fn quantiles_of(steps: &Steps, bins: usize) -> Self {
         let mut edges: Vec<f64> = Vec::with_capacity(bins);
-        if let Some(&min) = sorted.first() {
+        let n = u128::from(steps.size());
+        if let Some(&min) = steps.distinct.first() {
             for k in 1..bins.max(1) {
-                let edge = sorted[k * sorted.len() / bins];
+                let i = (k as u128 * n / bins as u128) as u64;
+                let j = steps.cumulative.partition_point(|c| *c <= i);
+                let Some(&edge) = steps.distinct.get(j) else {
+                    break;
+                };
                 if edge > min && edges.last().is_none_or(|last| edge > *last) {
                     edges.push(edge);
                 }
@@ -63,12 +76,13 @@ impl Binning {
 
     /// The `max` most frequent values (ties broken by the smaller value).
     pub fn categories(values: &[f64], max: usize) -> Self {
-        let mut counts: HashMap<u64, (f64, u64)> = HashMap::new();
-        for v in values {
-            let v = canonical(*v);
-            counts.entry(v.to_bits()).or_insert((v, 0)).1 += 1;
-        }
-        let mut by_count: Vec<(f64, u64)> = counts.into_values().collect();
+        let mut sorted: Vec<f64> = values.iter().map(|v| canonical(*v)).collect();
+        sorted.sort_unstable_by(f64::total_cmp);
+        Self::categories_of(&Steps::of_sorted(&sorted), max)
+    }
+
+    fn categories_of(steps: &Steps, max: usize) -> Self {
+        let mut by_count: Vec<(f64, u64)> = steps.masses().collect();
         by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.total_cmp(&b.0)));
         let mut kept: Vec<f64> = by_count
             .into_iter()
@@ -109,6 +123,72 @@ impl Binning {
     }
 }
 
+/// An empirical distribution function at its steps: `cumulative[j]` values
+/// are at or below `distinct[j]` (ascending, finite).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Steps {
+    pub distinct: Vec<f64>,
+    pub cumulative: Vec<u64>,
+}
+
+impl Steps {
+    fn of_sorted(sorted: &[f64]) -> Self {
+        let mut steps = Self::default();
+        for (i, v) in sorted.iter().enumerate() {
+            match steps.distinct.last() {
+                Some(last) if last == v => {
+                    if let Some(c) = steps.cumulative.last_mut() {
+                        *c = i as u64 + 1;
+                    }
+                }
+                _ => {
+                    steps.distinct.push(*v);
+                    steps.cumulative.push(i as u64 + 1);
+                }
+            }
+        }
+        steps
+    }
+
+    /// Checks steps that came from outside (a model's metadata).
+    pub fn new(distinct: Vec<f64>, cumulative: Vec<u64>) -> Result<Self, String> {
+        if distinct.len() != cumulative.len() {
+            return Err(format!(
+                "{} values but {} cumulative counts",
+                distinct.len(),
+                cumulative.len()
+            ));
+        }
+        let distinct: Vec<f64> = distinct.into_iter().map(canonical).collect();
+        if let Some(v) = distinct.iter().find(|v| !v.is_finite()) {
+            return Err(format!("value {v} is not finite"));
+        }
+        if distinct.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("values are not strictly ascending".into());
+        }
+        if cumulative.first() == Some(&0) || cumulative.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("cumulative counts are not positive and strictly ascending".into());
+        }
+        Ok(Self {
+            distinct,
+            cumulative,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// Each distinct value with how many values equal it.
+    fn masses(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let below = std::iter::once(0).chain(self.cumulative.iter().copied());
+        self.distinct
+            .iter()
+            .zip(self.cumulative.iter().zip(below))
+            .map(|(v, (at, below))| (*v, at - below))
+    }
+}
+
 /// -0.0 is 0.0 as a category.
 fn canonical(v: f64) -> f64 {
     if v == 0.0 {
@@ -118,9 +198,30 @@ fn canonical(v: f64) -> f64 {
     }
 }
 
+/// Where a reference came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReferenceSource {
+    /// The first `reference_events` values observed.
+    #[default]
+    FirstEvents,
+    /// The data this model version was trained on (its registry metadata).
+    Training { model: String, version: String },
+}
+
+impl ReferenceSource {
+    /// As the health report and the metrics name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::FirstEvents => "first_events",
+            Self::Training { .. } => "training",
+        }
+    }
+}
+
 /// The frozen reference window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reference {
+    pub source: ReferenceSource,
     pub kind: FeatureKind,
     /// How many values it holds.
     pub size: u64,
@@ -187,26 +288,39 @@ impl Guide {
 }
 
 impl Reference {
+    /// The reference of the first values observed.
     pub fn freeze(mut values: Vec<f64>, spec: &DriftSpec) -> Self {
-        values.sort_unstable_by(f64::total_cmp);
-        let binning = match spec.kind {
-            FeatureKind::Numeric => Binning::quantiles(&values, spec.bins),
-            FeatureKind::Categorical => Binning::categories(&values, spec.max_categories),
-        };
-        let counts = binning.counts(&values);
-        let (mut distinct, mut cumulative) = (Vec::new(), Vec::new());
-        if spec.kind == FeatureKind::Numeric {
-            for (i, v) in values.iter().enumerate() {
-                if distinct.last() == Some(v) {
-                    if let Some(c) = cumulative.last_mut() {
-                        *c = i as u64 + 1;
-                    }
-                } else {
-                    distinct.push(*v);
-                    cumulative.push(i as u64 + 1);
-                }
-            }
+        for v in &mut values {
+            *v = canonical(*v);
         }
+        values.sort_unstable_by(f64::total_cmp);
+        Self::from_steps(
+            Steps::of_sorted(&values),
+            spec,
+            ReferenceSource::FirstEvents,
+        )
+    }
+
+    /// The reference whose values the steps describe, binned as
+    /// [`Self::freeze`] bins the same values.
+    pub fn from_steps(steps: Steps, spec: &DriftSpec, source: ReferenceSource) -> Self {
+        let binning = match spec.kind {
+            FeatureKind::Numeric => Binning::quantiles_of(&steps, spec.bins),
+            FeatureKind::Categorical => Binning::categories_of(&steps, spec.max_categories),
+        };
+        let mut counts = vec![0; binning.len()];
+        for (v, mass) in steps.masses() {
+            counts[binning.bin_of(v)] += mass;
+        }
+        let size = steps.size();
+        // Categories need no steps: no KS, and the bins are the buckets.
+        let Steps {
+            distinct,
+            cumulative,
+        } = match spec.kind {
+            FeatureKind::Numeric => steps,
+            FeatureKind::Categorical => Steps::default(),
+        };
         let bucket_bins = match spec.kind {
             // Gap j holds values strictly below distinct[j] and above distinct[j-1];
             // every edge is a reference value, so the bin is fixed per bucket.
@@ -233,8 +347,9 @@ impl Reference {
         };
         let guide = Guide::build(&distinct);
         Self {
+            source,
             kind: spec.kind,
-            size: values.len() as u64,
+            size,
             distinct,
             cumulative,
             binning,
@@ -422,6 +537,24 @@ impl DriftTracker {
         };
         self.last = Some(figures);
         Some(figures)
+    }
+
+    /// Compares from now on with `reference` (a model's training data) instead
+    /// of the first values. What the window held was placed against the
+    /// reference it replaces, so the window starts over.
+    pub fn install(&mut self, reference: Reference) {
+        self.filling = Vec::new();
+        self.window.clear();
+        self.after_reference = 0;
+        self.last = None;
+        self.reference = Some(reference);
+        self.recount();
+    }
+
+    /// Where the reference comes from (`FirstEvents` while it fills).
+    pub fn source(&self) -> &ReferenceSource {
+        const FILLING: &ReferenceSource = &ReferenceSource::FirstEvents;
+        self.reference.as_ref().map_or(FILLING, |r| &r.source)
     }
 
     /// Counts the window per bucket and per bin from scratch (a new reference, a load).
