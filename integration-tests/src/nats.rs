@@ -473,9 +473,10 @@ pub struct Quiet {
     pub busy_consumers: Vec<String>,
 }
 
-/// Waits until the pipeline has stopped moving: every consumer on `streams` has been
-/// delivered everything and holds no unacknowledged message, and the record counts did
-/// not change between two looks. Returns the counts.
+/// Waits until the pipeline has stopped moving: every service's (durable) consumer on
+/// `streams` has been delivered everything and holds no unacknowledged message, and the
+/// record counts did not change between two looks. Returns the counts. The tests' own
+/// readers are ephemeral and ignored: they linger until the server reaps them.
 pub async fn wait_idle(
     js: &jetstream::Context,
     streams: &[&str],
@@ -515,7 +516,8 @@ async fn observe_quiet(js: &jetstream::Context, streams: &[&str]) -> Result<Quie
             .await
             .with_context(|| format!("stream {name}: consumers"))?;
         for info in infos {
-            if info.num_pending > 0 || info.num_ack_pending > 0 {
+            let service = info.config.durable_name.is_some();
+            if service && (info.num_pending > 0 || info.num_ack_pending > 0) {
                 quiet.busy_consumers.push(format!(
                     "{name}/{}: {} pending, {} unacked",
                     info.name, info.num_pending, info.num_ack_pending
