@@ -38,21 +38,52 @@ pub const ORDERS_AMOUNT_WEIGHT: f64 = 0.01;
 /// a model `fraud` v1 reading `[customer_orders, amount]`.
 pub fn orders_pipeline_toml() -> String {
     format!(
-        r#"[pipeline]
-name = "test"
-partitions = 4
+        "[pipeline]\nname = \"test\"\npartitions = 4\n\n{}",
+        orders_sections(false)
+    )
+}
 
-[events.order_placed]
+/// The `order_placed` schema, the `customer_orders` feature and the `fraud` model; when
+/// `labelled`, orders carry an `order_id` and `order_outcome` events label them.
+fn orders_sections(labelled: bool) -> String {
+    let (order_id, label) = if labelled {
+        (
+            "[events.order_placed.fields.order_id]\ntype = \"string\"\nrequired = true\n",
+            r#"
+[events.order_outcome]
+key_field = "order_id"
+label = true
+[events.order_outcome.fields.order_id]
+type = "string"
+required = true
+[events.order_outcome.fields.chargeback]
+type = "double"
+required = true
+
+[label]
+event = "order_outcome"
+key_field = "order_id"
+scored_key_field = "order_id"
+value_field = "chargeback"
+op = ">="
+threshold = 1.0
+"#,
+        )
+    } else {
+        ("", "")
+    };
+    format!(
+        r#"[events.order_placed]
 key_field = "customer"
 score = true
 [events.order_placed.fields.customer]
 type = "string"
 required = true
-[events.order_placed.fields.amount]
+{order_id}[events.order_placed.fields.amount]
 type = "double"
 required = true
 min = 0.0
-
+{label}
 [[features]]
 name = "customer_orders"
 source = "order_placed"
@@ -591,49 +622,5 @@ pub fn order_placed_v2_with_coupon() -> EventSchema {
 /// v1 scores higher amounts as riskier. Tests prepend their `[pipeline]` table and append
 /// their own sections (`[model.online]`, `[monitor.*]`).
 pub fn labelled_orders_sections() -> String {
-    r#"[events.order_placed]
-key_field = "customer"
-score = true
-[events.order_placed.fields.customer]
-type = "string"
-required = true
-[events.order_placed.fields.order_id]
-type = "string"
-required = true
-[events.order_placed.fields.amount]
-type = "double"
-required = true
-min = 0.0
-
-[events.order_outcome]
-key_field = "order_id"
-label = true
-[events.order_outcome.fields.order_id]
-type = "string"
-required = true
-[events.order_outcome.fields.chargeback]
-type = "double"
-required = true
-
-[label]
-event = "order_outcome"
-key_field = "order_id"
-scored_key_field = "order_id"
-value_field = "chargeback"
-op = ">="
-threshold = 1.0
-
-[[features]]
-name = "customer_orders"
-source = "order_placed"
-entity = "customer"
-aggregation = "count"
-
-[model]
-name = "fraud"
-version = "1"
-intercept = -2.0
-inputs = [{ name = "customer_orders", weight = 0.1 }, { name = "amount", weight = 0.01 }]
-"#
-    .to_string()
+    orders_sections(true)
 }
