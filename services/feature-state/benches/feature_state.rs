@@ -22,8 +22,11 @@ use millrace_chassis::metrics::Metrics;
 use millrace_chassis::partition::partition_of;
 use millrace_chassis::snapshot::SnapshotStore;
 use millrace_feature_state::{Applied, EncodedState, FeatureSpec, FeatureStore};
+use millrace_integration_tests::monitor::process_cpu_seconds;
 use millrace_integration_tests::service::{Service, ServiceProcess, ServiceSettings};
-use millrace_integration_tests::{http_get, metric_value, metrics, test_dir, NatsServer};
+use millrace_integration_tests::{
+    http_get, metric_value, metrics, test_dir, NatsServer, BATCH_HEADER,
+};
 use millrace_proto::{EnrichedEvent, Event, Value};
 use prost::Message;
 
@@ -400,59 +403,100 @@ fn main() -> Result<()> {
         })?;
         drop(dir);
     }
-    // 3. End to end over NATS.
-    let e2e = scale(200_000);
-    let (raw, scored) = runtime.block_on(one_pipeline(e2e, true, DEFAULT_CADENCE, true, false))?;
-    let (_, unscored) =
-        runtime.block_on(one_pipeline(e2e, false, DEFAULT_CADENCE, false, false))?;
-    let (_, relaxed) = runtime.block_on(one_pipeline(e2e, true, RELAXED_CADENCE, false, false))?;
-    let (raw_enriched, alone) =
-        runtime.block_on(one_pipeline(e2e, true, DEFAULT_CADENCE, true, true))?;
-    let (_, alone_relaxed) =
-        runtime.block_on(one_pipeline(e2e, true, RELAXED_CADENCE, false, true))?;
-    row(
-        "raw JetStream consume of EVENTS",
-        format!("{raw:.0} msg/s"),
-        &format!("{e2e} events; pull consumer, no acks, 512 per batch: the baseline"),
-    );
-    row(
-        "end to end: enrich + feature-state, every event scored",
-        format!("{scored:.0} events/s"),
-        &format!(
-            "{:.0}% of raw consume (target ≥ 50%); snapshots every 1 s / 10k events (the defaults)",
-            100.0 * scored / raw
+    // 3. End to end over NATS. FS_BENCH_E2E_RUNS picks runs (comma-separated names
+    // below), FS_BENCH_E2E_N the size, FS_BENCH_PERF a directory for `perf record`
+    // of each process during the measured stretch (FS_BENCH_PERF_ARGS its options).
+    let e2e = std::env::var("FS_BENCH_E2E_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(scale(200_000));
+    let wanted = std::env::var("FS_BENCH_E2E_RUNS").unwrap_or_default();
+    let runs: [(&str, &str, bool, Cadence, bool); 5] = [
+        (
+            "scored",
+            "end to end: enrich + feature-state, every event scored",
+            true,
+            DEFAULT_CADENCE,
+            false,
         ),
-    );
-    row(
-        "end to end: same, no event scored (no FEATURES publish)",
-        format!("{unscored:.0} events/s"),
-        &format!("{:.0}% of raw consume", 100.0 * unscored / raw),
-    );
-    row(
-        "end to end: every event scored, snapshots every 10 s",
-        format!("{relaxed:.0} events/s"),
-        &format!("{:.0}% of raw consume", 100.0 * relaxed / raw),
-    );
-    row(
-        "raw JetStream consume of ENRICHED",
-        format!("{raw_enriched:.0} msg/s"),
-        "the same events as enrich publishes them",
-    );
-    row(
-        "feature-state alone over ENRICHED, every event scored",
-        format!("{alone:.0} events/s"),
-        &format!(
-            "{:.0}% of raw consume of ENRICHED; snapshots every 1 s / 10k events",
-            100.0 * alone / raw_enriched
+        (
+            "unscored",
+            "end to end: same, no event scored (no FEATURES publish)",
+            false,
+            DEFAULT_CADENCE,
+            false,
         ),
-    );
-    row(
-        "feature-state alone, snapshots every 10 s",
-        format!("{alone_relaxed:.0} events/s"),
-        &format!(
-            "{:.0}% of raw consume of ENRICHED",
-            100.0 * alone_relaxed / raw_enriched
+        (
+            "relaxed",
+            "end to end: every event scored, snapshots every 10 s",
+            true,
+            RELAXED_CADENCE,
+            false,
         ),
+        (
+            "alone",
+            "feature-state alone over ENRICHED, every event scored",
+            true,
+            DEFAULT_CADENCE,
+            true,
+        ),
+        (
+            "alone_relaxed",
+            "feature-state alone, snapshots every 10 s",
+            true,
+            RELAXED_CADENCE,
+            true,
+        ),
+    ];
+    let load_before = load_average();
+    let (mut raw_events, mut raw_enriched) = (None, None);
+    for (name, what, scored, cadence, alone) in runs {
+        if !wanted.is_empty() && !wanted.split(',').any(|w| w.trim() == name) {
+            continue;
+        }
+        let raw_known = if alone { raw_enriched } else { raw_events };
+        let run = runtime.block_on(one_pipeline(e2e, scored, cadence, raw_known, alone, name))?;
+        if raw_known.is_none() {
+            let (stream, slot) = match alone {
+                true => ("ENRICHED", &mut raw_enriched),
+                false => ("EVENTS", &mut raw_events),
+            };
+            *slot = Some(run.raw);
+            row(
+                &format!("raw JetStream consume of {stream}"),
+                format!("{:.0} msg/s", run.raw),
+                &format!(
+                    "{e2e} messages of one event; pull consumer, no acks, 512 per batch: the baseline{}",
+                    if alone { " (as enrich would publish them, one per message)" } else { "" }
+                ),
+            );
+        }
+        row(
+            what,
+            format!("{:.0} events/s", run.through),
+            &format!(
+                "{:.0}% of raw consume{}; CPU µs per event: {}nats-server {:.1}, feature-state {:.1}{}; load {}",
+                100.0 * run.through / run.raw,
+                match (alone, cadence == DEFAULT_CADENCE) {
+                    (false, true) => " (target ≥ 50%); snapshots every 1 s / 10k events (the defaults)",
+                    (true, true) => " of ENRICHED; snapshots every 1 s / 10k events",
+                    (true, false) => " of ENRICHED",
+                    (false, false) => "",
+                },
+                run.cpu_us[0].map_or(String::new(), |e| format!("enrich {e:.1}, ")),
+                run.cpu_us[2].unwrap_or(f64::NAN),
+                run.cpu_us[1].unwrap_or(f64::NAN),
+                match scored {
+                    true => format!(", {} vectors in FEATURES", run.vectors),
+                    false => String::new(),
+                },
+                run.load,
+            ),
+        );
+    }
+    eprintln!(
+        "load average (1, 5, 15 min) before the end-to-end runs: {load_before}; after: {}",
+        load_average()
     );
 
     let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
@@ -497,17 +541,135 @@ type Cadence = (&'static str, &'static str);
 const DEFAULT_CADENCE: Cadence = ("1000", "10000");
 const RELAXED_CADENCE: Cadence = ("10000", "100000000");
 
+/// `/proc/loadavg`'s first three fields: whether others shared the machine meanwhile.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// What one end-to-end run measured.
+struct E2eRun {
+    /// Raw consume of the input stream, msg/s (measured, or the earlier run's).
+    raw: f64,
+    /// Events per second from the first output the first stage stored to the last
+    /// vector in FEATURES (unscored: until feature-state counted the last event).
+    through: f64,
+    /// CPU µs per event over the run: enrich, feature-state, nats-server.
+    cpu_us: [Option<f64>; 3],
+    vectors: u64,
+    load: String,
+}
+
+/// CPU seconds used so far by each process (`None` where there is none).
+fn cpu_now(pids: [Option<u32>; 3]) -> [Option<f64>; 3] {
+    pids.map(|pid| pid.and_then(|p| process_cpu_seconds(p).ok()))
+}
+
+/// `perf record` attached to the processes, when FS_BENCH_PERF names a directory.
+struct Perf(Vec<std::process::Child>);
+
+impl Perf {
+    fn attach(run: &str, processes: &[(&str, Option<u32>)]) -> Result<Self> {
+        let Some(dir) = std::env::var_os("FS_BENCH_PERF") else {
+            return Ok(Self(Vec::new()));
+        };
+        let args = std::env::var("FS_BENCH_PERF_ARGS").unwrap_or_else(|_| "-F 999 -g".into());
+        let mut children = Vec::new();
+        for (name, pid) in processes {
+            let Some(pid) = pid else { continue };
+            let out = std::path::Path::new(&dir).join(format!("{run}-{name}.data"));
+            children.push(
+                std::process::Command::new("perf")
+                    .arg("record")
+                    .args(args.split_whitespace())
+                    .arg("-o")
+                    .arg(&out)
+                    .arg("-p")
+                    .arg(pid.to_string())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .context("starting perf record")?,
+            );
+        }
+        Ok(Self(children))
+    }
+
+    /// SIGINT, so each perf writes its file out.
+    fn stop(self) -> Result<()> {
+        for mut child in self.0 {
+            std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+/// Unix nanoseconds of a point in time.
+fn unix_nanos(t: std::time::SystemTime) -> i128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// Records in FEATURES (items of batches count one each) and when the last was stored.
+async fn features_stored(js: &async_nats::jetstream::Context) -> Result<(u64, i128)> {
+    let mut stream = js.get_stream("FEATURES").await?;
+    let last = stream.info().await?.state.last_sequence;
+    if last == 0 {
+        return Ok((0, 0));
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            headers_only: true,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let (mut records, mut newest) = (0, 0);
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        .await
+        .context("FEATURES stopped delivering")?
+    {
+        let msg = msg?;
+        records += msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(BATCH_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .unwrap_or(1);
+        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        newest = newest.max(info.published.unix_timestamp_nanos());
+        if info.stream_sequence >= last {
+            break;
+        }
+    }
+    Ok((records, newest))
+}
+
+/// When the first message of `stream` was stored (Unix ns).
+async fn first_stored(js: &async_nats::jetstream::Context, stream: &str) -> Result<i128> {
+    let mut stream = js.get_stream(stream).await?;
+    let first = stream.info().await?.state.first_sequence;
+    let msg = stream.get_raw_message(first).await?;
+    Ok(msg.time.unix_timestamp_nanos())
+}
+
 /// Starts both services on an empty broker (so they provision their streams) and stops
-/// them; publishes `n` events to EVENTS as ingest would; optionally measures a raw
-/// consume of them; then restarts the services with `cadence` and measures the time until
-/// feature-state has applied all `n`.
+/// them; publishes `n` events to EVENTS as ingest would; measures a raw consume of them
+/// unless `raw` is known already; then restarts the services with `cadence` and measures
+/// from the first ENRICHED batch stored to the last FEATURES vector stored (alone: from
+/// feature-state's restart), with the CPU each process spent meanwhile.
 async fn one_pipeline(
     n: usize,
     scored: bool,
     cadence: Cadence,
-    measure_raw: bool,
+    raw: Option<f64>,
     alone: bool,
-) -> Result<(f64, f64)> {
+    run: &str,
+) -> Result<E2eRun> {
     let nats = NatsServer::start().await?;
     let dir = test_dir("fs-bench-e2e")?;
     let pipeline_path = dir.path().join("pipeline.toml");
@@ -567,37 +729,69 @@ async fn one_pipeline(
         oldest.await?;
     }
 
-    let mut raw = 0.0;
-    if measure_raw {
-        let stream = js.get_stream(stream).await?;
-        let consumer = stream
-            .create_consumer(consumer::pull::Config {
-                ack_policy: consumer::AckPolicy::None,
-                ..Default::default()
-            })
-            .await?;
-        let started = Instant::now();
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(512)
-            .messages()
-            .await?;
-        let mut seen = 0;
-        while seen < n {
-            match messages.next().await {
-                Some(Ok(_)) => seen += 1,
-                Some(Err(e)) => bail!("raw consume: {e}"),
-                None => bail!("raw consume ended at {seen}"),
+    let raw = match raw {
+        Some(raw) => raw,
+        None => {
+            let stream = js.get_stream(stream).await?;
+            let ack_policy = match std::env::var("FS_BENCH_RAW_ACK").as_deref() {
+                Ok("all") => consumer::AckPolicy::All,
+                _ => consumer::AckPolicy::None,
+            };
+            let consumer = stream
+                .create_consumer(consumer::pull::Config {
+                    ack_policy,
+                    max_ack_pending: 1_000_000,
+                    ..Default::default()
+                })
+                .await?;
+            let nats_cpu = nats.pid().and_then(|p| process_cpu_seconds(p).ok());
+            let started = Instant::now();
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(512)
+                .messages()
+                .await?;
+            let mut seen = 0;
+            while seen < n {
+                match messages.next().await {
+                    Some(Ok(_)) => seen += 1,
+                    Some(Err(e)) => bail!("raw consume: {e}"),
+                    None => bail!("raw consume ended at {seen}"),
+                }
             }
+            let raw = n as f64 / started.elapsed().as_secs_f64();
+            if let (Some(before), Some(after)) = (
+                nats_cpu,
+                nats.pid().and_then(|p| process_cpu_seconds(p).ok()),
+            ) {
+                eprintln!(
+                    "    raw consume: {raw:.0} msg/s, nats-server {:.2} µs CPU per message ({ack_policy:?})",
+                    (after - before) * 1e6 / n as f64
+                );
+            }
+            raw
         }
-        raw = n as f64 / started.elapsed().as_secs_f64();
-    }
+    };
 
     feature_state.restart().await?;
+    let restarted = std::time::SystemTime::now();
+    let load_before = load_average();
+    let pids = |enrich: &ServiceProcess, fs: &ServiceProcess| {
+        [enrich.pid().filter(|_| !alone), fs.pid(), nats.pid()]
+    };
+    let cpu_before = cpu_now(pids(&enrich, &feature_state));
     let started = Instant::now();
     if !alone {
         enrich.restart().await?;
     }
+    let perf = Perf::attach(
+        run,
+        &[
+            ("enrich", enrich.pid().filter(|_| !alone)),
+            ("feature-state", feature_state.pid()),
+            ("nats-server", nats.pid()),
+        ],
+    )?;
     loop {
         let text = metrics(feature_state.http_addr()).await.unwrap_or_default();
         let consumed =
@@ -614,16 +808,51 @@ async fn one_pipeline(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let through = n as f64 / started.elapsed().as_secs_f64();
+    let counted = std::time::SystemTime::now();
+    let cpu_after = cpu_now(pids(&enrich, &feature_state));
+    perf.stop()?;
+    let (mut vectors, mut last_vector) = (0, 0);
+    if scored {
+        // The last batches may still be on their way to the store.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vectors < n as u64 && Instant::now() < deadline {
+            (vectors, last_vector) = features_stored(&js).await?;
+        }
+    }
+    let load = load_average();
+    let from = match alone {
+        true => unix_nanos(restarted),
+        false => first_stored(&js, "ENRICHED").await?,
+    };
+    let to = match scored {
+        true => last_vector,
+        false => unix_nanos(counted),
+    };
+    let through = n as f64 / ((to - from).max(1) as f64 / 1e9);
+    let mut cpu_us = [None; 3];
+    for (i, slot) in cpu_us.iter_mut().enumerate() {
+        if let (Some(a), Some(b)) = (cpu_before[i].or(Some(0.0)), cpu_after[i]) {
+            *slot = Some((b - a) * 1e6 / n as f64);
+        }
+    }
     let text = metrics(feature_state.http_addr()).await.unwrap_or_default();
     let batches = metric_value(&text, "millrace_feature_state_batches_total", &[]).unwrap_or(0.0);
     eprintln!(
-        "    feature-state applied {n} events in {batches} batches ({:.1} per batch)",
+        "    {run}: feature-state applied {n} events in {batches} batches ({:.1} per batch); {vectors} vectors; load {load_before} → {load}",
         n as f64 / batches.max(1.0)
     );
+    if scored && vectors != n as u64 {
+        bail!("FEATURES holds {vectors} vectors for {n} scored events");
+    }
     if !alone {
         enrich.kill().await?;
     }
     feature_state.kill().await?;
-    Ok((raw, through))
+    Ok(E2eRun {
+        raw,
+        through,
+        cpu_us,
+        vectors,
+        load: format!("{load_before} → {load}"),
+    })
 }
