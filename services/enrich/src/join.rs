@@ -3,16 +3,16 @@
 //! pipeline names onto it, and answers what to publish (the enriched event, or
 //! a dead letter naming the rule or the missing reference).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use actix::{Actor, Context, Handler};
+use bytes::Bytes;
 use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::{EnrichSettings, JoinDef, OnMissing, TableDef};
 use millrace_chassis::metrics::Metrics;
-use millrace_chassis::stage::{Apply, TakeSnapshot};
-use millrace_proto::{DeadLetter, EnrichedEvent, Event, Value};
-use prometheus::{IntCounterVec, IntGauge};
-use prost::Message as _;
+use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot};
+use millrace_proto::{DeadLetter, Event, Value};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
 
 use crate::rules::Filters;
@@ -26,14 +26,39 @@ pub struct EnrichState {
 }
 
 /// What became of one event.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Enriched(EnrichedEvent),
-    /// Refused: machine-readable reason and the sentence for people.
-    Refused {
-        reason: String,
-        message: String,
-    },
+    Enriched(millrace_proto::EnrichedEvent),
+    Refused(Refusal),
+}
+
+/// Why an event is not enriched: machine-readable reason and the sentence for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: String,
+    pub message: String,
+}
+
+/// An EVENTS record, decoded for the rules and joins and kept as received, so
+/// the enriched record embeds the producer's bytes rather than encoding the
+/// event again (and a dead letter carries exactly what was sent).
+pub struct Incoming {
+    pub event: Event,
+    pub raw: Bytes,
+}
+
+impl StageInput for Incoming {
+    fn decode(_source: usize, payload: Bytes) -> Result<Self, prost::DecodeError> {
+        Ok(Self {
+            event: prost::Message::decode(payload.clone())?,
+            raw: payload,
+        })
+    }
+
+    fn event_id(&self) -> &str {
+        &self.event.event_id
+    }
 }
 
 pub struct Enricher {
@@ -45,6 +70,8 @@ pub struct Enricher {
     dropped: IntCounterVec,
     join_misses: IntCounterVec,
     table_rows: IntGauge,
+    /// `enriched`'s child per event type, looked up once (types are few).
+    enriched_by_type: Vec<(String, IntCounter)>,
 }
 
 impl Enricher {
@@ -84,6 +111,7 @@ impl Enricher {
                 "enrich_reference_rows",
                 "Rows held in the reference tables, all versions.",
             ),
+            enriched_by_type: Vec::new(),
         };
         enricher.update_rows_gauge();
         Ok(enricher)
@@ -95,16 +123,31 @@ impl Enricher {
     }
 
     /// Filters, feeds the tables, joins.
+    #[cfg(test)]
     pub fn enrich(&mut self, event: Event, now_us: i64) -> Outcome {
-        if let Some(rule) = self.filters.dropping(&event) {
+        match self.judge(&event) {
+            Ok(joined) => Outcome::Enriched(millrace_proto::EnrichedEvent {
+                event_id: event.event_id.clone(),
+                event: Some(event),
+                joined,
+                enrich_time_us: now_us,
+            }),
+            Err(refusal) => Outcome::Refused(refusal),
+        }
+    }
+
+    /// Filters, feeds the tables, joins: the values joined onto the event, or
+    /// why it is refused. Counts the event as enriched when it is.
+    fn judge(&mut self, event: &Event) -> Result<HashMap<String, Value>, Refusal> {
+        if let Some(rule) = self.filters.dropping(event) {
             self.dropped.with_label_values(&[rule.name.as_str()]).inc();
-            return Outcome::Refused {
+            return Err(Refusal {
                 reason: format!("filter:{}", rule.name),
                 message: format!(
                     "event {} ({}): dropped by filter rule `{}`",
                     event.event_id, event.r#type, rule.name
                 ),
-            };
+            });
         }
         for def in self.tables.iter().filter(|t| t.source == event.r#type) {
             let Some(key) = event.fields.get(&def.key).and_then(Value::key_text) else {
@@ -119,7 +162,7 @@ impl Enricher {
                 table.upsert(key, event.event_time_us, row);
             }
         }
-        let mut joined = std::collections::HashMap::new();
+        let mut joined = HashMap::new();
         for join in self.joins.iter().filter(|j| j.event == event.r#type) {
             let row = event
                 .fields
@@ -155,30 +198,38 @@ impl Enricher {
                         .get(&join.on)
                         .and_then(Value::key_text)
                         .unwrap_or_default();
-                    return Outcome::Refused {
+                    return Err(Refusal {
                         reason: "missing_reference".into(),
                         message: format!(
                             "event {} ({}): no `{}` row for {} = \"{key}\"",
                             event.event_id, event.r#type, join.table, join.on
                         ),
-                    };
+                    });
                 }
             }
         }
-        *self
-            .state
-            .enriched_by_type
-            .entry(event.r#type.clone())
-            .or_default() += 1;
-        self.enriched
-            .with_label_values(&[event.r#type.as_str()])
-            .inc();
-        Outcome::Enriched(EnrichedEvent {
-            event_id: event.event_id.clone(),
-            event: Some(event),
-            joined,
-            enrich_time_us: now_us,
-        })
+        self.count_enriched(&event.r#type);
+        Ok(joined)
+    }
+
+    fn count_enriched(&mut self, event_type: &str) {
+        match self.state.enriched_by_type.get_mut(event_type) {
+            Some(n) => *n += 1,
+            None => {
+                self.state
+                    .enriched_by_type
+                    .insert(event_type.to_string(), 1);
+            }
+        }
+        match self.enriched_by_type.iter().find(|(t, _)| t == event_type) {
+            Some((_, counter)) => counter.inc(),
+            None => {
+                let counter = self.enriched.with_label_values(&[event_type]);
+                counter.inc();
+                self.enriched_by_type
+                    .push((event_type.to_string(), counter));
+            }
+        }
     }
 
     fn miss(&self, join: &JoinDef, what: &str) {
@@ -192,30 +243,32 @@ impl Actor for Enricher {
     type Context = Context<Self>;
 }
 
-impl Handler<Apply<Event>> for Enricher {
+impl Handler<Apply<Incoming>> for Enricher {
     type Result = Vec<Outgoing>;
 
-    fn handle(&mut self, Apply(batch): Apply<Event>, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Apply(batch): Apply<Incoming>, _: &mut Self::Context) -> Self::Result {
         let now = millrace_chassis::time::now_us();
         let out = batch
             .into_iter()
             .map(|d| {
-                let partition = d.message.partition;
-                let original = d.message.clone();
-                match self.enrich(d.message, now) {
-                    Outcome::Enriched(enriched) => {
-                        let id = format!("enrich:{}", enriched.event_id);
-                        Outgoing::new(subject::enriched(partition), id, &enriched, d.trace)
-                    }
-                    Outcome::Refused { reason, message } => {
-                        let id = format!("dlq:enrich:{reason}:{}", original.event_id);
+                let Incoming { event, raw } = d.message;
+                match self.judge(&event) {
+                    Ok(joined) => Outgoing {
+                        subject: subject::enriched(event.partition),
+                        msg_id: format!("enrich:{}", event.event_id),
+                        payload: Bytes::from(encode_enriched(&event.event_id, &raw, joined, now)),
+                        trace: d.trace,
+                        headers: Vec::new(),
+                    },
+                    Err(Refusal { reason, message }) => {
+                        let id = format!("dlq:enrich:{reason}:{}", event.event_id);
                         let letter = DeadLetter {
                             stage: "enrich".into(),
                             reason,
                             message,
-                            event_id: original.event_id.clone(),
-                            event_type: original.r#type.clone(),
-                            payload: original.encode_to_vec(),
+                            event_id: event.event_id,
+                            event_type: event.r#type,
+                            payload: raw.to_vec(),
                             time_us: now,
                         };
                         Outgoing::new(subject::dlq("enrich"), id, &letter, d.trace)
@@ -226,6 +279,39 @@ impl Handler<Apply<Event>> for Enricher {
         self.update_rows_gauge();
         out
     }
+}
+
+/// The `EnrichedEvent` of an event received as `raw`, byte for byte what
+/// prost encodes for it (fields in number order), without encoding the event again.
+fn encode_enriched(
+    event_id: &str,
+    raw: &[u8],
+    joined: HashMap<String, Value>,
+    enrich_time_us: i64,
+) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, hash_map, int64, message, string, WireType};
+    let mut buf = Vec::with_capacity(event_id.len() + raw.len() + 24 + 32 * joined.len());
+    if !event_id.is_empty() {
+        encode_key(1, WireType::LengthDelimited, &mut buf);
+        encode_varint(event_id.len() as u64, &mut buf);
+        buf.extend_from_slice(event_id.as_bytes());
+    }
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(raw.len() as u64, &mut buf);
+    buf.extend_from_slice(raw);
+    hash_map::encode(
+        string::encode,
+        string::encoded_len,
+        message::encode,
+        message::encoded_len,
+        3,
+        &joined,
+        &mut buf,
+    );
+    if enrich_time_us != 0 {
+        int64::encode(4, &enrich_time_us, &mut buf);
+    }
+    buf
 }
 
 impl Handler<TakeSnapshot<EnrichState>> for Enricher {
@@ -240,6 +326,8 @@ impl Handler<TakeSnapshot<EnrichState>> for Enricher {
 mod tests {
     use super::*;
     use millrace_chassis::config::{FilterRule, Literal};
+    use millrace_proto::EnrichedEvent;
+    use prost::Message as _;
 
     fn settings(on_missing: OnMissing) -> EnrichSettings {
         EnrichSettings {
@@ -303,7 +391,7 @@ mod tests {
     fn joined(outcome: &Outcome) -> BTreeMap<String, Value> {
         match outcome {
             Outcome::Enriched(e) => e.joined.clone().into_iter().collect(),
-            Outcome::Refused { reason, .. } => panic!("refused: {reason}"),
+            Outcome::Refused(Refusal { reason, .. }) => panic!("refused: {reason}"),
         }
     }
 
@@ -408,7 +496,7 @@ mod tests {
         )
         .expect("valid");
         match e.enrich(flight, 0) {
-            Outcome::Refused { reason, message } => {
+            Outcome::Refused(Refusal { reason, message }) => {
                 assert_eq!(reason, "missing_reference");
                 assert!(
                     message.contains("no `planes` row for tailnum = \"N9\""),
@@ -432,9 +520,46 @@ mod tests {
             0,
         );
         assert!(
-            matches!(outcome, Outcome::Refused { ref reason, .. } if reason == "filter:no_tailnum"),
+            matches!(outcome, Outcome::Refused(Refusal { ref reason, .. }) if reason == "filter:no_tailnum"),
             "{outcome:?}"
         );
         assert!(e.state.enriched_by_type.is_empty());
+    }
+
+    #[test]
+    fn the_enriched_record_embeds_the_received_bytes_as_prost_would_encode_them() {
+        let event = event(
+            "f1",
+            "flight",
+            7,
+            &[
+                ("tailnum", Value::string("N1")),
+                ("distance", Value::int(1400)),
+            ],
+        );
+        let raw = event.encode_to_vec();
+        // (event id, joined values, enrich time)
+        type Case<'a> = (&'a str, &'a [(&'a str, Value)], i64);
+        let cases: [Case; 4] = [
+            ("f1", &[], 99),
+            ("f1", &[("plane_seats", Value::int(180))], 99),
+            ("", &[], 0),
+            ("f1", &[("weather_temp", Value::double(-3.5))], -1),
+        ];
+        for (id, joined, time) in cases {
+            let joined: HashMap<String, Value> = joined
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            let expected = EnrichedEvent {
+                event_id: id.into(),
+                event: Some(event.clone()),
+                joined: joined.clone(),
+                enrich_time_us: time,
+            };
+            let got = encode_enriched(id, &raw, joined, time);
+            assert_eq!(got, expected.encode_to_vec(), "{id:?} {time}");
+            assert_eq!(prost::Message::decode(got.as_slice()).ok(), Some(expected));
+        }
     }
 }
