@@ -3,6 +3,7 @@
 //! hands its state over for snapshots and answers the gRPC API's lookups.
 
 use actix::{Actor, Context, Handler, Message, MessageResult};
+use bytes::Bytes;
 use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::stage::{Apply, TakeSnapshot};
 use millrace_proto::{DeadLetter, EnrichedEvent, EntityFeatures};
@@ -16,11 +17,16 @@ pub const STAGE: &str = "feature-state";
 
 pub struct FeatureStoreActor {
     store: FeatureStore,
+    /// Size of the last vector encoded, to size the next batch's buffer.
+    vector_bytes: usize,
 }
 
 impl FeatureStoreActor {
     pub fn new(store: FeatureStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            vector_bytes: 0,
+        }
     }
 }
 
@@ -38,24 +44,34 @@ impl Handler<Apply<EnrichedEvent>> for FeatureStoreActor {
     ) -> Self::Result {
         let now = millrace_chassis::time::now_us();
         self.store.metrics.batches.inc();
+        // Every vector of the batch in one buffer, each record a slice of it.
+        let mut encoded = Vec::with_capacity(self.vector_bytes * batch.len());
+        let mut vectors = Vec::new();
         let mut out = Vec::new();
         for d in batch {
-            match self.store.apply(&d.message, now) {
-                Applied::OnTime(Some(vector)) => {
-                    let id = format!("features:{}", vector.event_id);
-                    out.push(Outgoing::new(
-                        subject::features(vector.partition),
-                        id,
-                        &vector,
-                        d.trace,
-                    ));
-                }
+            let start = encoded.len();
+            match self.store.apply_encoded(&d.message, now, &mut encoded) {
+                Applied::OnTime(Some(())) => vectors.push((start..encoded.len(), d)),
                 Applied::OnTime(None) | Applied::Empty => {}
                 Applied::Late { watermark_us } => {
                     out.push(late_letter(&d.message, watermark_us, now, d.trace));
                 }
             }
         }
+        if let Some((last, _)) = vectors.last() {
+            self.vector_bytes = last.len();
+        }
+        let encoded = Bytes::from(encoded);
+        out.extend(vectors.into_iter().map(|(range, d)| {
+            let partition = d.message.event.as_ref().map_or(0, |e| e.partition);
+            Outgoing {
+                subject: subject::features(partition),
+                msg_id: format!("features:{}", d.message.event_id),
+                payload: encoded.slice(range),
+                trace: d.trace,
+                headers: Vec::new(),
+            }
+        }));
         self.store.report_watermarks();
         out
     }

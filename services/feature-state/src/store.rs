@@ -6,7 +6,7 @@
 //! online lookups. Plain state: the actor in [`crate::actor`] drives it and
 //! the stage loop snapshots what [`FeatureStore::snapshot`] encodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use millrace_chassis::config::{EntityKey, FeatureDef, FeatureStateSettings, Pipeline};
 use millrace_chassis::filter::Expr;
@@ -14,7 +14,7 @@ use millrace_chassis::metrics::Metrics;
 use millrace_chassis::partition::{fnv1a64, partition_of};
 use millrace_proto::value::Kind;
 use millrace_proto::{
-    EnrichedEvent, EntityFeatures, Event, FeatureStatus, FeatureValue, FeatureVector, Value,
+    EnrichedEvent, EntityFeatures, Event, FeatureStatus, FeatureValue, FeatureVector,
 };
 
 use crate::aggregate::Observation;
@@ -64,6 +64,8 @@ pub(crate) struct Feature {
     /// Changes whenever the definition does: a snapshot's column is restored only into
     /// a feature with the same fingerprint.
     pub fingerprint: u64,
+    /// The `names` entry of a FeatureVector holding its name, encoded once.
+    pub name_field: Vec<u8>,
 }
 
 /// The entity kinds and features one event type feeds.
@@ -72,20 +74,39 @@ struct Route {
     features: Vec<usize>,
 }
 
-/// What applying one event did.
+/// What applying one event did; `V` is the vector ([`FeatureStore::apply`]),
+/// or `()` when it was encoded into a buffer ([`FeatureStore::apply_encoded`]).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Applied {
+pub enum Applied<V = FeatureVector> {
     /// Applied; with its vector when the event type is scored.
-    OnTime(Option<FeatureVector>),
+    OnTime(Option<V>),
     /// Older than its partition's watermark: nothing applied, nothing scored.
     Late { watermark_us: i64 },
     /// An enriched event without an event: nothing to do.
     Empty,
 }
 
+/// Why an event was not applied.
+#[derive(Clone, Copy)]
+enum NotApplied {
+    Late { watermark_us: i64 },
+    Empty,
+}
+
+impl<V> From<NotApplied> for Applied<V> {
+    fn from(not: NotApplied) -> Self {
+        match not {
+            NotApplied::Late { watermark_us } => Applied::Late { watermark_us },
+            NotApplied::Empty => Applied::Empty,
+        }
+    }
+}
+
 /// Where a scored event's entity of one kind stands.
 #[derive(Clone, Copy)]
 enum KindRow {
+    /// Not looked up yet for this event.
+    Unknown,
     /// The event does not carry the kind's fields.
     NoKey,
     Absent,
@@ -109,6 +130,10 @@ pub struct FeatureStore {
     text: String,
     pending: Vec<(usize, Observation)>,
     kind_rows: Vec<KindRow>,
+    /// The field a label names, as an entity key (`label_key_field`).
+    label_key: Option<EntityKey>,
+    /// A vector's feature readings (feature index, value), reused.
+    readings: Vec<(usize, f64)>,
     /// Size of the last snapshot, to size the next one's buffer.
     pub(crate) last_snapshot_len: usize,
     pub(crate) last_sweep: Option<std::time::Instant>,
@@ -145,6 +170,7 @@ impl FeatureStore {
                     }
                 }),
                 fingerprint: fingerprint(def, &spec.settings),
+                name_field: string_field(NAMES_TAG, &def.name),
             });
             columns_per_kind[kind] += 1;
         }
@@ -179,7 +205,12 @@ impl FeatureStore {
                 .collect(),
             ttl_us: spec.settings.entity_ttl.as_micros(),
             watermarks: Watermarks::new(spec.settings.allowed_lateness.as_micros()),
-            kind_rows: vec![KindRow::NoKey; kinds.len()],
+            kind_rows: vec![KindRow::Unknown; kinds.len()],
+            label_key: spec
+                .label_key_field
+                .as_deref()
+                .and_then(|field| EntityKey::new(vec![field.to_string()]).ok()),
+            readings: Vec::new(),
             spec,
             features,
             kinds,
@@ -205,14 +236,104 @@ impl FeatureStore {
     /// Applies one event to every feature it feeds; returns its point-in-time
     /// vector when its type is scored. The vector includes this event.
     pub fn apply(&mut self, enriched: &EnrichedEvent, now_us: i64) -> Applied {
+        let event = match self.update(enriched) {
+            Ok(event) => event,
+            Err(not) => return not.into(),
+        };
+        if !self.is_scored(&event.r#type) {
+            return Applied::OnTime(None);
+        }
+        let own = self.read_vector(enriched, event);
+        let label_key = self.label_key_of(enriched, event).to_string();
+        let mut names = Vec::with_capacity(self.readings.len() + own.len());
+        let mut values = Vec::with_capacity(self.readings.len() + own.len());
+        for &(f, x) in &self.readings {
+            names.push(self.features[f].def.name.clone());
+            values.push(x);
+        }
+        for (name, x) in own {
+            names.push(name.to_string());
+            values.push(x);
+        }
+        Applied::OnTime(Some(FeatureVector {
+            label_key,
+            event_id: enriched.event_id.clone(),
+            event_type: event.r#type.clone(),
+            entity_key: event.key.clone(),
+            partition: event.partition,
+            event_time_us: event.event_time_us,
+            ingest_time_us: event.ingest_time_us,
+            feature_time_us: now_us,
+            names,
+            values,
+        }))
+    }
+
+    /// [`Self::apply`], appending the vector's protobuf encoding to `out`
+    /// instead of building it: the same bytes, without a `String` per name.
+    pub fn apply_encoded(
+        &mut self,
+        enriched: &EnrichedEvent,
+        now_us: i64,
+        out: &mut Vec<u8>,
+    ) -> Applied<()> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let event = match self.update(enriched) {
+            Ok(event) => event,
+            Err(not) => return not.into(),
+        };
+        if !self.is_scored(&event.r#type) {
+            return Applied::OnTime(None);
+        }
+        let own = self.read_vector(enriched, event);
+        // Fields in number order, defaults left out, as prost encodes them.
+        put_string(out, 1, &enriched.event_id);
+        put_string(out, 2, &event.r#type);
+        put_string(out, 3, &event.key);
+        put_int(out, 4, u64::from(event.partition));
+        put_int(out, 5, event.event_time_us as u64);
+        put_int(out, 6, event.ingest_time_us as u64);
+        put_int(out, 7, now_us as u64);
+        for &(f, _) in &self.readings {
+            out.extend_from_slice(&self.features[f].name_field);
+        }
+        for (name, _) in &own {
+            encode_key(NAMES_TAG, WireType::LengthDelimited, out);
+            encode_varint(name.len() as u64, out);
+            out.extend_from_slice(name.as_bytes());
+        }
+        let count = self.readings.len() + own.len();
+        if count > 0 {
+            encode_key(9, WireType::LengthDelimited, out);
+            encode_varint(8 * count as u64, out);
+            for &(_, x) in &self.readings {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            for (_, x) in &own {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        let label_key = self.label_key_of(enriched, event);
+        put_string(out, 10, label_key);
+        Applied::OnTime(Some(()))
+    }
+
+    fn is_scored(&self, event_type: &str) -> bool {
+        self.spec.scored_types.iter().any(|s| s == event_type)
+    }
+
+    /// Updates every feature the event feeds; the event, or what became of it
+    /// when it could not be applied. Notes the rows it touched in `kind_rows`.
+    fn update<'e>(&mut self, enriched: &'e EnrichedEvent) -> Result<&'e Event, NotApplied> {
         let Some(event) = enriched.event.as_ref() else {
-            return Applied::Empty;
+            return Err(NotApplied::Empty);
         };
         let t = event.event_time_us;
         if let Verdict::Late { watermark_us } = self.watermarks.observe(event.partition, t) {
             self.metrics.late.inc();
-            return Applied::Late { watermark_us };
+            return Err(NotApplied::Late { watermark_us });
         }
+        self.kind_rows.fill(KindRow::Unknown);
         let floor = self.watermarks.floor();
         let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
         let tiebreak = fnv1a64(enriched.event_id.as_bytes());
@@ -220,9 +341,12 @@ impl FeatureStore {
         if let Some(routes) = self.routes.get(&event.r#type) {
             for route in routes {
                 if !self.kinds[route.kind].write_key(lookup, &mut self.key) {
+                    self.kind_rows[route.kind] = KindRow::NoKey;
                     continue;
                 }
                 self.pending.clear();
+                // Features of one route mostly read the same few fields: look each up once.
+                let mut last_field: Option<(&str, Option<&Kind>)> = None;
                 for &f in &route.features {
                     let feature = &self.features[f];
                     if let Some(filter) = &feature.filter {
@@ -237,7 +361,15 @@ impl FeatureStore {
                         tiebreak,
                     };
                     if let Some(field) = &feature.def.field {
-                        let Some(kind) = lookup(field).and_then(|v| v.kind.as_ref()) else {
+                        let kind = match last_field {
+                            Some((name, kind)) if name == field => kind,
+                            _ => {
+                                let kind = lookup(field).and_then(|v| v.kind.as_ref());
+                                last_field = Some((field, kind));
+                                kind
+                            }
+                        };
+                        let Some(kind) = kind else {
                             continue;
                         };
                         if feature.def.aggregation
@@ -263,23 +395,29 @@ impl FeatureStore {
                     table.add(row, *column, obs);
                 }
                 table.evict(row, floor);
+                self.kind_rows[route.kind] = KindRow::Row { partition, row };
                 updates += self.pending.len() as u64;
             }
         }
         self.metrics.updates.inc_by(updates);
-        if !self.spec.scored_types.iter().any(|s| s == &event.r#type) {
-            return Applied::OnTime(None);
-        }
-        Applied::OnTime(Some(self.vector(enriched, event, now_us)))
+        Ok(event)
     }
 
-    /// Every feature whose entity the event names, read at the event's time (in
-    /// pipeline order; a feature with no value in its window is left out), then
-    /// the event's own numeric fields and joined values, by name.
-    fn vector(&mut self, enriched: &EnrichedEvent, event: &Event, now_us: i64) -> FeatureVector {
+    /// Reads every feature whose entity the event names at the event's time
+    /// into `readings` (in pipeline order; a feature with no value in its
+    /// window is left out); answers the event's own numeric fields and joined
+    /// values, by name.
+    fn read_vector<'e>(
+        &mut self,
+        enriched: &'e EnrichedEvent,
+        event: &'e Event,
+    ) -> Vec<(&'e str, f64)> {
         let t = event.event_time_us;
         let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
         for (k, kind) in self.kinds.iter().enumerate() {
+            if !matches!(self.kind_rows[k], KindRow::Unknown) {
+                continue;
+            }
             self.kind_rows[k] = if !kind.write_key(lookup, &mut self.key) {
                 KindRow::NoKey
             } else {
@@ -290,13 +428,10 @@ impl FeatureStore {
                 }
             };
         }
-        let own: BTreeMap<&String, &Value> =
-            event.fields.iter().chain(enriched.joined.iter()).collect();
-        let mut names = Vec::with_capacity(self.features.len() + own.len());
-        let mut values = Vec::with_capacity(self.features.len() + own.len());
-        for f in &self.features {
+        self.readings.clear();
+        for (i, f) in self.features.iter().enumerate() {
             let reading = match self.kind_rows[f.kind] {
-                KindRow::NoKey => continue,
+                KindRow::NoKey | KindRow::Unknown => continue,
                 KindRow::Absent => {
                     self.partitions[0].tables[f.kind].columns()[f.column].read_absent()
                 }
@@ -305,35 +440,29 @@ impl FeatureStore {
                 }
             };
             if let Some(x) = reading.as_f64() {
-                names.push(f.def.name.clone());
-                values.push(x);
+                self.readings.push((i, x));
             }
         }
-        for (name, value) in own {
+        // By name; a joined value wins over an event field of the same name.
+        let mut own: Vec<(&str, f64)> =
+            Vec::with_capacity(event.fields.len() + enriched.joined.len());
+        for (name, value) in event.fields.iter().chain(enriched.joined.iter()) {
+            own.retain(|(n, _)| *n != name.as_str());
             if let Some(x) = value.as_f64() {
-                names.push(name.clone());
-                values.push(x);
+                own.push((name.as_str(), x));
             }
         }
+        own.sort_by(|a, b| a.0.cmp(b.0));
         self.metrics.vectors.inc();
-        let label_key = self
-            .spec
-            .label_key_field
-            .as_deref()
-            .and_then(|field| EntityKey::new(vec![field.to_string()]).ok())
-            .and_then(|k| k.key_of(lookup))
-            .unwrap_or_else(|| enriched.event_id.clone());
-        FeatureVector {
-            label_key,
-            event_id: enriched.event_id.clone(),
-            event_type: event.r#type.clone(),
-            entity_key: event.key.clone(),
-            partition: event.partition,
-            event_time_us: t,
-            ingest_time_us: event.ingest_time_us,
-            feature_time_us: now_us,
-            names,
-            values,
+        own
+    }
+
+    /// The label key of a scored event: the field a label names, or its id.
+    fn label_key_of<'a>(&'a mut self, enriched: &'a EnrichedEvent, event: &'a Event) -> &'a str {
+        let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
+        match &self.label_key {
+            Some(key) if key.write_key(lookup, &mut self.text) => &self.text,
+            _ => &enriched.event_id,
         }
     }
 
@@ -439,6 +568,35 @@ impl FeatureStore {
     }
 }
 
+/// `FeatureVector.names`' field number.
+const NAMES_TAG: u32 = 8;
+
+/// A string field as prost encodes it (nothing for an empty string).
+fn put_string(out: &mut Vec<u8>, tag: u32, value: &str) {
+    if !value.is_empty() {
+        out.extend_from_slice(&string_field(tag, value));
+    }
+}
+
+/// An integer field as prost encodes it (nothing for 0; negatives in ten bytes).
+fn put_int(out: &mut Vec<u8>, tag: u32, value: u64) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    if value != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(value, out);
+    }
+}
+
+/// One entry of a string field, empty or not (as a repeated field holds it).
+fn string_field(tag: u32, value: &str) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let mut out = Vec::with_capacity(value.len() + 6);
+    encode_key(tag, WireType::LengthDelimited, &mut out);
+    encode_varint(value.len() as u64, &mut out);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
 /// A numeric field's value (bools as 0/1); `None` for strings.
 fn numeric(kind: &Kind) -> Option<f64> {
     match kind {
@@ -488,6 +646,8 @@ fn fingerprint(def: &FeatureDef, settings: &FeatureStateSettings) -> u64 {
 mod tests {
     use super::*;
     use millrace_chassis::config::{Aggregation, EventDuration, WindowDef};
+    use millrace_proto::Value;
+    use prost::Message as _;
 
     const MIN: i64 = 60_000_000;
 
@@ -1044,6 +1204,84 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains(expected), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn encoded_vectors_are_the_bytes_prost_encodes_for_the_vector() {
+        let features = || {
+            vec![
+                feature(
+                    "origin_flights",
+                    &["origin"],
+                    Aggregation::Count,
+                    None,
+                    WindowDef::Lifetime,
+                ),
+                feature(
+                    "route_mean_distance",
+                    &["origin", "dest"],
+                    Aggregation::Mean,
+                    Some("distance"),
+                    WindowDef::Lifetime,
+                ),
+                feature(
+                    "tail_max_distance",
+                    &["tailnum"],
+                    Aggregation::Max,
+                    Some("distance"),
+                    WindowDef::Lifetime,
+                ),
+                feature(
+                    "origin_dests",
+                    &["origin"],
+                    Aggregation::DistinctCount,
+                    Some("dest"),
+                    WindowDef::Tumbling { size: minutes(60) },
+                ),
+            ]
+        };
+        let mut joined = flight("j", "JFK", "LAX", 100.0, 3, 2);
+        joined.joined = [
+            ("distance".to_string(), Value::double(-7.5)),
+            ("weather_temp".to_string(), Value::int(-4)),
+            ("weather_sky".to_string(), Value::string("clear")),
+        ]
+        .into();
+        let mut unlabelled = flight("u", "EWR", "SFO", 5.0, 4, 0);
+        if let Some(e) = unlabelled.event.as_mut() {
+            e.fields.remove("flight_id");
+            e.ingest_time_us = -3;
+        }
+        let events = [
+            flight("a", "JFK", "LAX", 2475.0, 0, 1),
+            flight("b", "JFK", "SFO", 2586.0, 1, 1),
+            joined,
+            unlabelled,
+            flight("late", "JFK", "LAX", 1.0, -100, 1),
+            flight("c", "JFK", "LAX", 2475.0, 90, 3),
+        ];
+        for label in [Some("flight_id"), None] {
+            let mut spec = spec(features());
+            spec.label_key_field = label.map(str::to_string);
+            let mut built = FeatureStore::new(spec.clone(), &Metrics::new());
+            let mut encoded = FeatureStore::new(spec, &Metrics::new());
+            for (i, e) in events.iter().enumerate() {
+                let mut out = vec![0xff];
+                let got = encoded.apply_encoded(e, i as i64 * 1000, &mut out);
+                match built.apply(e, i as i64 * 1000) {
+                    Applied::OnTime(Some(v)) => {
+                        assert_eq!(got, Applied::OnTime(Some(())), "{}", e.event_id);
+                        assert_eq!(out[1..], v.encode_to_vec(), "{} {label:?}", e.event_id);
+                    }
+                    Applied::OnTime(None) => assert_eq!(got, Applied::OnTime(None)),
+                    Applied::Late { watermark_us } => {
+                        assert_eq!(got, Applied::Late { watermark_us }, "{}", e.event_id);
+                        assert_eq!(out, [0xff], "nothing written for a late event");
+                    }
+                    Applied::Empty => assert_eq!(got, Applied::Empty),
+                }
+            }
         }
     }
 }
