@@ -101,8 +101,10 @@ pub fn pack(
 ) -> Vec<Outgoing> {
     let prefix = stream.subject_prefix();
     let mut subjects: Vec<(String, Vec<BatchItem>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
     let mut others = Vec::new();
+    // Records of one input message share a subject, and a stage writes a few
+    // subjects: the last one used, then a scan, beats hashing every record's.
+    let mut last = 0;
     for out in outputs {
         if !in_stream(&out.subject, prefix) {
             others.push(out);
@@ -112,10 +114,17 @@ pub fn pack(
             payload: out.payload,
             traceparent: telemetry::traceparent(&out.trace).unwrap_or_default(),
         };
-        match index.get(&out.subject) {
-            Some(&i) => subjects[i].1.push(item),
+        let found = match subjects.get(last) {
+            Some((subject, _)) if *subject == out.subject => Some(last),
+            _ => subjects.iter().position(|(s, _)| *s == out.subject),
+        };
+        match found {
+            Some(i) => {
+                subjects[i].1.push(item);
+                last = i;
+            }
             None => {
-                index.insert(out.subject.clone(), subjects.len());
+                last = subjects.len();
                 subjects.push((out.subject, vec![item]));
             }
         }
