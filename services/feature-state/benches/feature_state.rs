@@ -478,7 +478,8 @@ fn main() -> Result<()> {
                 "{:.0}% of raw consume{}; CPU µs per event: {}nats-server {:.1}, feature-state {:.1}{}; load {}",
                 100.0 * run.through / run.raw,
                 match (alone, cadence == DEFAULT_CADENCE) {
-                    (false, true) => " (target ≥ 50%); snapshots every 1 s / 10k events (the defaults)",
+                    (false, true) if scored => " (target ≥ 50%); snapshots every 1 s / 10k events (the defaults)",
+                    (false, true) => "; snapshots every 1 s / 10k events (the defaults)",
                     (true, true) => " of ENRICHED; snapshots every 1 s / 10k events",
                     (true, false) => " of ENRICHED",
                     (false, false) => "",
