@@ -405,7 +405,8 @@ fn main() -> Result<()> {
     }
     // 3. End to end over NATS. FS_BENCH_E2E_RUNS picks runs (comma-separated names
     // below), FS_BENCH_E2E_N the size, FS_BENCH_PERF a directory for `perf record`
-    // of each process during the measured stretch (FS_BENCH_PERF_ARGS its options).
+    // of each process during the measured stretch (FS_BENCH_PERF_ARGS its options),
+    // FS_BENCH_STOP=term stops the services with SIGTERM instead of SIGKILL.
     let e2e = std::env::var("FS_BENCH_E2E_N")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -845,10 +846,15 @@ async fn one_pipeline(
     if scored && vectors != n as u64 {
         bail!("FEATURES holds {vectors} vectors for {n} scored events");
     }
-    if !alone {
-        enrich.kill().await?;
+    // FS_BENCH_STOP=term: SIGTERM, so a profiler wrapping a service writes its output.
+    let graceful = std::env::var("FS_BENCH_STOP").is_ok_and(|v| v == "term");
+    for process in [&mut enrich, &mut feature_state] {
+        match (process.is_running(), graceful) {
+            (false, _) => {}
+            (true, true) => drop(process.terminate().await?),
+            (true, false) => process.kill().await?,
+        }
     }
-    feature_state.kill().await?;
     Ok(E2eRun {
         raw,
         through,
