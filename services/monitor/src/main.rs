@@ -41,8 +41,9 @@ async fn run() -> anyhow::Result<()> {
     // One stage over the three streams: its snapshot is the whole state with
     // the last sequence applied from each stream (see `input`).
     // Messages per pull and per chunk: FEATURES and PREDICTIONS messages are
-    // batches of up to 128 records, so 64 of them is 8k records decoded at once,
-    // where 512 held about 35 MiB more at the peak for no gain in rate.
+    // batches of at most 512 KiB, so 64 of them bounds what is decoded at once;
+    // 512 held about 35 MiB more at the peak for no gain in rate (measured with
+    // batches of 128 records).
     let spec = svc.stage_spec(input::SNAPSHOT_KEY, input::sources(), None, 64);
     let (state, resume) = stage::load_state::<MonitorState>(&svc.store, &spec)?;
     tracing::info!(resume = ?resume.0, rules = rules.len(), "monitor state loaded");
