@@ -169,6 +169,14 @@ fn board() -> HealthBoard {
 /// Decodes and applies the records `pick` takes of every event, in pieces;
 /// answers (seconds, records).
 fn run(events: &[Event], pick: impl Fn(&Event, &mut Vec<(usize, Bytes)>)) -> (f64, usize) {
+    let (secs, records, _) = run_board(events, pick);
+    (secs, records)
+}
+
+fn run_board(
+    events: &[Event],
+    pick: impl Fn(&Event, &mut Vec<(usize, Bytes)>),
+) -> (f64, usize, HealthBoard) {
     let mut b = board();
     let trace = Context::new();
     let mut raw = Vec::new();
@@ -193,7 +201,7 @@ fn run(events: &[Event], pick: impl Fn(&Event, &mut Vec<(usize, Bytes)>)) -> (f6
         }
     }
     apply(&mut b, &mut piece);
-    (started.elapsed().as_secs_f64(), records)
+    (started.elapsed().as_secs_f64(), records, b)
 }
 
 fn main() {
@@ -215,13 +223,27 @@ fn main() {
             secs * 1e6 / n as f64
         );
     };
-    report(
-        "everything (vector, 3 predictions, label)",
-        run(&events, |e, out| {
-            out.push(e.vector.clone());
-            out.extend(e.predictions.iter().cloned());
-            out.push(e.label.clone());
-        }),
+    let (secs, records, b) = run_board(&events, |e, out| {
+        out.push(e.vector.clone());
+        out.extend(e.predictions.iter().cloned());
+        out.push(e.label.clone());
+    });
+    report("everything (vector, 3 predictions, label)", (secs, records));
+    // What each snapshot costs the stage thread: the state serialized (the stage
+    // then writes the bytes).
+    let rounds = 20;
+    let started = Instant::now();
+    let mut size = 0;
+    for _ in 0..rounds {
+        size = postcard::to_stdvec(b.state())
+            .unwrap_or_else(|e| panic!("state does not serialize: {e}"))
+            .len();
+    }
+    println!(
+        "{:<44} {:>12.2} ms for {:.2} MiB",
+        "a snapshot of the state (serialization)",
+        started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds),
+        size as f64 / (1 << 20) as f64
     );
     report(
         "feature drift only (20 features)",

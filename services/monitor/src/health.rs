@@ -38,7 +38,7 @@ use millrace_proto::{FeatureVector, Label, Prediction};
 use opentelemetry::Context as TraceContext;
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{AlertBook, Family, Reading, Rule, Scope, Transition};
+use crate::alerts::{AlertBook, Family, Reading, Rule, Scope};
 use crate::drift::{DriftBook, DriftFigures, DriftSpec, DriftTracker, ReferenceSource};
 use crate::input::{LabelRecord, MonitorInput, PredictionRecord, VectorRecord};
 use crate::join::{JoinLimits, Joined, LabelJoin};
@@ -152,6 +152,8 @@ struct Hot {
     /// Whether some rule reads the label-count window, the event-time window:
     /// those keep their tallies up to date.
     tracked_windows: (bool, bool),
+    /// Whether some quality rule reads log loss, Brier or calibration error.
+    quality_curve: bool,
     score_spec: Option<DriftSpec>,
     score_levels: (f64, f64, f64),
     /// How drift alerts describe their window: against the first values, against training data.
@@ -207,6 +209,12 @@ impl HealthBoard {
                 .any(|r| r.family == Family::Quality && r.window == w)
         };
         hot.tracked_windows = (reads(QualityWindow::Labels), reads(QualityWindow::Time));
+        hot.quality_curve = rules.iter().any(|r| {
+            matches!(
+                r.metric,
+                MonitorMetric::LogLoss | MonitorMetric::Brier | MonitorMetric::CalibrationError
+            )
+        });
         let j = &settings.join;
         hot.join_limits = Some(JoinLimits {
             ttl_us: secs_to_us(j.ttl_secs),
@@ -698,32 +706,29 @@ impl Board<'_> {
             time_us: p.event_time_us,
             event_id: p.event_id(),
         };
-        let transitions =
-            self.state
-                .alerts
-                .evaluate_at(self.rules, &scope, &mut slot.series, |rule| {
-                    let sorted = match rule.metric {
-                        MonitorMetric::IngestToPredictionSeconds => sorted_ingest,
-                        _ => sorted_event,
-                    };
-                    Reading {
-                        value: quantile_of_sorted(sorted, rule.quantile),
-                        default_threshold: None,
-                        window: format!(
-                            "at quantile {} over the last {} predictions",
-                            rule.quantile,
-                            sorted.len()
-                        )
-                        .into(),
-                    }
-                });
-        emit(
+        raise(
             self.state,
             self.rules,
             self.metrics,
-            transitions,
-            trace,
-            out,
+            &scope,
+            &mut slot.series,
+            |rule| {
+                let sorted = match rule.metric {
+                    MonitorMetric::IngestToPredictionSeconds => sorted_ingest,
+                    _ => sorted_event,
+                };
+                Reading {
+                    value: quantile_of_sorted(sorted, rule.quantile),
+                    default_threshold: None,
+                    window: format!(
+                        "at quantile {} over the last {} predictions",
+                        rule.quantile,
+                        sorted.len()
+                    )
+                    .into(),
+                }
+            },
+            (trace, out),
         );
     }
 
@@ -766,19 +771,14 @@ impl Board<'_> {
             time_us: p.event_time_us,
             event_id: p.event_id(),
         };
-        let transitions =
-            self.state
-                .alerts
-                .evaluate_at(self.rules, &scope, &mut slot.series, |rule| {
-                    drift_reading(rule.metric, &figures, psi_level, ks_level, window)
-                });
-        emit(
+        raise(
             self.state,
             self.rules,
             self.metrics,
-            transitions,
-            trace,
-            out,
+            &scope,
+            &mut slot.series,
+            |rule| drift_reading(rule.metric, &figures, psi_level, ks_level, window),
+            (trace, out),
         );
     }
 
@@ -854,10 +854,11 @@ impl Board<'_> {
         let bins = self.settings.quality.calibration_bins;
         let rules = self.rules;
         let (labels, time) = self.hot.tracked_windows;
+        let curve = self.hot.quality_curve;
         let (by_labels, by_time) = match self.state.quality.versions.at(at) {
             Some(q) => (
-                labels.then(|| q.by_labels.tally().figures(bins)),
-                time.then(|| q.by_time.tally().figures(bins)),
+                labels.then(|| q.by_labels.tally().figures_with(bins, curve)),
+                time.then(|| q.by_time.tally().figures_with(bins, curve)),
             ),
             None => (None, None),
         };
@@ -878,10 +879,13 @@ impl Board<'_> {
             time_us,
             event_id,
         };
-        let transitions = self
-            .state
-            .alerts
-            .evaluate_at(rules, &scope, &mut slot.series, |rule| {
+        raise(
+            self.state,
+            rules,
+            self.metrics,
+            &scope,
+            &mut slot.series,
+            |rule| {
                 let f = match rule.window {
                     QualityWindow::Labels => by_labels.as_ref(),
                     QualityWindow::Time => by_time.as_ref(),
@@ -896,8 +900,9 @@ impl Board<'_> {
                     )
                     .into(),
                 }
-            });
-        emit(self.state, rules, self.metrics, transitions, trace, out);
+            },
+            (trace, out),
+        );
     }
 
     /// The index in `hot.layouts` of the vector's names, worked out on first sight.
@@ -997,19 +1002,14 @@ impl Board<'_> {
                 time_us: v.event_time_us,
                 event_id: v.event_id(),
             };
-            let transitions =
-                self.state
-                    .alerts
-                    .evaluate_at(self.rules, &scope, &mut feature.series, |rule| {
-                        drift_reading(rule.metric, &figures, psi_level, ks_level, window)
-                    });
-            emit(
+            raise(
                 self.state,
                 self.rules,
                 self.metrics,
-                transitions,
-                trace,
-                out,
+                &scope,
+                &mut feature.series,
+                |rule| drift_reading(rule.metric, &figures, psi_level, ks_level, window),
+                (trace, out),
             );
         }
     }
@@ -1065,15 +1065,18 @@ fn quality_figures(q: Option<&VersionQuality>, bins: usize) -> (QualityFigures, 
     }
 }
 
-/// Queues the transitions for ALERTS and refreshes the alert gauges.
-fn emit(
-    state: &MonitorState,
+/// Evaluates the rules on one series' reading; queues the transitions for
+/// ALERTS and refreshes the alert gauges.
+fn raise<'a>(
+    state: &mut MonitorState,
     rules: &[Rule],
     metrics: &MonitorMetrics,
-    transitions: Vec<Transition>,
-    trace: &TraceContext,
-    out: &mut Vec<Outgoing>,
+    scope: &Scope,
+    series: &mut Vec<Option<usize>>,
+    read: impl FnMut(&Rule) -> Reading<'a>,
+    (trace, out): (&TraceContext, &mut Vec<Outgoing>),
 ) {
+    let transitions = state.alerts.evaluate_at(rules, scope, series, read);
     if transitions.is_empty() {
         return;
     }

@@ -93,9 +93,15 @@ impl Span {
 
     /// A span over UTF-8 text, `None` otherwise (prost refuses such a record).
     fn text_of(buf: &[u8], at: Range<usize>) -> Option<Self> {
-        std::str::from_utf8(buf.get(at.clone())?).ok()?;
+        is_text(buf.get(at.clone())?).then_some(())?;
         Self::of(at)
     }
+}
+
+/// Whether the bytes are UTF-8. Names and ids are short and ASCII: checking
+/// that first costs a fraction of a full validation's setup.
+fn is_text(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 /// Builds the buffer of a record made from a generated proto struct.
@@ -407,7 +413,7 @@ impl VectorRecord {
                 (6, Value::Varint(v)) => r.ingest_time_us = v as i64,
                 (7, Value::Varint(v)) => r.feature_time_us = v as i64,
                 (8, Value::Len(at)) => {
-                    std::str::from_utf8(payload.get(at)?).ok()?;
+                    is_text(payload.get(at)?).then_some(())?;
                     // The names must be one run of consecutive fields.
                     match &mut names {
                         None => names = Some(start..wire.at),
@@ -598,7 +604,14 @@ impl<'a> Wire<'a> {
         Some(bytes)
     }
 
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // Keys and lengths: one byte.
+        let first = *self.buf.get(self.at)?;
+        if first < 0x80 {
+            self.at += 1;
+            return Some(u64::from(first));
+        }
         let mut value = 0u64;
         for i in 0..10 {
             let byte = *self.buf.get(self.at)?;

@@ -140,6 +140,26 @@ impl ScoreTally {
         ratio(self.positives(), self.len())
     }
 
+    /// [`Self::ranked`]'s ROC AUC alone.
+    fn ranked_auc(&self) -> Ranked {
+        let mut negatives_below: u128 = 0;
+        let mut twice_wins: u128 = 0;
+        for [neg, pos] in self.by_score.values() {
+            let (n, p) = (u128::from(*neg), u128::from(*pos));
+            twice_wins += p * (2 * negatives_below + n);
+            negatives_below += n;
+        }
+        let (pos, neg) = (self.positives(), self.negatives());
+        Ranked {
+            roc_auc: (pos > 0 && neg > 0)
+                .then(|| twice_wins as f64 / (2.0 * pos as f64 * neg as f64)),
+            log_loss: None,
+            brier: None,
+            calibration_error: None,
+            calibration: Vec::new(),
+        }
+    }
+
     /// The figures that rank or bin the scores, in one pass over the distinct
     /// scores (the multiset is walked once per evaluation, whatever its size).
     ///
@@ -166,7 +186,13 @@ impl ScoreTally {
             negatives_below += n;
             let (negf, posf) = (*neg as f64, *pos as f64);
             let clamped = s.clamp(LOG_EPSILON, 1.0 - LOG_EPSILON);
-            log_loss += posf * -clamped.ln() + negf * -(1.0 - clamped).ln();
+            // Most distinct scores hold one class only: no logarithm for the other.
+            if *pos > 0 {
+                log_loss -= posf * clamped.ln();
+            }
+            if *neg > 0 {
+                log_loss -= negf * (1.0 - clamped).ln();
+            }
             brier += posf * (1.0 - s).powi(2) + negf * s.powi(2);
             let bin = &mut acc[bin_of_unit(s, bins)];
             bin.0 += neg + pos;
@@ -201,7 +227,18 @@ impl ScoreTally {
     }
 
     pub fn figures(&self, bins: usize) -> QualityFigures {
-        let ranked = self.ranked(bins);
+        self.figures_with(bins, true)
+    }
+
+    /// [`Self::figures`], leaving log loss, Brier and calibration out (`None`,
+    /// empty) unless `curve`: alert rules on accuracy or ROC AUC alone then
+    /// cost a walk of the scores without a logarithm per score.
+    pub fn figures_with(&self, bins: usize, curve: bool) -> QualityFigures {
+        let ranked = if curve {
+            self.ranked(bins)
+        } else {
+            self.ranked_auc()
+        };
         QualityFigures {
             labelled: self.len(),
             accuracy: self.accuracy(),
@@ -508,6 +545,22 @@ mod tests {
             positive,
             event_time_us: 0,
         }
+    }
+
+    #[test]
+    fn figures_without_the_curve_keep_auc_and_counts_and_leave_the_rest_out() {
+        let t = ScoreTally::of(&[s(0.9, true), s(0.8, false), s(0.3, true), s(0.2, false)]);
+        let (full, lean) = (t.figures(10), t.figures_with(10, false));
+        assert_eq!(lean.roc_auc, Some(0.75));
+        assert_eq!(
+            (lean.roc_auc, lean.accuracy, lean.precision, lean.labelled),
+            (full.roc_auc, full.accuracy, full.precision, full.labelled)
+        );
+        assert_eq!(
+            (lean.log_loss, lean.brier, lean.calibration_error),
+            (None, None, None)
+        );
+        assert!(full.log_loss.is_some() && lean.calibration.is_empty());
     }
 
     fn close(a: Option<f64>, b: Option<f64>) -> bool {

@@ -42,10 +42,34 @@ pub fn ks_of_buckets(reference: &Reference, bucket_counts: &[u32], len: u64) -> 
     // Every count is at most n (reference) or m (window), so with n·m in a u64
     // no product below overflows one; past that (windows of billions) u128.
     let widest = match n.checked_mul(m) {
-        Some(_) => u128::from(widest_gap::<u64>(reference, bucket_counts, n, m)),
+        Some(_) => u128::from(widest_gap_u64(reference, bucket_counts, n, m)),
         None => widest_gap::<u128>(reference, bucket_counts, n.into(), m.into()),
     };
     Some(widest as f64 / (u128::from(n) * u128::from(m)) as f64)
+}
+
+/// [`widest_gap`] when n·m fits in a u64 (counts are held within n and m, so
+/// every product does too), the common case. Where the window has nothing, its count stays put
+/// while the reference's climbs, and |R·m − C·n| is convex in R: over such a
+/// stretch the widest gap is at one of its ends, so only those are read.
+fn widest_gap_u64(reference: &Reference, bucket_counts: &[u32], n: u64, m: u64) -> u64 {
+    let (mut seen, mut widest, mut below) = (0u64, 0u64, 0u64);
+    for (pair, &at_or_below) in bucket_counts.chunks_exact(2).zip(&reference.cumulative) {
+        let (gap, at) = (u64::from(pair[0]), u64::from(pair[1]));
+        if gap | at == 0 {
+            below = at_or_below.min(n);
+            continue;
+        }
+        // The end of the stretch before (or the previous step, again).
+        widest = widest.max((below * m).abs_diff(seen * n));
+        seen = (seen + gap).min(m);
+        widest = widest.max((below * m).abs_diff(seen * n));
+        seen = (seen + at).min(m);
+        below = at_or_below.min(n);
+        // The start of the next stretch.
+        widest = widest.max((below * m).abs_diff(seen * n));
+    }
+    widest.max((below * m).abs_diff(seen * n))
 }
 
 /// max over the steps of |R·m − C·n| (R, C the reference's and the window's counts so far).
@@ -59,7 +83,6 @@ where
         + std::ops::Mul<Output = T>
         + std::ops::Sub<Output = T>,
 {
-    let count = |b: usize| T::from(u64::from(bucket_counts.get(b).copied().unwrap_or(0)));
     let gap = |r: T, c: T| {
         let (a, b) = (r * m, c * n);
         if a > b {
@@ -68,12 +91,15 @@ where
             b - a
         }
     };
+    // Bucket 2j (below the j-th value) and 2j + 1 (on it) side by side, so the
+    // loop reads each count once, without a bounds check.
+    let pairs = bucket_counts.chunks_exact(2);
     let (mut seen, mut widest, mut below) = (T::default(), T::default(), T::default());
-    for (j, &at_or_below) in reference.cumulative.iter().enumerate() {
+    for (pair, &at_or_below) in pairs.zip(&reference.cumulative) {
         // Never past the window's size, so no product can overflow.
-        seen = (seen + count(2 * j)).min(m);
+        seen = (seen + T::from(u64::from(pair[0]))).min(m);
         widest = widest.max(gap(below, seen));
-        seen = (seen + count(2 * j + 1)).min(m);
+        seen = (seen + T::from(u64::from(pair[1]))).min(m);
         below = T::from(at_or_below).min(n);
         widest = widest.max(gap(below, seen));
     }

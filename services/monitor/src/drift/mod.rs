@@ -368,11 +368,15 @@ impl Reference {
                 let j = match self.guide.range(v) {
                     Some(cell) => {
                         let start = cell.start;
+                        // A cell holds one value on average: a scan beats a search.
                         start
-                            + self
-                                .distinct
-                                .get(cell)
-                                .map_or(0, |run| run.partition_point(|d| *d < v))
+                            + self.distinct.get(cell).map_or(0, |run| {
+                                if run.len() <= 8 {
+                                    run.iter().take_while(|d| **d < v).count()
+                                } else {
+                                    run.partition_point(|d| *d < v)
+                                }
+                            })
                     }
                     None => self.distinct.partition_point(|d| *d < v),
                 };
