@@ -12,9 +12,8 @@
 //!    than [`SNAPSHOT_SPACING`] times the last snapshot's cost (so a large
 //!    state spends at most about a tenth of the stage's time in snapshots),
 //!    and on shutdown:
-//!    wait until the outputs are stored, ask the actor for its state, and store
-//!    it with the last applied sequence of every stream on a blocking thread
-//!    while the stage goes on; once it is stored, ack those (ack-all).
+//!    wait until the outputs are stored, ask the actor for its state, store it
+//!    with the last applied sequence of every stream, then ack those (ack-all).
 //!
 //! A crash anywhere replays from the last snapshot: state is rebuilt from the
 //! same messages; outputs the output stream holds already are not published
@@ -250,7 +249,6 @@ where
         last_messages: spec.sources.iter().map(|_| None).collect(),
         last_snapshot: Instant::now(),
         last_cost: Duration::ZERO,
-        writing: None,
     };
     checkpoint.report_sequence();
     let mut tick = tokio::time::interval(spec.snapshot_interval);
@@ -261,9 +259,6 @@ where
             biased;
             _ = shutdown.recv() => break,
             _ = tick.tick() => {
-                if checkpoint.written() {
-                    checkpoint.settle().await?;
-                }
                 if checkpoint.unsnapshotted > 0 && checkpoint.due(spec.snapshot_interval) {
                     checkpoint.snapshot(&actor).await?;
                 }
@@ -286,9 +281,6 @@ where
                     tracing::info!(stage = spec.stage, "replay past what the output stream held");
                     covered = None;
                 }
-                if checkpoint.written() {
-                    checkpoint.settle().await?;
-                }
                 if checkpoint.unsnapshotted >= spec.snapshot_every && checkpoint.due(Duration::ZERO) {
                     checkpoint.snapshot(&actor).await?;
                 }
@@ -297,7 +289,6 @@ where
     }
     // Drain: what was taken from the streams is applied; store it before leaving.
     checkpoint.snapshot(&actor).await?;
-    checkpoint.settle().await?;
     tracing::info!(stage = spec.stage, sequences = ?checkpoint.applied, "stage stopped after its final snapshot");
     Ok(())
 }
@@ -383,22 +374,10 @@ struct Checkpoint<'a> {
     /// Per source: the newest message applied and not yet acked.
     last_messages: Vec<Option<async_nats::jetstream::Message>>,
     last_snapshot: Instant,
-    /// How long the last snapshot took, from taking the state to stored.
+    /// How long the last snapshot held the stage up.
     last_cost: Duration,
-    /// The snapshot being written, if one is.
-    writing: Option<Writing>,
     /// Spans are exported: open one per record and carry its context on.
     traced: bool,
-}
-
-/// A snapshot being encoded and written off the stage's task (a large state
-/// takes a while to write and fsync); what it covers is acked once it is stored.
-struct Writing {
-    task: tokio::task::JoinHandle<Result<usize, ChassisError>>,
-    /// Per source: the newest message the snapshot covers.
-    acks: Vec<Option<async_nats::jetstream::Message>>,
-    sequences: Vec<u64>,
-    started: Instant,
 }
 
 impl Checkpoint<'_> {
@@ -621,15 +600,12 @@ impl Checkpoint<'_> {
         self.last_snapshot.elapsed() >= at_least.max(self.last_cost * SNAPSHOT_SPACING)
     }
 
-    /// Takes the state from the actor and hands it to a writer; the stage goes
-    /// on applying meanwhile. One snapshot is written at a time.
     async fn snapshot<A, S>(&mut self, actor: &Addr<A>) -> Result<(), ChassisError>
     where
         A: Actor + Handler<TakeSnapshot<S>>,
         A::Context: ToEnvelope<A, TakeSnapshot<S>>,
         S: Serialize + Send + 'static,
     {
-        self.settle().await?;
         let started = Instant::now();
         self.publisher.flush().await?;
         let state = actor
@@ -639,59 +615,31 @@ impl Checkpoint<'_> {
                 actor: self.spec.stage,
                 message: e.to_string(),
             })?;
-        let (store, key, sequences) = (
-            self.store.clone(),
-            self.spec.snapshot_key.clone(),
-            self.applied.clone(),
-        );
-        let task = tokio::task::spawn_blocking(move || store.save(&key, &sequences, &state));
-        self.writing = Some(Writing {
-            task,
-            acks: self.last_messages.iter_mut().map(Option::take).collect(),
-            sequences: self.applied.clone(),
-            started,
-        });
-        self.unsnapshotted = 0;
-        self.last_snapshot = started;
-        Ok(())
-    }
-
-    /// Whether the snapshot being written is stored (or failed) and can be settled.
-    fn written(&self) -> bool {
-        self.writing.as_ref().is_some_and(|w| w.task.is_finished())
-    }
-
-    /// Waits for the snapshot being written, then acks what it covers.
-    async fn settle(&mut self) -> Result<(), ChassisError> {
-        let Some(writing) = self.writing.take() else {
-            return Ok(());
-        };
-        let bytes = writing
-            .task
-            .await
-            .map_err(|e| ChassisError::SnapshotEncode {
-                key: self.spec.snapshot_key.clone(),
-                message: format!("the snapshot writer stopped: {e}"),
-            })??;
-        for (source, msg) in writing.acks.into_iter().enumerate() {
-            if let Some(msg) = msg {
+        let bytes = self
+            .store
+            .save(&self.spec.snapshot_key, &self.applied, &state)?;
+        for (source, last) in self.last_messages.iter_mut().enumerate() {
+            if let Some(msg) = last.take() {
                 // Ack-all: everything up to this sequence is now safe in the snapshot.
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(
                         stage = self.spec.stage,
                         "acking up to {}: {e}",
-                        writing.sequences[source]
+                        self.applied[source]
                     );
                 }
             }
         }
-        let cost = writing.started.elapsed();
-        self.metrics.snapshot_seconds.observe(cost.as_secs_f64());
+        self.metrics
+            .snapshot_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics
             .snapshot_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.report_sequence();
-        self.last_cost = cost;
+        self.unsnapshotted = 0;
+        self.last_snapshot = Instant::now();
+        self.last_cost = started.elapsed();
         Ok(())
     }
 
