@@ -15,17 +15,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 until="${1:-2013-02-01T00:00:00Z}"
 
-cli=""
-for dir in "${MILLRACE_BIN_DIR:-}" target/release target/debug; do
-    if [[ -n "$dir" && -x "$dir/millrace" ]]; then
-        cli="$dir/millrace"
-        break
-    fi
-done
-if [[ -z "$cli" ]]; then
-    cargo build --release --bin millrace
-    cli=target/release/millrace
-fi
+# shellcheck source=scripts/millrace-cli.sh
+source scripts/millrace-cli.sh
 # scripts/up.sh writes where its NATS server listens (it may not be 4222).
 if [[ -z "${NATS_URL:-}" && -f data/nats.url ]]; then
     NATS_URL="$(<data/nats.url)"

@@ -14,17 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 count="${1:-10}"
 [[ "$count" =~ ^[0-9]+$ ]] || { echo "usage: $0 [COUNT]" >&2; exit 2; }
 
-cli=""
-for dir in "${MILLRACE_BIN_DIR:-}" target/release target/debug; do
-    if [[ -n "$dir" && -x "$dir/millrace" ]]; then
-        cli="$dir/millrace"
-        break
-    fi
-done
-if [[ -z "$cli" ]]; then
-    cargo build --release --bin millrace
-    cli=target/release/millrace
-fi
+# shellcheck source=scripts/millrace-cli.sh
+source scripts/millrace-cli.sh
 
 echo "==> $cli send --count $count"
 "$cli" send --count "$count"
