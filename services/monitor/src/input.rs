@@ -119,6 +119,26 @@ impl Builder {
     }
 }
 
+/// A record read in place by `read`, holding `payload` as its buffer (`keep`),
+/// or decoded by prost when `read` does not take the bytes.
+fn decode_in_place<R, M>(
+    payload: Bytes,
+    read: fn(&[u8]) -> Option<R>,
+    keep: fn(&mut R, Bytes),
+) -> Result<R, prost::DecodeError>
+where
+    R: From<M>,
+    M: prost::Message + Default,
+{
+    match read(&payload) {
+        Some(mut record) => {
+            keep(&mut record, payload);
+            Ok(record)
+        }
+        None => Ok(R::from(M::decode(payload)?)),
+    }
+}
+
 /// A `millrace.v1.Prediction` as monitor reads it: the received buffer (one
 /// reference to it, whatever the number of fields) and where its text fields lie.
 #[derive(Clone, Default)]
@@ -159,13 +179,7 @@ impl PredictionRecord {
     }
 
     pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
-        match Self::read(&payload) {
-            Some(mut record) => {
-                record.buf = payload;
-                Ok(record)
-            }
-            None => Ok(Self::from(<Prediction as prost::Message>::decode(payload)?)),
-        }
+        decode_in_place::<_, Prediction>(payload, Self::read, |r, buf| r.buf = buf)
     }
 
     /// The canonical fast path (the buffer is set by the caller); `None` for
@@ -283,13 +297,7 @@ impl LabelRecord {
     }
 
     pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
-        match Self::read(&payload) {
-            Some(mut record) => {
-                record.buf = payload;
-                Ok(record)
-            }
-            None => Ok(Self::from(<Label as prost::Message>::decode(payload)?)),
-        }
+        decode_in_place::<_, Label>(payload, Self::read, |r, buf| r.buf = buf)
     }
 
     fn read(payload: &[u8]) -> Option<Self> {
@@ -382,15 +390,7 @@ impl VectorRecord {
     }
 
     pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
-        match Self::read(&payload) {
-            Some(mut record) => {
-                record.buf = payload;
-                Ok(record)
-            }
-            None => Ok(Self::from(<FeatureVector as prost::Message>::decode(
-                payload,
-            )?)),
-        }
+        decode_in_place::<_, FeatureVector>(payload, Self::read, |r, buf| r.buf = buf)
     }
 
     fn read(payload: &[u8]) -> Option<Self> {
