@@ -150,7 +150,9 @@ impl Running {
         T: StageInput,
         S: Serialize + Send + 'static,
     {
-        let result = stage::run(
+        // On a tokio worker, not the actix thread, so that pulling and decoding
+        // the next records goes on while the actor applies the last ones.
+        let stage = tokio::spawn(stage::run(
             self.bus.clone(),
             self.store.clone(),
             spec,
@@ -158,8 +160,14 @@ impl Running {
             resume,
             StageMetrics::new(&self.metrics),
             self.shutdown.clone(),
-        )
-        .await;
+        ));
+        let result = match stage.await {
+            Ok(result) => result,
+            Err(e) => Err(ChassisError::ActorGone {
+                actor: "stage loop",
+                message: e.to_string(),
+            }),
+        };
         self.finish();
         result
     }

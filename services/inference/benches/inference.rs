@@ -237,7 +237,6 @@ fn streaming_figures(catalog: Arc<Catalog>) {
                 .map(|k| Delivered {
                     source: 0,
                     sequence: base + k,
-                    subject: "features.0".into(),
                     message: InferenceInput::Vector(FeatureVector {
                         event_id: format!("e{}", base + k),
                         entity_key: "k".into(),
@@ -265,7 +264,6 @@ fn streaming_figures(catalog: Arc<Catalog>) {
                     .map(|d| Delivered {
                         source: d.source,
                         sequence: d.sequence + round,
-                        subject: d.subject.clone(),
                         message: d.message.clone(),
                         trace: d.trace.clone(),
                     })

@@ -727,7 +727,6 @@ mod tests {
         Delivered {
             source,
             sequence: seq,
-            subject: "features.3".into(),
             message,
             trace: opentelemetry::Context::new(),
         }

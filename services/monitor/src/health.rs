@@ -1372,7 +1372,6 @@ mod tests {
         let delivered = |source: usize, sequence: u64, message: MonitorInput| Delivered {
             source,
             sequence,
-            subject: String::new(),
             message,
             trace: no_trace(),
         };
