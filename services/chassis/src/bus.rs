@@ -202,9 +202,9 @@ impl Bus {
         kind.stream_name(&self.streams)
     }
 
-    /// Creates or updates the given streams: file storage, S2 compression, the
-    /// configured dedup window, and discard-new so a full stream refuses rather
-    /// than silently drops.
+    /// Creates or updates the given streams: file storage, S2 compression where
+    /// configured, the dedup window, and discard-new so a full stream refuses
+    /// rather than silently drops.
     pub async fn provision(&self, kinds: &[StreamKind]) -> Result<(), ChassisError> {
         for &kind in kinds {
             let name = self.stream_name(kind).to_string();
@@ -216,7 +216,11 @@ impl Bus {
                 discard: stream::DiscardPolicy::New,
                 duplicate_window: Duration::from_secs(self.streams.duplicate_window_secs),
                 num_replicas: self.streams.replicas,
-                compression: Some(stream::Compression::S2),
+                compression: Some(if self.streams.compresses(kind.subject_prefix()) {
+                    stream::Compression::S2
+                } else {
+                    stream::Compression::None
+                }),
                 max_bytes: self.streams.max_bytes,
                 max_messages: self.streams.max_messages,
                 ..Default::default()
