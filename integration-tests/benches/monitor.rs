@@ -23,8 +23,8 @@
 //! The release binary comes from `MILLRACE_BIN_DIR` (default `target/release`): build it
 //! with `cargo build --release -p millrace-monitor`, then `cargo bench -p
 //! millrace-integration-tests --bench monitor`. Client, monitor and nats-server share the
-//! machine's cores. The harness snapshots every 200 ms (production: 1 s), so the drain
-//! pays five times the snapshot cost it would in production.
+//! machine's cores. Monitor snapshots at the production cadence (every second, and never
+//! sooner than nine times the last snapshot's cost), not the tests' 200 ms.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -399,7 +399,10 @@ async fn run() -> Result<()> {
         dir: dir.path().to_path_buf(),
         otlp_endpoint: None,
     };
-    let mut monitor = ServiceProcess::spawn(Service::Monitor, &settings)?;
+    // The production cadence, not the tests' 200 ms.
+    let mut monitor = ServiceProcess::unstarted(Service::Monitor, &settings)?;
+    monitor.set_env("MILLRACE_SNAPSHOT_INTERVAL_MS", "1000");
+    monitor.start()?;
     monitor.wait_ready().await?;
     let started = Instant::now();
     let pid = monitor.pid().context("monitor runs")?;

@@ -92,6 +92,14 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Spawns the service (without waiting for it: see [`Self::wait_ready`]).
     pub fn spawn(service: Service, settings: &ServiceSettings) -> Result<Self> {
+        let mut process = Self::unstarted(service, settings)?;
+        process.launch()?;
+        Ok(process)
+    }
+
+    /// A process set up but not started, so its environment can be changed
+    /// first ([`Self::set_env`]); [`Self::start`] starts it.
+    pub fn unstarted(service: Service, settings: &ServiceSettings) -> Result<Self> {
         let program = bin_dir().join(service.binary());
         if !program.is_file() {
             bail!(
@@ -122,7 +130,7 @@ impl ServiceProcess {
             env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
             env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
         }
-        let mut process = Self {
+        let process = Self {
             service,
             program,
             env,
@@ -133,8 +141,11 @@ impl ServiceProcess {
             child: None,
             starts: 0,
         };
-        process.launch()?;
         Ok(process)
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        self.launch()
     }
 
     fn launch(&mut self) -> Result<()> {
