@@ -128,7 +128,11 @@ pub async fn create_stream(js: &jetstream::Context, name: &str, prefix: &str) ->
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::New,
         duplicate_window: Duration::from_secs(600),
-        compression: Some(stream::Compression::S2),
+        // As the services provision it by default (`streams.compressed`).
+        compression: Some(match prefix {
+            "enriched" | "features" => stream::Compression::None,
+            _ => stream::Compression::S2,
+        }),
         ..Default::default()
     })
     .await

@@ -150,9 +150,7 @@ impl Running {
         T: StageInput,
         S: Serialize + Send + 'static,
     {
-        // On a tokio worker, not the actix thread, so that pulling and decoding
-        // the next records goes on while the actor applies the last ones.
-        let stage = tokio::spawn(stage::run(
+        let result = stage::run(
             self.bus.clone(),
             self.store.clone(),
             spec,
@@ -160,14 +158,8 @@ impl Running {
             resume,
             StageMetrics::new(&self.metrics),
             self.shutdown.clone(),
-        ));
-        let result = match stage.await {
-            Ok(result) => result,
-            Err(e) => Err(ChassisError::ActorGone {
-                actor: "stage loop",
-                message: e.to_string(),
-            }),
-        };
+        )
+        .await;
         self.finish();
         result
     }

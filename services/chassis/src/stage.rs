@@ -253,23 +253,12 @@ where
     let mut tick = tokio::time::interval(spec.snapshot_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    // One piece at a time is with the actor while the next chunk is pulled and
-    // decoded, so the stage loop (on a tokio worker) and the actor (on the
-    // actix thread) work side by side. Its outputs are published, in order,
-    // before the next piece's.
-    let mut in_flight: Option<InFlight> = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.recv() => break,
-            done = async { (&mut in_flight.as_mut().expect("guarded").outputs).await }, if in_flight.is_some() => {
-                if let Some(piece) = in_flight.take() {
-                    checkpoint.publish(piece, done, covered.as_ref()).await?;
-                }
-            }
             _ = tick.tick() => {
                 if checkpoint.unsnapshotted > 0 && checkpoint.due(spec.snapshot_interval) {
-                    checkpoint.settle(&mut in_flight, covered.as_ref()).await?;
                     checkpoint.snapshot(&actor).await?;
                 }
             }
@@ -279,39 +268,28 @@ where
                     return Err(consume_error(&bus, first, "the consumers' message streams ended".into()));
                 };
                 for piece in checkpoint.decode::<T>(chunk, covered.as_ref()).await? {
-                    let next = checkpoint.hand_over(&actor, piece);
-                    checkpoint.settle(&mut in_flight, covered.as_ref()).await?;
-                    in_flight = Some(next);
-                    // While replaying over what the output stream holds, one piece at a time.
-                    if covered.is_some() {
-                        checkpoint.settle(&mut in_flight, covered.as_ref()).await?;
+                    let n = piece.items.len() as u64;
+                    let mut outputs = checkpoint.apply(&actor, piece.items).await?;
+                    if let (Some(c), Some((source, sequence))) = (&covered, piece.replayed) {
+                        checkpoint.drop_covered(&mut outputs, c, source, sequence);
                     }
+                    checkpoint.send(outputs, &piece.from, &piece.upto).await?;
+                    metrics.consumed.inc_by(n);
                 }
                 if covered.as_ref().is_some_and(|c| c.passed(&checkpoint.applied)) {
                     tracing::info!(stage = spec.stage, "replay past what the output stream held");
                     covered = None;
                 }
                 if checkpoint.unsnapshotted >= spec.snapshot_every && checkpoint.due(Duration::ZERO) {
-                    checkpoint.settle(&mut in_flight, covered.as_ref()).await?;
                     checkpoint.snapshot(&actor).await?;
                 }
             }
         }
     }
     // Drain: what was taken from the streams is applied; store it before leaving.
-    checkpoint.settle(&mut in_flight, covered.as_ref()).await?;
     checkpoint.snapshot(&actor).await?;
     tracing::info!(stage = spec.stage, sequences = ?checkpoint.applied, "stage stopped after its final snapshot");
     Ok(())
-}
-
-/// A piece the actor has been handed, whose outputs are still to publish.
-struct InFlight {
-    outputs: futures::future::BoxFuture<'static, Result<Vec<Outgoing>, actix::MailboxError>>,
-    records: u64,
-    from: Vec<u64>,
-    upto: Vec<u64>,
-    replayed: Option<(usize, u64)>,
 }
 
 fn consume_error(bus: &Bus, source: &Source, message: String) -> ChassisError {
@@ -573,51 +551,23 @@ impl Checkpoint<'_> {
             .await
     }
 
-    /// Queues the piece in the actor's mailbox; the answer is awaited later.
-    fn hand_over<A, T>(&self, actor: &Addr<A>, piece: Piece<T>) -> InFlight
+    async fn apply<A, T>(
+        &self,
+        actor: &Addr<A>,
+        batch: Vec<Delivered<T>>,
+    ) -> Result<Vec<Outgoing>, ChassisError>
     where
         A: Actor + Handler<Apply<T>>,
         A::Context: ToEnvelope<A, Apply<T>>,
         T: StageInput,
     {
-        InFlight {
-            records: piece.items.len() as u64,
-            outputs: Box::pin(actor.send(Apply(piece.items))),
-            from: piece.from,
-            upto: piece.upto,
-            replayed: piece.replayed,
-        }
-    }
-
-    /// Waits for the piece with the actor, if any, and publishes its outputs.
-    async fn settle(
-        &mut self,
-        in_flight: &mut Option<InFlight>,
-        covered: Option<&Covered>,
-    ) -> Result<(), ChassisError> {
-        if let Some(mut piece) = in_flight.take() {
-            let done = (&mut piece.outputs).await;
-            self.publish(piece, done, covered).await?;
-        }
-        Ok(())
-    }
-
-    async fn publish(
-        &mut self,
-        piece: InFlight,
-        done: Result<Vec<Outgoing>, actix::MailboxError>,
-        covered: Option<&Covered>,
-    ) -> Result<(), ChassisError> {
-        let mut outputs = done.map_err(|e| ChassisError::ActorGone {
-            actor: self.spec.stage,
-            message: e.to_string(),
-        })?;
-        if let (Some(c), Some((source, sequence))) = (covered, piece.replayed) {
-            self.drop_covered(&mut outputs, c, source, sequence);
-        }
-        self.send(outputs, &piece.from, &piece.upto).await?;
-        self.metrics.consumed.inc_by(piece.records);
-        Ok(())
+        actor
+            .send(Apply(batch))
+            .await
+            .map_err(|e| ChassisError::ActorGone {
+                actor: self.spec.stage,
+                message: e.to_string(),
+            })
     }
 
     /// Publishes a piece's outputs once the previous piece's are stored, the
