@@ -218,6 +218,13 @@ mod tests {
             b.sort_by(f64::total_cmp);
             let merged = ks_of_sorted(&a, &b).expect("non-empty");
             let bucketed = ks_of_buckets(&r, &counts, window.len() as u64).expect("non-empty");
+            // The u64 fast path and the general scan (windows of billions) agree.
+            let (n, m) = (r.size, window.len() as u64);
+            assert_eq!(
+                u128::from(widest_gap_u64(&r, &counts, n, m)),
+                widest_gap::<u128>(&r, &counts, n.into(), m.into()),
+                "round {round}"
+            );
             assert!(
                 (merged - bucketed).abs() < 1e-12,
                 "round {round}: merge {merged}, buckets {bucketed}"
