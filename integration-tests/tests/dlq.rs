@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use millrace_integration_tests::service::bin_dir;
 use millrace_integration_tests::{
     decode_all, order, order_placed_v2_with_coupon, orders_pipeline_toml, publish_all_accepted,
-    read_stream, wait_for_stream_count, wait_idle, wait_until, Pipeline, Service, LONG, SHORT,
+    read_stream, wait_for_stream_count, wait_until, Pipeline, Service, LONG, SHORT,
 };
 use millrace_proto::v1::schemas_client::SchemasClient;
 use millrace_proto::v1::{
@@ -559,13 +559,12 @@ async fn later_stage_refusals(pipeline: &mut Pipeline) -> Result<()> {
 
     // Enrich passes it now, exactly once; EVENTS holds the copy enrich refused and the
     // re-driven one.
-    let js = pipeline.jetstream();
     wait_until("enrich passed big-1", LONG, || async {
         let ids = ids_in::<EnrichedEvent>(pipeline, "ENRICHED", |e| e.event_id.clone()).await?;
         Ok((ids.contains_key("big-1"), ids))
     })
     .await?;
-    wait_idle(js, &["EVENTS", "ENRICHED"], LONG).await?;
+    pipeline.wait_idle(&["EVENTS", "ENRICHED"], LONG).await?;
     let enriched = ids_in::<EnrichedEvent>(pipeline, "ENRICHED", |e| e.event_id.clone()).await?;
     ensure!(
         enriched

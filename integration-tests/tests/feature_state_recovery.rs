@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::{ensure, Context, Result};
 use millrace_integration_tests::{
-    decode_all, publish_all_accepted, read_stream, wait_for_stream_count, wait_idle, Pipeline,
-    Service, LONG,
+    decode_all, publish_all_accepted, read_stream, wait_for_stream_count, Pipeline, Service, LONG,
 };
 use millrace_proto::v1::{Event, FeatureStatus, FeatureVector, GetOnlineFeaturesRequest, Value};
 
@@ -208,7 +207,9 @@ async fn killed_twice(pipeline: &mut Pipeline) -> Result<()> {
 
     let js = pipeline.jetstream();
     wait_for_stream_count(js, "FEATURES", EVENTS as u64, LONG).await?;
-    wait_idle(js, &["EVENTS", "ENRICHED", "FEATURES"], LONG).await?;
+    pipeline
+        .wait_idle(&["EVENTS", "ENRICHED", "FEATURES"], LONG)
+        .await?;
     let vectors: Vec<FeatureVector> = decode_all(&read_stream(js, "FEATURES").await?)?;
     ensure!(
         vectors.len() == EVENTS,

@@ -12,8 +12,7 @@ use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use millrace_integration_tests::service::bin_dir;
 use millrace_integration_tests::{
-    decode_all, read_stream, records, stream_record_count, wait_idle, wait_until, Pipeline,
-    Service, LONG,
+    decode_all, read_stream, records, stream_record_count, wait_until, Pipeline, Service, LONG,
 };
 use millrace_proto::v1::{
     DeadLetter, FeatureStatus, FeatureVector, GetOnlineFeaturesRequest, Value,
@@ -243,12 +242,9 @@ async fn flights_replay_survives_random_kills_of_enrich_and_feature_state() -> R
         },
     )
     .await?;
-    wait_idle(
-        pipeline.jetstream(),
-        &["EVENTS", "ENRICHED", "FEATURES"],
-        LONG,
-    )
-    .await?;
+    pipeline
+        .wait_idle(&["EVENTS", "ENRICHED", "FEATURES"], LONG)
+        .await?;
     ensure!(
         features_count(&pipeline).await? == total,
         "more vectors arrived after the pipeline went idle"

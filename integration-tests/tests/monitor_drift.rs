@@ -22,8 +22,8 @@ use millrace_integration_tests::monitor::{
 };
 use millrace_integration_tests::service::bin_dir;
 use millrace_integration_tests::{
-    decode_all, metric_value, metrics, now_us, read_stream, test_dir, wait_idle, wait_until,
-    Pipeline, Service, LONG,
+    decode_all, metric_value, metrics, now_us, read_stream, test_dir, wait_until, Pipeline,
+    Service, LONG,
 };
 use millrace_proto::v1::model_registry_client::ModelRegistryClient;
 use millrace_proto::v1::{
@@ -112,7 +112,7 @@ impl Drift<'_> {
             Ok((seen == Some(want), seen))
         })
         .await?;
-        wait_idle(self.pipeline.jetstream(), &["FEATURES"], LONG).await?;
+        self.pipeline.wait_idle(&["FEATURES"], LONG).await?;
         Ok(())
     }
 

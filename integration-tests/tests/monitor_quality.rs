@@ -11,8 +11,7 @@ use millrace_integration_tests::monitor::{model_health_json, promtool_check};
 use millrace_integration_tests::pipeline::customer;
 use millrace_integration_tests::{
     decode_all, labelled_orders_sections, metric_value, metrics, now_us, order,
-    publish_all_accepted, read_stream, wait_for_stream_count, wait_idle, wait_until, Pipeline,
-    Service, LONG,
+    publish_all_accepted, read_stream, wait_for_stream_count, wait_until, Pipeline, Service, LONG,
 };
 use millrace_proto::v1::{Alert, AlertState, Event, GetModelHealthRequest, Prediction, Value};
 
@@ -191,12 +190,12 @@ async fn quality_through_the_pipeline(pipeline: &Pipeline) -> Result<()> {
     publish_all_accepted(&mut ingest, &late, 25).await?;
     let labels_sent = (early.len() + late.len()) as u64;
     wait_for_stream_count(js, "LABELS", labels_sent, LONG).await?;
-    wait_idle(
-        js,
-        &["EVENTS", "ENRICHED", "FEATURES", "PREDICTIONS", "LABELS"],
-        LONG,
-    )
-    .await?;
+    pipeline
+        .wait_idle(
+            &["EVENTS", "ENRICHED", "FEATURES", "PREDICTIONS", "LABELS"],
+            LONG,
+        )
+        .await?;
 
     // What monitor should have made of it, from the stream itself.
     let predictions: Vec<Prediction> = decode_all(&read_stream(js, "PREDICTIONS").await?)?;

@@ -12,7 +12,7 @@
 use anyhow::{ensure, Context, Result};
 use millrace_integration_tests::monitor::{model_health_json, publish_raw, Gaussian, RawMessage};
 use millrace_integration_tests::{
-    metric_value, metrics, now_us, wait_idle, wait_until, Pipeline, Service, LONG,
+    metric_value, metrics, now_us, wait_until, Pipeline, Service, LONG,
 };
 use millrace_proto::v1::{FeatureVector, Label, Prediction};
 
@@ -218,12 +218,9 @@ async fn check_exact(pipeline: &Pipeline) -> Result<()> {
         Ok((done, c))
     })
     .await?;
-    wait_idle(
-        pipeline.jetstream(),
-        &["PREDICTIONS", "LABELS", "FEATURES"],
-        LONG,
-    )
-    .await?;
+    pipeline
+        .wait_idle(&["PREDICTIONS", "LABELS", "FEATURES"], LONG)
+        .await?;
     let c = counted(pipeline).await?;
     ensure!(
         c == all,
@@ -278,8 +275,12 @@ async fn kill_and_terminate(pipeline: &mut Pipeline) -> Result<()> {
     let covered = publish(pipeline, snapshotted, 0).await? as f64;
     wait_until("a snapshot covers the first quarter", LONG, || async {
         let text = metrics(monitor).await?;
-        // The gauge follows the stage's first stream, PREDICTIONS, at each snapshot.
-        let at = metric_value(&text, "millrace_stage_last_applied_sequence", &[]);
+        // The gauge gives each stream's position at the newest snapshot.
+        let at = metric_value(
+            &text,
+            "millrace_stage_last_applied_sequence",
+            &[("stream", "PREDICTIONS")],
+        );
         Ok((at.is_some_and(|s| s >= covered), at))
     })
     .await?;

@@ -277,11 +277,11 @@ impl Bus {
     /// The durable consumer `durable` on `kind`, delivering (in order) every
     /// message after `after_sequence`.
     ///
-    /// Acks are ack-all and sent only once a snapshot covers them. When the
-    /// consumer has messages in flight that were never acked (the previous
-    /// process died before its snapshot) or is ahead of the snapshot (the state
-    /// was lost), it is recreated at `after_sequence + 1`, because JetStream
-    /// would otherwise redeliver those only after the ack wait, out of order.
+    /// The consumer takes no acks: the stage's snapshot holds its position (see
+    /// [`crate::stage`]). When the consumer has delivered past `after_sequence`
+    /// (the previous process pulled messages its last snapshot does not cover,
+    /// or the state was lost), or was made with acks by an older millrace, it is
+    /// recreated at `after_sequence + 1`.
     pub async fn resume_consumer(
         &self,
         kind: StreamKind,
@@ -301,8 +301,8 @@ impl Bus {
             .await
             .map_err(|e| err(e.to_string()))?;
         if let Ok(info) = stream.consumer_info(durable).await {
-            let in_step =
-                info.num_ack_pending == 0 && info.delivered.stream_sequence <= after_sequence;
+            let in_step = info.config.ack_policy == consumer::AckPolicy::None
+                && info.delivered.stream_sequence <= after_sequence;
             if in_step {
                 return stream
                     .get_consumer(durable)
@@ -332,9 +332,7 @@ impl Bus {
         let config = consumer::pull::Config {
             durable_name: Some(durable.to_string()),
             deliver_policy,
-            ack_policy: consumer::AckPolicy::All,
-            ack_wait: Duration::from_secs(120),
-            max_ack_pending: 1_000_000,
+            ack_policy: consumer::AckPolicy::None,
             filter_subjects,
             ..Default::default()
         };

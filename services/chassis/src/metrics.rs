@@ -2,8 +2,8 @@
 //! and follows Prometheus naming (`_total` counters, base units).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -51,6 +51,13 @@ impl Metrics {
         self.register(IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")))
     }
 
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(
+            IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+        )
+    }
+
     pub fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
         self.register(
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
@@ -84,7 +91,8 @@ pub struct StageMetrics {
     pub replays_skipped: IntCounter,
     pub dead_letters: IntCounterVec,
     pub publish_retries: IntCounter,
-    pub last_applied_sequence: IntGauge,
+    /// Per stream read (`stream`, `consumer`): where the newest snapshot stands.
+    pub last_applied_sequence: IntGaugeVec,
     pub snapshot_seconds: Histogram,
     pub snapshot_bytes: IntGauge,
 }
@@ -113,9 +121,10 @@ impl StageMetrics {
                 "stage_publish_retries_total",
                 "Publishes retried after JetStream did not acknowledge them.",
             ),
-            last_applied_sequence: metrics.gauge(
+            last_applied_sequence: metrics.gauge_vec(
                 "stage_last_applied_sequence",
-                "Stream sequence of the last message applied to the state.",
+                "Stream sequence of the last message the newest snapshot covers, per stream read.",
+                &["stream", "consumer"],
             ),
             snapshot_seconds: metrics.histogram(
                 "stage_snapshot_seconds",
