@@ -130,6 +130,8 @@ pub struct Source {
     pub stream: StreamKind,
     pub filter_subjects: Vec<String>,
     pub durable: String,
+    /// Messages per pull request; [`StageSpec::batch_size`] when `None`.
+    pub pull: Option<usize>,
 }
 
 impl Source {
@@ -138,7 +140,15 @@ impl Source {
             stream,
             filter_subjects: vec![],
             durable: durable.into(),
+            pull: None,
         }
+    }
+
+    /// Pulls `messages` at a time: for a stream of one small record per message
+    /// read beside streams of batches, whose pulls must stay small to bound memory.
+    pub fn pulling(mut self, messages: usize) -> Self {
+        self.pull = Some(messages.max(1));
+        self
     }
 }
 
@@ -158,6 +168,12 @@ pub struct StageSpec {
     pub snapshot_every: u64,
     /// Name of this stage's per-event span.
     pub span_name: &'static str,
+}
+
+impl StageSpec {
+    fn pull_size(&self, source: &Source) -> usize {
+        source.pull.unwrap_or(self.batch_size)
+    }
 }
 
 /// Where each source resumes: after these sequences (0 = from the start).
@@ -227,14 +243,16 @@ where
             .await?;
         let messages = consumer
             .stream()
-            .max_messages_per_batch(spec.batch_size)
+            .max_messages_per_batch(spec.pull_size(source))
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await
             .map_err(|e| consume_error(&bus, source, e.to_string()))?;
         streams.push(messages.map(move |m| (index, m)).boxed());
     }
-    let mut chunks = futures::stream::select_all(streams).ready_chunks(spec.batch_size);
+    // A chunk takes what one pull per source brings: those messages are in memory already.
+    let chunk: usize = spec.sources.iter().map(|s| spec.pull_size(s)).sum();
+    let mut chunks = futures::stream::select_all(streams).ready_chunks(chunk);
     let mut covered = match spec.output {
         Some(stream) => {
             let covered = Covered::load(&bus, stream, spec.stage, spec.sources.len()).await?;

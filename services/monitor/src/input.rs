@@ -30,12 +30,17 @@ use millrace_proto::{FeatureVector, Label, Prediction};
 /// The stage's snapshot key.
 pub const SNAPSHOT_KEY: &str = "monitor";
 
+/// LABELS messages per pull request (the batch streams' pulls are 64 messages).
+const LABELS_PER_PULL: usize = 1024;
+
 /// The streams read, in the order [`MonitorInput::decode`] expects them.
 pub fn sources() -> Vec<Source> {
     vec![
         // The name the single-stream monitor used: its consumer is taken over.
         Source::new(StreamKind::Predictions, "monitor"),
-        Source::new(StreamKind::Labels, "monitor-labels"),
+        // One label per message: pulled 64 at a time like the batches, labels
+        // were the drain's long pole (the stage waited on them for most of it).
+        Source::new(StreamKind::Labels, "monitor-labels").pulling(LABELS_PER_PULL),
         Source::new(StreamKind::Features, "monitor-features"),
     ]
 }
