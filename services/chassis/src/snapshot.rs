@@ -58,6 +58,37 @@ pub fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     }
 }
 
+/// A snapshot encoded and ready to write: encoding reads the state, so it is
+/// done where the state lives; the write can happen elsewhere.
+pub struct Encoded {
+    key: String,
+    header: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new<T: Serialize>(
+        key: &str,
+        sequences: &[u64],
+        state: &T,
+    ) -> Result<Self, ChassisError> {
+        let payload = postcard::to_stdvec(state).map_err(|e| ChassisError::SnapshotEncode {
+            key: key.into(),
+            message: e.to_string(),
+        })?;
+        let header =
+            encode_header(sequences, &payload).ok_or_else(|| ChassisError::SnapshotEncode {
+                key: key.into(),
+                message: format!("{} sequences, at most {}", sequences.len(), u16::MAX),
+            })?;
+        Ok(Self {
+            key: key.into(),
+            header,
+            payload,
+        })
+    }
+}
+
 /// A loaded snapshot: the state and, per stream read, the last sequence applied to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot<T> {
@@ -94,17 +125,13 @@ impl SnapshotStore {
         sequences: &[u64],
         state: &T,
     ) -> Result<usize, ChassisError> {
-        let payload = postcard::to_stdvec(state).map_err(|e| ChassisError::SnapshotEncode {
-            key: key.into(),
-            message: e.to_string(),
-        })?;
-        let header =
-            encode_header(sequences, &payload).ok_or_else(|| ChassisError::SnapshotEncode {
-                key: key.into(),
-                message: format!("{} sequences, at most {}", sequences.len(), u16::MAX),
-            })?;
-        self.commit(key, &[&header, &payload])?;
-        Ok(header.len() + payload.len())
+        self.write(&Encoded::new(key, sequences, state)?)
+    }
+
+    /// Writes an encoded snapshot and waits until it is on disk; answers its size.
+    pub fn write(&self, encoded: &Encoded) -> Result<usize, ChassisError> {
+        self.commit(&encoded.key, &[&encoded.header, &encoded.payload])?;
+        Ok(encoded.header.len() + encoded.payload.len())
     }
 
     /// Writes `parts` as the next generation of `key`'s file, makes it durable,

@@ -13,7 +13,10 @@
 //!    state spends at most about a tenth of the stage's time in snapshots),
 //!    and on shutdown:
 //!    wait until the outputs are stored, ask the actor for its state, and store
-//!    it with the last applied sequence of every stream.
+//!    it with the last applied sequence of every stream. The write and its
+//!    fsyncs run on a blocking thread while the stage goes on, one at a time:
+//!    nothing waits for them but the next snapshot, since whatever it covers
+//!    is already applied and its outputs are stored.
 //!
 //! The consumers take no acks (`AckPolicy::None`): the snapshot, not the
 //! broker, records how far a stage has got, and a restart repositions the
@@ -43,7 +46,7 @@ use crate::batch::{self, Covered};
 use crate::bus::{subject, Bus, Outgoing, StreamKind};
 use crate::metrics::StageMetrics;
 use crate::shutdown::Shutdown;
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{Encoded, SnapshotStore};
 use crate::telemetry;
 use crate::ChassisError;
 
@@ -271,8 +274,9 @@ where
         unsnapshotted: 0,
         last_snapshot: Instant::now(),
         last_cost: Duration::ZERO,
+        saving: None,
     };
-    checkpoint.report_sequence();
+    checkpoint.report_sequence(&checkpoint.applied);
     let mut tick = tokio::time::interval(spec.snapshot_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -281,6 +285,7 @@ where
             biased;
             _ = shutdown.recv() => break,
             _ = tick.tick() => {
+                checkpoint.reap_save().await?;
                 if checkpoint.unsnapshotted > 0 && checkpoint.due(spec.snapshot_interval) {
                     checkpoint.snapshot(&actor).await?;
                 }
@@ -311,6 +316,7 @@ where
     }
     // Drain: what was taken from the streams is applied; store it before leaving.
     checkpoint.snapshot(&actor).await?;
+    checkpoint.settle_save().await?;
     tracing::info!(stage = spec.stage, sequences = ?checkpoint.applied, "stage stopped after its final snapshot");
     Ok(())
 }
@@ -379,6 +385,14 @@ impl<T> Piece<T> {
     }
 }
 
+/// A stored snapshot: its size, the sequences it covers, and what it cost
+/// (taking the state, then storing it).
+struct Saved {
+    bytes: usize,
+    sequences: Vec<u64>,
+    cost: Duration,
+}
+
 type Pulled = (
     usize,
     Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
@@ -394,8 +408,10 @@ struct Checkpoint<'a> {
     applied: Vec<u64>,
     unsnapshotted: u64,
     last_snapshot: Instant,
-    /// How long the last snapshot held the stage up.
+    /// How long the last snapshot took, its store included.
     last_cost: Duration,
+    /// The snapshot being stored in the background, if any.
+    saving: Option<tokio::task::JoinHandle<Result<Saved, ChassisError>>>,
     /// Spans are exported: open one per record and carry its context on.
     traced: bool,
 }
@@ -618,6 +634,8 @@ impl Checkpoint<'_> {
         self.last_snapshot.elapsed() >= at_least.max(self.last_cost * SNAPSHOT_SPACING)
     }
 
+    /// Takes the actor's state once every output so far is stored, and starts
+    /// storing it (after the previous snapshot's store has finished).
     async fn snapshot<A, S>(&mut self, actor: &Addr<A>) -> Result<(), ChassisError>
     where
         A: Actor + Handler<TakeSnapshot<S>>,
@@ -626,6 +644,7 @@ impl Checkpoint<'_> {
     {
         let started = Instant::now();
         self.publisher.flush().await?;
+        self.settle_save().await?;
         let state = actor
             .send(TakeSnapshot::<S>::default())
             .await
@@ -633,25 +652,58 @@ impl Checkpoint<'_> {
                 actor: self.spec.stage,
                 message: e.to_string(),
             })?;
-        let bytes = self
-            .store
-            .save(&self.spec.snapshot_key, &self.applied, &state)?;
-        self.metrics
-            .snapshot_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .snapshot_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        self.report_sequence();
+        // Encoded here, so that the actor's state is not shared once it goes on.
+        let sequences = self.applied.clone();
+        let encoded = Encoded::new(&self.spec.snapshot_key, &sequences, &state)?;
+        drop(state);
+        let store = self.store.clone();
+        let taken = started.elapsed();
+        let task = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let bytes = store.write(&encoded)?;
+            Ok(Saved {
+                bytes,
+                sequences,
+                cost: taken + started.elapsed(),
+            })
+        });
+        self.saving = Some(task);
         self.unsnapshotted = 0;
         self.last_snapshot = Instant::now();
-        self.last_cost = started.elapsed();
         Ok(())
     }
 
-    /// Where the snapshot stands in each stream: what a restart resumes after.
-    fn report_sequence(&self) {
-        for (source, &sequence) in self.spec.sources.iter().zip(&self.applied) {
+    /// Finishes the snapshot being stored, if its store is done.
+    async fn reap_save(&mut self) -> Result<(), ChassisError> {
+        if self.saving.as_ref().is_some_and(|task| task.is_finished()) {
+            self.settle_save().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the snapshot being stored, if any, and reports it.
+    async fn settle_save(&mut self) -> Result<(), ChassisError> {
+        let Some(task) = self.saving.take() else {
+            return Ok(());
+        };
+        let saved = task.await.map_err(|e| ChassisError::ActorGone {
+            actor: "snapshot store",
+            message: e.to_string(),
+        })??;
+        self.last_cost = saved.cost;
+        self.metrics
+            .snapshot_seconds
+            .observe(saved.cost.as_secs_f64());
+        self.metrics
+            .snapshot_bytes
+            .set(i64::try_from(saved.bytes).unwrap_or(i64::MAX));
+        self.report_sequence(&saved.sequences);
+        Ok(())
+    }
+
+    /// Where the stored snapshot stands in each stream: what a restart resumes after.
+    fn report_sequence(&self, sequences: &[u64]) {
+        for (source, &sequence) in self.spec.sources.iter().zip(sequences) {
             self.metrics
                 .last_applied_sequence
                 .with_label_values(&[self.bus.stream_name(source.stream), &source.durable])

@@ -181,7 +181,7 @@ fn family_index(family: Family) -> usize {
 pub struct HealthBoard {
     /// Shared with the stage while it serializes a snapshot; every change goes
     /// through `Arc::make_mut`, once per batch, which copies only if a snapshot
-    /// is still held (the stage loop stores it before it sends the next batch,
+    /// is still held (the stage loop encodes it before it sends the next batch,
     /// so it never is).
     state: Arc<MonitorState>,
     settings: MonitorSettings,
