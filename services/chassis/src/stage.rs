@@ -135,6 +135,8 @@ pub struct Source {
     pub durable: String,
     /// Messages per pull request; [`StageSpec::batch_size`] when `None`.
     pub pull: Option<usize>,
+    /// Messages taken from this stream at a time when the stage reads several (1 by default).
+    pub turn: usize,
 }
 
 impl Source {
@@ -144,6 +146,7 @@ impl Source {
             filter_subjects: vec![],
             durable: durable.into(),
             pull: None,
+            turn: 1,
         }
     }
 
@@ -151,6 +154,16 @@ impl Source {
     /// read beside streams of batches, whose pulls must stay small to bound memory.
     pub fn pulling(mut self, messages: usize) -> Self {
         self.pull = Some(messages.max(1));
+        self
+    }
+
+    /// Takes up to `messages` ready ones at a time from this stream, where the
+    /// others' take one. The streams a stage reads are taken in turn, so a
+    /// stream of single records read beside streams of batches falls behind
+    /// them by the batch size: the record counts, not the message counts,
+    /// should match.
+    pub fn taking(mut self, messages: usize) -> Self {
+        self.turn = messages.max(1);
         self
     }
 }
@@ -251,11 +264,20 @@ where
             .messages()
             .await
             .map_err(|e| consume_error(&bus, source, e.to_string()))?;
-        streams.push(messages.map(move |m| (index, m)).boxed());
+        let turns = messages.ready_chunks(source.turn);
+        streams.push(turns.map(move |turn| (index, turn)).boxed());
     }
-    // A chunk takes what one pull per source brings: those messages are in memory already.
+    // A chunk takes at most what one pull per source brings: those messages
+    // are in memory already.
     let chunk: usize = spec.sources.iter().map(|s| spec.pull_size(s)).sum();
-    let mut chunks = futures::stream::select_all(streams).ready_chunks(chunk);
+    let mut chunks = futures::stream::select_all(streams)
+        .ready_chunks(chunk)
+        .map(|turns| {
+            turns
+                .into_iter()
+                .flat_map(|(index, turn)| turn.into_iter().map(move |m| (index, m)))
+                .collect::<Vec<Pulled>>()
+        });
     let mut covered = match spec.output {
         Some(stream) => {
             let covered = Covered::load(&bus, stream, spec.stage, spec.sources.len()).await?;
