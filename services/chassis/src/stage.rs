@@ -664,9 +664,10 @@ impl Checkpoint<'_> {
         A::Context: ToEnvelope<A, TakeSnapshot<S>>,
         S: Serialize + Send + 'static,
     {
+        // The previous store first, so that this snapshot's cost is its own.
+        self.settle_save().await?;
         let started = Instant::now();
         self.publisher.flush().await?;
-        self.settle_save().await?;
         let state = actor
             .send(TakeSnapshot::<S>::default())
             .await
