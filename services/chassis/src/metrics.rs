@@ -95,6 +95,8 @@ pub struct StageMetrics {
     pub last_applied_sequence: IntGaugeVec,
     pub snapshot_seconds: Histogram,
     pub snapshot_bytes: IntGauge,
+    /// Snapshots stored, by `part`: `whole` or `changes`.
+    pub snapshots: IntCounterVec,
 }
 
 impl StageMetrics {
@@ -133,6 +135,11 @@ impl StageMetrics {
             ),
             snapshot_bytes: metrics
                 .gauge("stage_snapshot_bytes", "Size of the last stored snapshot."),
+            snapshots: metrics.counter_vec(
+                "stage_snapshots_total",
+                "Snapshots stored, by part: the whole state, or the changes since the snapshot before.",
+                &["part"],
+            ),
         }
     }
 }

@@ -10,10 +10,16 @@
 //! loaded as if it were state.
 //!
 //! Records live in files (`states/<key>.<generation>`, written to a temporary
-//! name, fsynced and renamed); sled holds, per key, which generation is
+//! name, fsynced and renamed); sled holds, per key, which generations are
 //! current and is the commit point. Large values rewritten in sled stay in
 //! its memory for many versions (a 3 MiB state rewritten 60 times held over
 //! 100 MiB), so only the small pointer goes there.
+//!
+//! A key's snapshot is a chain: one whole state, then any number of records of
+//! what changed after it ([`Part::Changes`]), so that a large state need not
+//! be written out whole every time a little of it changed. The pointer names
+//! the chain's first and last generation; the last record's sequences are the
+//! snapshot's. A whole state starts a new chain and retires the old one.
 
 use std::path::{Path, PathBuf};
 
@@ -23,8 +29,10 @@ use serde::Serialize;
 use crate::ChassisError;
 
 const MAGIC: &[u8; 4] = b"MRSN";
-/// A sled value: this magic, then the current generation (u64 LE).
+/// A sled value of an earlier millrace: this magic, then the one current generation (u64 LE).
 const POINTER_MAGIC: &[u8; 4] = b"MRSP";
+/// A sled value: this magic, then the chain's first and last generation (u64 LE each).
+const CHAIN_MAGIC: &[u8; 4] = b"MRSC";
 const FORMAT_VERSION: u16 = 2;
 /// Magic, version and sequence count: enough to know how long the header is.
 const PREFIX_LEN: usize = 4 + 2 + 2;
@@ -58,10 +66,25 @@ pub fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     }
 }
 
+/// What a record holds: the whole state, or what changed since the record before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    Changes,
+}
+
+/// The generations of a key's current chain, first (the whole state) to last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chain {
+    first: u64,
+    last: u64,
+}
+
 /// A snapshot encoded and ready to write: encoding reads the state, so it is
 /// done where the state lives; the write can happen elsewhere.
 pub struct Encoded {
     key: String,
+    part: Part,
     header: Vec<u8>,
     payload: Vec<u8>,
 }
@@ -71,6 +94,7 @@ impl Encoded {
         key: &str,
         sequences: &[u64],
         state: &T,
+        part: Part,
     ) -> Result<Self, ChassisError> {
         let payload = postcard::to_stdvec(state).map_err(|e| ChassisError::SnapshotEncode {
             key: key.into(),
@@ -83,17 +107,24 @@ impl Encoded {
             })?;
         Ok(Self {
             key: key.into(),
+            part,
             header,
             payload,
         })
     }
+
+    pub fn part(&self) -> Part {
+        self.part
+    }
 }
 
-/// A loaded snapshot: the state and, per stream read, the last sequence applied to it.
+/// A loaded snapshot: the whole state, the changes after it in order, and, per
+/// stream read, the last sequence the newest of them had applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot<T> {
     pub sequences: Vec<u64>,
     pub state: T,
+    pub changes: Vec<T>,
 }
 
 #[derive(Clone)]
@@ -125,21 +156,43 @@ impl SnapshotStore {
         sequences: &[u64],
         state: &T,
     ) -> Result<usize, ChassisError> {
-        self.write(&Encoded::new(key, sequences, state)?)
+        self.write(&Encoded::new(key, sequences, state, Part::Whole)?)
     }
 
     /// Writes an encoded snapshot and waits until it is on disk; answers its size.
+    /// Changes extend the key's chain, which must exist.
     pub fn write(&self, encoded: &Encoded) -> Result<usize, ChassisError> {
-        self.commit(&encoded.key, &[&encoded.header, &encoded.payload])?;
+        self.commit(
+            &encoded.key,
+            &[&encoded.header, &encoded.payload],
+            encoded.part,
+        )?;
         Ok(encoded.header.len() + encoded.payload.len())
     }
 
     /// Writes `parts` as the next generation of `key`'s file, makes it durable,
-    /// then points sled at it; the previous file goes only after that.
-    fn commit(&self, key: &str, parts: &[&[u8]]) -> Result<(), ChassisError> {
+    /// then points sled at the chain it ends; a chain a whole state replaces
+    /// goes only after that.
+    fn commit(&self, key: &str, parts: &[&[u8]], part: Part) -> Result<(), ChassisError> {
         use std::io::Write;
-        let previous = self.generation(key)?;
-        let generation = previous.map_or(1, |g| g + 1);
+        let previous = self.chain(key)?;
+        let generation = previous.map_or(1, |c| c.last + 1);
+        let chain = match (part, previous) {
+            (Part::Whole, _) => Chain {
+                first: generation,
+                last: generation,
+            },
+            (Part::Changes, Some(previous)) => Chain {
+                last: generation,
+                ..previous
+            },
+            (Part::Changes, None) => {
+                return Err(ChassisError::SnapshotCorrupt {
+                    key: key.into(),
+                    message: "changes offered with no whole state before them".into(),
+                })
+            }
+        };
         let file = self.state_file(key, generation);
         let temporary = file.with_extension(format!("{generation}.tmp"));
         let write = || -> std::io::Result<()> {
@@ -152,23 +205,26 @@ impl SnapshotStore {
             std::fs::File::open(&self.states)?.sync_all()
         };
         write().map_err(|e| self.file_error(&file, e))?;
-        let mut pointer = POINTER_MAGIC.to_vec();
-        pointer.extend_from_slice(&generation.to_le_bytes());
+        let mut pointer = CHAIN_MAGIC.to_vec();
+        pointer.extend_from_slice(&chain.first.to_le_bytes());
+        pointer.extend_from_slice(&chain.last.to_le_bytes());
         self.db
             .insert(key, pointer)
             .map_err(|e| self.store_error(e))?;
         self.db.flush().map_err(|e| self.store_error(e))?;
-        if let Some(old) = previous {
-            let old = self.state_file(key, old);
-            if let Err(e) = std::fs::remove_file(&old) {
-                tracing::warn!("snapshot {key}: could not remove {}: {e}", old.display());
+        if let (Part::Whole, Some(old)) = (part, previous) {
+            for generation in old.first..=old.last {
+                let old = self.state_file(key, generation);
+                if let Err(e) = std::fs::remove_file(&old) {
+                    tracing::warn!("snapshot {key}: could not remove {}: {e}", old.display());
+                }
             }
         }
         Ok(())
     }
 
-    /// The generation sled points at for `key`.
-    fn generation(&self, key: &str) -> Result<Option<u64>, ChassisError> {
+    /// The chain sled points at for `key`.
+    fn chain(&self, key: &str) -> Result<Option<Chain>, ChassisError> {
         let Some(value) = self.db.get(key).map_err(|e| self.store_error(e))? else {
             return Ok(None);
         };
@@ -192,14 +248,16 @@ impl SnapshotStore {
         self.states.join(format!("{name}.{generation}"))
     }
 
-    /// Files no pointer names: a crash between writing a file and committing
-    /// its pointer, or before the old file was removed, leaves them behind.
+    /// Files no pointer's chain holds: a crash between writing a file and
+    /// committing its pointer, or before the old chain was removed, leaves them behind.
     fn remove_stale_files(&self) -> Result<(), ChassisError> {
         let mut current = std::collections::HashSet::new();
         for entry in self.db.iter() {
             let (key, value) = entry.map_err(|e| self.store_error(e))?;
-            if let (Ok(key), Ok(generation)) = (std::str::from_utf8(&key), decode_pointer(&value)) {
-                current.insert(self.state_file(key, generation));
+            if let (Ok(key), Ok(chain)) = (std::str::from_utf8(&key), decode_pointer(&value)) {
+                for generation in chain.first..=chain.last {
+                    current.insert(self.state_file(key, generation));
+                }
             }
         }
         let entries =
@@ -220,29 +278,40 @@ impl SnapshotStore {
         &self,
         key: &str,
     ) -> Result<Option<Snapshot<T>>, ChassisError> {
-        let Some(generation) = self.generation(key)? else {
+        let Some(chain) = self.chain(key)? else {
             return Ok(None);
         };
-        let file = self.state_file(key, generation);
-        let record = std::fs::read(&file).map_err(|e| ChassisError::SnapshotCorrupt {
+        let corrupt = |message: String| ChassisError::SnapshotCorrupt {
             key: key.into(),
-            message: format!("state file {}: {e}", file.display()),
-        })?;
-        let (sequences, payload) =
-            decode_record(&record).map_err(|message| ChassisError::SnapshotCorrupt {
-                key: key.into(),
-                message,
-            })?;
-        let state = postcard::from_bytes(payload).map_err(|e| ChassisError::SnapshotCorrupt {
-            key: key.into(),
-            message: format!("state does not decode: {e}"),
-        })?;
-        Ok(Some(Snapshot { sequences, state }))
+            message,
+        };
+        let mut sequences = Vec::new();
+        let mut states = Vec::new();
+        for generation in chain.first..=chain.last {
+            let file = self.state_file(key, generation);
+            let record = std::fs::read(&file)
+                .map_err(|e| corrupt(format!("state file {}: {e}", file.display())))?;
+            let (at, payload) = decode_record(&record)
+                .map_err(|message| corrupt(format!("{}: {message}", file.display())))?;
+            let state = postcard::from_bytes(payload)
+                .map_err(|e| corrupt(format!("{}: state does not decode: {e}", file.display())))?;
+            sequences = at;
+            states.push(state);
+        }
+        let mut states = states.into_iter();
+        let state = states
+            .next()
+            .ok_or_else(|| corrupt("the pointer names an empty chain".into()))?;
+        Ok(Some(Snapshot {
+            sequences,
+            state,
+            changes: states.collect(),
+        }))
     }
 
     /// Stores raw bytes as `key`'s record, bypassing the format (tests of corruption use it).
     pub fn put_raw(&self, key: &str, bytes: &[u8]) -> Result<(), ChassisError> {
-        self.commit(key, &[bytes])
+        self.commit(key, &[bytes], Part::Whole)
     }
 
     fn file_error(&self, file: &Path, e: std::io::Error) -> ChassisError {
@@ -277,9 +346,20 @@ fn encode_header(sequences: &[u64], payload: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn decode_pointer(value: &[u8]) -> Result<u64, String> {
+fn decode_pointer(value: &[u8]) -> Result<Chain, String> {
+    if value.len() == 20 && &value[..4] == CHAIN_MAGIC {
+        let (first, last) = (le_u64(&value[4..]), le_u64(&value[12..]));
+        if first == 0 || first > last {
+            return Err(format!("pointer names generations {first} to {last}"));
+        }
+        return Ok(Chain { first, last });
+    }
     if value.len() == 12 && &value[..4] == POINTER_MAGIC {
-        return Ok(le_u64(&value[4..]));
+        let generation = le_u64(&value[4..]);
+        return Ok(Chain {
+            first: generation,
+            last: generation,
+        });
     }
     if value.starts_with(MAGIC) {
         return Err(
@@ -397,7 +477,8 @@ mod tests {
             snap,
             Snapshot {
                 sequences: vec![42, 7],
-                state
+                state,
+                changes: vec![]
             }
         );
         assert!(s.load::<u64>("absent").expect("load").is_none());
@@ -432,6 +513,68 @@ mod tests {
         assert_eq!((snap.sequences, snap.state), (vec![4], 4));
         s.save("monitor", &[5], &5u64).expect("save after reopen");
         assert_eq!(files(dir.path()), ["a%2fb.1", "monitor.6"]);
+    }
+
+    #[test]
+    fn changes_extend_the_chain_and_a_whole_state_retires_it() {
+        let (dir, s) = store();
+        let changes = |s: &SnapshotStore, seq: u64, n: u64| {
+            s.write(&Encoded::new("fs", &[seq], &n, Part::Changes).expect("encode"))
+                .expect("write changes")
+        };
+        let err = s
+            .write(&Encoded::new("fs", &[1], &1u64, Part::Changes).expect("encode"))
+            .expect_err("no whole state yet")
+            .to_string();
+        assert!(err.contains("no whole state"), "{err}");
+
+        s.save("fs", &[10], &100u64).expect("save");
+        changes(&s, 11, 1);
+        changes(&s, 15, 2);
+        assert_eq!(files(dir.path()), ["fs.1", "fs.2", "fs.3"]);
+        drop(s);
+        let s = SnapshotStore::open(dir.path()).expect("reopen keeps the chain");
+        assert_eq!(
+            s.load::<u64>("fs").expect("load").expect("present"),
+            Snapshot {
+                sequences: vec![15],
+                state: 100,
+                changes: vec![1, 2]
+            }
+        );
+
+        s.save("fs", &[20], &200u64).expect("save");
+        assert_eq!(files(dir.path()), ["fs.4"]);
+        changes(&s, 21, 3);
+        let snap = s.load::<u64>("fs").expect("load").expect("present");
+        assert_eq!(
+            (snap.sequences, snap.state, snap.changes),
+            (vec![21], 200, vec![3])
+        );
+    }
+
+    #[test]
+    fn a_missing_link_of_the_chain_is_an_error_naming_its_file() {
+        let (dir, s) = store();
+        s.save("fs", &[1], &1u64).expect("save");
+        s.write(&Encoded::new("fs", &[2], &2u64, Part::Changes).expect("encode"))
+            .expect("changes");
+        std::fs::remove_file(dir.path().join("snapshots/states/fs.2")).expect("rm");
+        let err = s.load::<u64>("fs").expect_err("missing").to_string();
+        assert!(err.contains("fs.2"), "{err}");
+    }
+
+    #[test]
+    fn a_pointer_of_an_earlier_millrace_still_loads() {
+        let (dir, s) = store();
+        s.save("old", &[4], &4u64).expect("save");
+        let mut pointer = POINTER_MAGIC.to_vec();
+        pointer.extend_from_slice(&1u64.to_le_bytes());
+        s.db.insert("old", pointer).expect("insert");
+        let snap = s.load::<u64>("old").expect("load").expect("present");
+        assert_eq!((snap.sequences, snap.state), (vec![4], 4));
+        s.save("old", &[5], &5u64).expect("save over it");
+        assert_eq!(files(dir.path()), ["old.2"]);
     }
 
     #[test]

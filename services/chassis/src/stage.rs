@@ -46,6 +46,7 @@ use crate::batch::{self, Covered};
 use crate::bus::{subject, Bus, Outgoing, StreamKind};
 use crate::metrics::StageMetrics;
 use crate::shutdown::Shutdown;
+pub use crate::snapshot::Part;
 use crate::snapshot::{Encoded, SnapshotStore};
 use crate::telemetry;
 use crate::ChassisError;
@@ -124,7 +125,30 @@ impl<S> Default for TakeSnapshot<S> {
 }
 
 impl<S: 'static> Message for TakeSnapshot<S> {
-    type Result = S;
+    type Result = Taken<S>;
+}
+
+/// A snapshot as the actor hands it over: its whole state, or what changed
+/// since the snapshot before (which a restart applies over the chain it extends).
+pub struct Taken<S> {
+    pub part: Part,
+    pub state: S,
+}
+
+impl<S> Taken<S> {
+    pub fn whole(state: S) -> Self {
+        Self {
+            part: Part::Whole,
+            state,
+        }
+    }
+
+    pub fn changes(state: S) -> Self {
+        Self {
+            part: Part::Changes,
+            state,
+        }
+    }
 }
 
 /// One stream a stage reads, through its own durable consumer.
@@ -197,15 +221,38 @@ impl StageSpec {
 pub struct Resume(pub Vec<u64>);
 
 /// Loads the stage's snapshot: the state to start the actor with and where
-/// each source resumes. A snapshot taken with other sources is refused.
+/// each source resumes. A snapshot taken with other sources is refused, and so
+/// are changes, which only [`load_chain`] takes.
 pub fn load_state<S: DeserializeOwned + Default>(
     store: &SnapshotStore,
     spec: &StageSpec,
 ) -> Result<(S, Resume), ChassisError> {
+    let (mut chain, resume) = load_chain::<S>(store, spec)?;
+    if chain.len() > 1 {
+        return Err(ChassisError::SnapshotCorrupt {
+            key: spec.snapshot_key.clone(),
+            message: format!(
+                "{} records of changes, which this stage never writes",
+                chain.len() - 1
+            ),
+        });
+    }
+    Ok((chain.pop().unwrap_or_default(), resume))
+}
+
+/// Loads the stage's snapshot as the chain it was stored as: the whole state
+/// first, then each record of changes (none at all for a fresh start), and
+/// where each source resumes.
+pub fn load_chain<S: DeserializeOwned>(
+    store: &SnapshotStore,
+    spec: &StageSpec,
+) -> Result<(Vec<S>, Resume), ChassisError> {
     Ok(match store.load::<S>(&spec.snapshot_key)? {
         Some(snap) if snap.sequences.len() == spec.sources.len() => {
-            tracing::info!(key = %spec.snapshot_key, sequences = ?snap.sequences, "resuming from snapshot");
-            (snap.state, Resume(snap.sequences))
+            tracing::info!(key = %spec.snapshot_key, sequences = ?snap.sequences, changes = snap.changes.len(), "resuming from snapshot");
+            let mut chain = vec![snap.state];
+            chain.extend(snap.changes);
+            (chain, Resume(snap.sequences))
         }
         Some(snap) => {
             return Err(ChassisError::SnapshotCorrupt {
@@ -217,7 +264,7 @@ pub fn load_state<S: DeserializeOwned + Default>(
                 ),
             })
         }
-        None => (S::default(), Resume(vec![0; spec.sources.len()])),
+        None => (Vec::new(), Resume(vec![0; spec.sources.len()])),
     })
 }
 
@@ -410,6 +457,7 @@ impl<T> Piece<T> {
 /// A stored snapshot: its size, the sequences it covers, and what it cost
 /// (taking the state, then storing it).
 struct Saved {
+    part: Part,
     bytes: usize,
     sequences: Vec<u64>,
     cost: Duration,
@@ -668,7 +716,7 @@ impl Checkpoint<'_> {
         self.settle_save().await?;
         let started = Instant::now();
         self.publisher.flush().await?;
-        let state = actor
+        let taken = actor
             .send(TakeSnapshot::<S>::default())
             .await
             .map_err(|e| ChassisError::ActorGone {
@@ -677,14 +725,20 @@ impl Checkpoint<'_> {
             })?;
         // Encoded here, so that the actor's state is not shared once it goes on.
         let sequences = self.applied.clone();
-        let encoded = Encoded::new(&self.spec.snapshot_key, &sequences, &state)?;
-        drop(state);
+        let encoded = Encoded::new(
+            &self.spec.snapshot_key,
+            &sequences,
+            &taken.state,
+            taken.part,
+        )?;
+        drop(taken);
         let store = self.store.clone();
         let taken = started.elapsed();
         let task = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let bytes = store.write(&encoded)?;
             Ok(Saved {
+                part: encoded.part(),
                 bytes,
                 sequences,
                 cost: taken + started.elapsed(),
@@ -720,6 +774,11 @@ impl Checkpoint<'_> {
         self.metrics
             .snapshot_bytes
             .set(i64::try_from(saved.bytes).unwrap_or(i64::MAX));
+        let part = match saved.part {
+            Part::Whole => "whole",
+            Part::Changes => "changes",
+        };
+        self.metrics.snapshots.with_label_values(&[part]).inc();
         self.report_sequence(&saved.sequences);
         Ok(())
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::{EnrichSettings, JoinDef, OnMissing, TableDef};
 use millrace_chassis::metrics::Metrics;
-use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot};
+use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot, Taken};
 use millrace_proto::{DeadLetter, Event, Value};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
@@ -318,7 +318,7 @@ impl Handler<TakeSnapshot<EnrichState>> for Enricher {
     type Result = actix::MessageResult<TakeSnapshot<EnrichState>>;
 
     fn handle(&mut self, _: TakeSnapshot<EnrichState>, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(self.state.clone())
+        actix::MessageResult(Taken::whole(self.state.clone()))
     }
 }
 

@@ -352,7 +352,9 @@ fn main() -> Result<()> {
             .load::<EncodedState>("feature-state")?
             .context("the snapshot just saved")?;
         let read = started.elapsed();
-        let (restored, report) = store(false)?.restore(&loaded.state.0)?;
+        let mut chain = vec![loaded.state];
+        chain.extend(loaded.changes);
+        let (restored, report) = store(false)?.restore(&chain)?;
         let total = started.elapsed();
         row(
             "recovery in process: load + decode (1M entities)",
@@ -363,7 +365,7 @@ fn main() -> Result<()> {
                 report.entities
             ),
         );
-        drop(loaded);
+        drop(chain);
         drop(restored);
         drop(snapshots);
 
@@ -839,8 +841,21 @@ async fn one_pipeline(
     }
     let text = metrics(feature_state.http_addr()).await.unwrap_or_default();
     let batches = metric_value(&text, "millrace_feature_state_batches_total", &[]).unwrap_or(0.0);
+    let mut stored = String::new();
+    for part in ["whole", "changes"] {
+        let n = metric_value(&text, "millrace_stage_snapshots_total", &[("part", part)]);
+        stored += &format!("; {} snapshots {part}", n.unwrap_or(0.0));
+    }
+    for name in ["ENRICHED", "FEATURES"] {
+        let state = js.get_stream(name).await?.info().await?.state.clone();
+        stored += &format!(
+            "; {name} {} messages, {:.0} B per event",
+            state.messages,
+            state.bytes as f64 / n as f64
+        );
+    }
     eprintln!(
-        "    {run}: feature-state applied {n} events in {batches} batches ({:.1} per batch); {vectors} vectors; load {load_before} → {load}",
+        "    {run}: feature-state applied {n} events in {batches} batches ({:.1} per batch); {vectors} vectors{stored}; load {load_before} → {load}",
         n as f64 / batches.max(1.0)
     );
     if scored && vectors != n as u64 {

@@ -115,7 +115,7 @@ impl Handler<TakeSnapshot<EncodedState>> for FeatureStoreActor {
 
     fn handle(&mut self, _: TakeSnapshot<EncodedState>, _: &mut Self::Context) -> Self::Result {
         match self.store.snapshot() {
-            Ok(state) => MessageResult(state),
+            Ok(taken) => MessageResult(taken),
             Err(e) => {
                 // Encoding plain state into a Vec fails only on a bug; stopping
                 // beats storing a snapshot that does not hold the state.

@@ -35,12 +35,12 @@ async fn run() -> anyhow::Result<()> {
         512,
     );
     let started = Instant::now();
-    let (state, resume_after) = stage::load_state::<EncodedState>(&svc.store, &spec)?;
+    let (chain, resume_after) = stage::load_chain::<EncodedState>(&svc.store, &spec)?;
     let (features, restored) =
         FeatureStore::new(FeatureSpec::from_pipeline(&svc.pipeline), &svc.metrics)
-            .restore(&state.0)
+            .restore(&chain)
             .context("restoring feature state")?;
-    drop(state);
+    drop(chain);
     tracing::info!(
         entities = restored.entities,
         started_empty = ?restored.started_empty,

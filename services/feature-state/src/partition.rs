@@ -7,6 +7,9 @@
 //! absent (and restarts empty when touched); [`EntityTable::sweep`] frees such
 //! rows once no later add or read could see them, so sweeping never changes a
 //! value.
+//!
+//! A table also remembers what changed since it was last snapshotted (rows
+//! updated, entities freed), so a snapshot of a large state can hold only that.
 
 use std::collections::HashMap;
 
@@ -22,8 +25,15 @@ pub struct EntityTable {
     key_bytes: usize,
     /// Per row: the newest event time of the entity (`FREE` for a free row).
     last_seen: Vec<i64>,
+    /// Per row: the entity's key (empty for a free row), for snapshots of some rows.
+    row_keys: Vec<Box<str>>,
     free: Vec<u32>,
     columns: Vec<Box<dyn Column>>,
+    /// Rows updated since [`EntityTable::forget_changes`], each once, and which rows they are.
+    changed: Vec<u32>,
+    is_changed: Vec<bool>,
+    /// Entities freed since then.
+    removed: Vec<Box<str>>,
 }
 
 /// What a sweep found.
@@ -40,8 +50,12 @@ impl EntityTable {
             index: HashMap::new(),
             key_bytes: 0,
             last_seen: Vec::new(),
+            row_keys: Vec::new(),
             free: Vec::new(),
             columns,
+            changed: Vec::new(),
+            is_changed: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -64,21 +78,33 @@ impl EntityTable {
     /// The row of `key` ready for an event at `t`: created, or emptied when the
     /// entity had expired, and stamped with `t`.
     pub fn row_for_update(&mut self, key: &str, t: i64, ttl_us: i64) -> usize {
-        if let Some(&row) = self.index.get(key) {
-            let row = row as usize;
-            let seen = &mut self.last_seen[row];
-            if t.saturating_sub(*seen) > ttl_us {
-                *seen = t;
-                for c in &mut self.columns {
-                    c.reset(row);
+        let row = match self.index.get(key) {
+            Some(&row) => {
+                let row = row as usize;
+                let seen = &mut self.last_seen[row];
+                if t.saturating_sub(*seen) > ttl_us {
+                    *seen = t;
+                    for c in &mut self.columns {
+                        c.reset(row);
+                    }
+                } else {
+                    *seen = (*seen).max(t);
                 }
-            } else {
-                *seen = (*seen).max(t);
+                row
             }
-            return row;
+            None => self.insert(key, t),
+        };
+        if !self.is_changed[row] {
+            self.is_changed[row] = true;
+            self.changed.push(row as u32);
         }
+        row
+    }
+
+    fn insert(&mut self, key: &str, t: i64) -> usize {
         let row = self.allocate(t);
         self.index.insert(key.into(), row as u32);
+        self.row_keys[row] = key.into();
         self.key_bytes += key.len();
         row
     }
@@ -89,10 +115,31 @@ impl EntityTable {
             return row as usize;
         }
         self.last_seen.push(t);
+        self.row_keys.push(Box::default());
+        self.is_changed.push(false);
         for c in &mut self.columns {
             c.push_rows(1);
         }
         self.last_seen.len() - 1
+    }
+
+    /// Frees the entity's row, if it has one (a restore applying a removal).
+    pub fn remove(&mut self, key: &str) {
+        let Some(row) = self.index.remove(key) else {
+            return;
+        };
+        self.free_row(row);
+        self.key_bytes -= key.len();
+    }
+
+    fn free_row(&mut self, row: u32) {
+        let r = row as usize;
+        self.last_seen[r] = FREE;
+        self.row_keys[r] = Box::default();
+        for c in &mut self.columns {
+            c.reset(r);
+        }
+        self.free.push(row);
     }
 
     pub fn add(&mut self, row: usize, column: usize, obs: &Observation) {
@@ -120,30 +167,26 @@ impl EntityTable {
     /// others' windows to `floor`, and measures what is left.
     pub fn sweep(&mut self, expire_before: i64, floor: i64) -> Sweep {
         let mut sweep = Sweep::default();
-        let freed_from = self.free.len();
+        let mut expired = Vec::new();
         let Self {
             index,
             key_bytes,
             last_seen,
-            free,
             ..
         } = self;
         index.retain(|key, row| {
-            let r = *row as usize;
-            if last_seen[r] < expire_before {
-                last_seen[r] = FREE;
-                free.push(*row);
+            if last_seen[*row as usize] < expire_before {
+                expired.push(*row);
                 *key_bytes -= key.len();
                 return false;
             }
             true
         });
-        sweep.expired = self.free.len() - freed_from;
-        for i in freed_from..self.free.len() {
-            let row = self.free[i] as usize;
-            for c in &mut self.columns {
-                c.reset(row);
-            }
+        sweep.expired = expired.len();
+        for row in expired {
+            let key = std::mem::take(&mut self.row_keys[row as usize]);
+            self.removed.push(key);
+            self.free_row(row);
         }
         // Column by column, rows in order: the states are read front to back.
         let live = self.live_rows();
@@ -151,19 +194,25 @@ impl EntityTable {
             sweep.bytes += c.evict_and_measure(&live, floor);
         }
         sweep.rows = self.index.len();
-        // Keys, index entries (key pointer and row), the rows' times.
-        sweep.bytes += self.key_bytes
+        // Keys (in the index and by row), index entries (key pointer and
+        // row), and per row its time, key pointer and changed flag.
+        sweep.bytes += 2 * self.key_bytes
             + self.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
-            + self.last_seen.capacity() * std::mem::size_of::<i64>();
+            + self.last_seen.capacity()
+                * (std::mem::size_of::<i64>() + std::mem::size_of::<Box<str>>() + 1);
         sweep
     }
 
-    /// Adds an entity restored from a snapshot; returns its row.
+    /// Adds an entity restored from a snapshot, or replaces it when a record
+    /// of changes names it again; returns its row, to decode its columns into.
     pub fn restore(&mut self, key: &str, last_seen: i64) -> usize {
-        let row = self.allocate(last_seen);
-        self.index.insert(key.into(), row as u32);
-        self.key_bytes += key.len();
-        row
+        match self.index.get(key) {
+            Some(&row) => {
+                self.last_seen[row as usize] = last_seen;
+                row as usize
+            }
+            None => self.insert(key, last_seen),
+        }
     }
 
     /// The rows holding an entity, ascending (the order snapshots encode them in,
@@ -174,19 +223,45 @@ impl EntityTable {
             .collect()
     }
 
-    /// The entity of each row of `live_rows`, in the same order, with its newest event time.
-    pub fn keys_by_row(&self) -> Vec<(&str, i64)> {
-        let mut by_row = vec![("", FREE); self.last_seen.len()];
-        for (key, &row) in &self.index {
-            by_row[row as usize] = (key.as_ref(), self.last_seen[row as usize]);
+    /// The rows updated since the changes were last forgotten that still hold
+    /// an entity, ascending.
+    pub fn changed_rows(&self) -> Vec<usize> {
+        let mut rows: Vec<usize> = self
+            .changed
+            .iter()
+            .map(|&r| r as usize)
+            .filter(|&r| self.last_seen[r] != FREE)
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+
+    /// The entities freed since the changes were last forgotten.
+    pub fn removed(&self) -> &[Box<str>] {
+        &self.removed
+    }
+
+    /// Starts counting changes afresh: a snapshot now holds everything so far.
+    pub fn forget_changes(&mut self) {
+        for &row in &self.changed {
+            self.is_changed[row as usize] = false;
         }
-        by_row.retain(|(_, seen)| *seen != FREE);
-        by_row
+        self.changed.clear();
+        self.removed.clear();
+    }
+
+    /// The entity and newest event time of each of `rows`.
+    pub fn keys_of(&self, rows: &[usize]) -> Vec<(&str, i64)> {
+        rows.iter()
+            .map(|&r| (self.row_keys[r].as_ref(), self.last_seen[r]))
+            .collect()
     }
 
     pub fn reserve(&mut self, rows: usize) {
         self.index.reserve(rows);
         self.last_seen.reserve(rows);
+        self.row_keys.reserve(rows);
+        self.is_changed.reserve(rows);
     }
 }
 

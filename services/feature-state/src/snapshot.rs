@@ -10,6 +10,12 @@
 //! update time and window state, postcard). Blocks carry their lengths so a
 //! restore can skip what it no longer declares.
 //!
+//! A record of changes (`b"MRFC"`) has the same layout over only the rows
+//! updated since the previous snapshot, and before each block's keys the
+//! entities freed since then (a block: length u64 LE, then postcard keys). The
+//! chassis keeps it in a chain after the last whole state; restoring applies
+//! the chain in order, each change replacing its entity's row whole.
+//!
 //! Restoring is forgiving about the pipeline file and strict about bytes: a
 //! feature restores only into a feature of the same name whose definition did
 //! not change (same fingerprint); others start empty and are logged (the stream
@@ -19,13 +25,28 @@
 
 use std::collections::HashMap;
 
+use millrace_chassis::stage::{Part, Taken};
 use serde::{Deserialize, Serialize};
 
 use crate::store::FeatureStore;
 use crate::watermark::Watermarks;
 
 const MAGIC: &[u8; 4] = b"MRFS";
+const CHANGES_MAGIC: &[u8; 4] = b"MRFC";
 const VERSION: u8 = 1;
+
+/// A chain's changes may add up to this share of its whole state before the
+/// next snapshot is whole again, so a restore reads at most 1.5× the state.
+const CHANGES_PER_WHOLE: f64 = 0.5;
+
+/// What the stored chain holds, to choose the next snapshot's part.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ChainSize {
+    /// Bytes of the chain's whole state; `None` before the first.
+    whole: Option<usize>,
+    /// Bytes of the changes stored after it.
+    changes: usize,
+}
 
 /// How often a snapshot also sweeps: a sweep walks every row, so with many
 /// entities it is not done at every snapshot.
@@ -101,20 +122,54 @@ pub struct Restored {
 }
 
 impl FeatureStore {
-    /// Encodes the state, sweeping first (expired entities out, windows
+    /// Encodes what changed since the last snapshot, or the whole state when
+    /// there is none yet or the changes stored after it have grown to
+    /// [`CHANGES_PER_WHOLE`] of it. Sweeps first (expired entities out, windows
     /// trimmed, memory measured) when the last sweep is [`SWEEP_EVERY`] old: a
     /// sweep changes no value, only memory and the gauges.
-    pub fn snapshot(&mut self) -> Result<EncodedState, SnapshotError> {
+    pub fn snapshot(&mut self) -> Result<Taken<EncodedState>, SnapshotError> {
         if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             self.sweep();
         }
-        self.encode()
+        let chain = &mut self.chain;
+        let taken = match chain.whole {
+            Some(whole) if (chain.changes as f64) < whole as f64 * CHANGES_PER_WHOLE => {
+                let state = self.encode_part(Part::Changes)?;
+                self.chain.changes += state.0.len();
+                Taken::changes(state)
+            }
+            _ => {
+                let state = self.encode_part(Part::Whole)?;
+                self.chain = ChainSize {
+                    whole: Some(state.0.len()),
+                    changes: 0,
+                };
+                Taken::whole(state)
+            }
+        };
+        for partition in &mut self.partitions {
+            for table in &mut partition.tables {
+                table.forget_changes();
+            }
+        }
+        Ok(taken)
     }
 
-    /// Encodes the state as it is.
+    /// Encodes the whole state as it is.
     pub fn encode(&mut self) -> Result<EncodedState, SnapshotError> {
-        let mut out = Vec::with_capacity(self.last_snapshot_len + self.last_snapshot_len / 8);
-        out.extend_from_slice(MAGIC);
+        self.encode_part(Part::Whole)
+    }
+
+    fn encode_part(&mut self, part: Part) -> Result<EncodedState, SnapshotError> {
+        let expected = match part {
+            Part::Whole => self.last_snapshot_len,
+            Part::Changes => 0,
+        };
+        let mut out = Vec::with_capacity(expected + expected / 8);
+        out.extend_from_slice(match part {
+            Part::Whole => MAGIC,
+            Part::Changes => CHANGES_MAGIC,
+        });
         out.push(VERSION);
         let header = Header {
             watermarks: self.watermarks.clone(),
@@ -140,9 +195,24 @@ impl FeatureStore {
         })?;
         for partition in &self.partitions {
             for table in &partition.tables {
-                let rows = table.live_rows();
-                let keys = table.keys_by_row();
+                let rows = match part {
+                    Part::Whole => table.live_rows(),
+                    Part::Changes => table.changed_rows(),
+                };
+                let keys = table.keys_of(&rows);
                 out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+                if part == Part::Changes {
+                    let block = begin_block(&mut out);
+                    for key in table.removed() {
+                        out = postcard::to_extend(key, out).map_err(|source| {
+                            SnapshotError::Encode {
+                                what: format!("removed entity {key}"),
+                                source,
+                            }
+                        })?;
+                    }
+                    end_block(&mut out, block);
+                }
                 let block = begin_block(&mut out);
                 for (key, seen) in &keys {
                     out = postcard::to_extend(&(key, seen), out).map_err(|source| {
@@ -165,19 +235,51 @@ impl FeatureStore {
                 }
             }
         }
-        self.last_snapshot_len = out.len();
+        if part == Part::Whole {
+            self.last_snapshot_len = out.len();
+        }
         Ok(EncodedState(out))
     }
 
-    /// The store for `spec` with the state `bytes` encode (a fresh one for no bytes).
-    pub fn restore(mut self, bytes: &[u8]) -> Result<(Self, Restored), SnapshotError> {
+    /// The store for `spec` with the state a chain of snapshots encodes: a
+    /// whole state, then records of changes (a fresh store for none).
+    pub fn restore(mut self, chain: &[EncodedState]) -> Result<(Self, Restored), SnapshotError> {
         let mut restored = Restored::default();
-        if bytes.is_empty() {
+        let Some((whole, changes)) = chain.split_first() else {
+            return Ok((self, restored));
+        };
+        if whole.0.is_empty() && changes.is_empty() {
             return Ok((self, restored));
         }
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| SnapshotError::Format("not feature-state bytes (bad magic)".into()))?;
+        restored = self.apply_record(&whole.0, Part::Whole)?;
+        for (i, record) in changes.iter().enumerate() {
+            self.apply_record(&record.0, Part::Changes)
+                .map_err(|e| SnapshotError::Format(format!("record {} of changes: {e}", i + 1)))?;
+        }
+        self.chain = ChainSize {
+            whole: Some(whole.0.len()),
+            changes: changes.iter().map(|c| c.0.len()).sum(),
+        };
+        restored.entities = self
+            .partitions
+            .iter()
+            .flat_map(|p| &p.tables)
+            .map(|t| t.len())
+            .sum();
+        self.sweep();
+        Ok((self, restored))
+    }
+
+    /// Applies one record of a chain: what it restored and what it left out.
+    fn apply_record(&mut self, bytes: &[u8], part: Part) -> Result<Restored, SnapshotError> {
+        let mut restored = Restored::default();
+        let magic = match part {
+            Part::Whole => MAGIC,
+            Part::Changes => CHANGES_MAGIC,
+        };
+        let rest = bytes.strip_prefix(magic.as_slice()).ok_or_else(|| {
+            SnapshotError::Format(format!("not feature-state {part:?} bytes (bad magic)"))
+        })?;
         let (&version, rest) = rest
             .split_first()
             .ok_or_else(|| SnapshotError::Format("truncated before the version".into()))?;
@@ -236,9 +338,15 @@ impl FeatureStore {
         for p in 0..header.partitions {
             for (k, place) in placement.iter().enumerate() {
                 let what = || format!("partition {p}, entity kind {}", header.kinds[k].name);
-                let (rows, rest) = take_u64(input).ok_or_else(|| {
+                let (rows, mut rest) = take_u64(input).ok_or_else(|| {
                     SnapshotError::Format(format!("{}: truncated row count", what()))
                 })?;
+                let mut removed: &[u8] = &[];
+                if part == Part::Changes {
+                    (removed, rest) = take_block(rest).ok_or_else(|| {
+                        SnapshotError::Format(format!("{}: truncated removals", what()))
+                    })?;
+                }
                 let (keys, rest) = take_block(rest)
                     .ok_or_else(|| SnapshotError::Format(format!("{}: truncated keys", what())))?;
                 input = rest;
@@ -251,6 +359,18 @@ impl FeatureStore {
                     }
                     continue;
                 };
+                while !removed.is_empty() {
+                    let (key, rest) =
+                        postcard::take_from_bytes::<&str>(removed).map_err(|source| {
+                            SnapshotError::Decode {
+                                what: format!("{}: removed entity", what()),
+                                source,
+                            }
+                        })?;
+                    removed = rest;
+                    let partition = self.partition_of_key(key);
+                    self.partitions[partition].tables[*kind].remove(key);
+                }
                 let rows = usize::try_from(rows)
                     .map_err(|_| SnapshotError::Format(format!("{}: row count", what())))?;
                 let mut targets = Vec::with_capacity(rows.min(keys.len()));
@@ -269,7 +389,6 @@ impl FeatureStore {
                     }
                     targets.push((partition, table.restore(key, seen)));
                 }
-                restored.entities += rows;
                 for (c, column) in columns.iter().enumerate() {
                     let (mut block, rest) = take_block(input).ok_or_else(|| {
                         SnapshotError::Format(format!("{}: truncated column", what()))
@@ -298,8 +417,7 @@ impl FeatureStore {
                 input.len()
             )));
         }
-        self.sweep();
-        Ok((self, restored))
+        Ok(restored)
     }
 }
 

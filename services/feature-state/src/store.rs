@@ -137,6 +137,8 @@ pub struct FeatureStore {
     /// Size of the last snapshot, to size the next one's buffer.
     pub(crate) last_snapshot_len: usize,
     pub(crate) last_sweep: Option<std::time::Instant>,
+    /// What the stored snapshot chain holds.
+    pub(crate) chain: crate::snapshot::ChainSize,
 }
 
 impl FeatureStore {
@@ -222,6 +224,7 @@ impl FeatureStore {
             pending: Vec::new(),
             last_snapshot_len: 0,
             last_sweep: None,
+            chain: Default::default(),
         }
     }
 
@@ -645,7 +648,9 @@ fn fingerprint(def: &FeatureDef, settings: &FeatureStateSettings) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::EncodedState;
     use millrace_chassis::config::{Aggregation, EventDuration, WindowDef};
+    use millrace_chassis::stage::Part;
     use millrace_proto::Value;
     use prost::Message as _;
 
@@ -1118,8 +1123,9 @@ mod tests {
             straight.apply(e, 0);
             resumed.apply(e, 0);
         }
-        let bytes = resumed.snapshot().expect("encode");
-        let (mut resumed, restored) = store(every_kind()).restore(&bytes.0).expect("decode");
+        let taken = resumed.snapshot().expect("encode");
+        assert_eq!(taken.part, Part::Whole, "the first snapshot is whole");
+        let (mut resumed, restored) = store(every_kind()).restore(&[taken.state]).expect("decode");
         assert!(
             restored.started_empty.is_empty() && restored.dropped.is_empty(),
             "{restored:?}"
@@ -1142,12 +1148,82 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_of_changes_restores_what_the_whole_state_would() {
+        let step = |i: i64, minute: i64| {
+            let origin = format!("A{:03}", i % 200);
+            flight(
+                &format!("e{i}"),
+                &origin,
+                "LAX",
+                100.0 + i as f64,
+                minute,
+                (i % 3) as u32,
+            )
+        };
+        // All 200 origins, then a few at a time; then, two days on, a few of
+        // them again (starting afresh), and a sweep frees the rest (TTL one day).
+        let mut batches: Vec<Vec<EnrichedEvent>> = vec![(0..200).map(|i| step(i, i)).collect()];
+        for b in 0..4 {
+            batches.push((0..5).map(|j| step(200 + b * 5 + j, 400 + b)).collect());
+        }
+        let later = 2 * 24 * 60;
+        batches.push((0..5).map(|j| step(300 + j, later + j)).collect());
+        let mut straight = store(every_kind());
+        let mut live = store(every_kind());
+        let (mut chain, mut parts) = (Vec::new(), Vec::new());
+        for (n, batch) in batches.iter().enumerate() {
+            for e in batch {
+                assert_eq!(straight.apply(e, 0), live.apply(e, 0), "{}", e.event_id);
+            }
+            if n == batches.len() - 1 {
+                assert!(live.sweep().expired > 150);
+                straight.sweep();
+            }
+            let taken = live.snapshot().expect("encode");
+            if taken.part == Part::Whole {
+                chain.clear();
+            }
+            parts.push(taken.part);
+            chain.push(taken.state);
+        }
+        assert_eq!(parts[0], Part::Whole);
+        assert!(parts[1..].iter().all(|&p| p == Part::Changes), "{parts:?}");
+        assert!(
+            chain[1].0.len() * 10 < chain[0].0.len(),
+            "changes of 5 entities: {} bytes against {} for the whole",
+            chain[1].0.len(),
+            chain[0].0.len()
+        );
+
+        let (mut restored, report) = store(every_kind()).restore(&chain).expect("restore");
+        assert_eq!(report.entities, straight.entity_count());
+        let keys: Vec<String> = (0..200).map(|i| format!("A{i:03}")).collect();
+        assert_eq!(straight.lookup(&keys, &[]), restored.lookup(&keys, &[]));
+        for i in 0..40 {
+            let e = step(400 + i * 5, later + 10 + i);
+            assert_eq!(
+                straight.apply(&e, 0),
+                restored.apply(&e, 0),
+                "{}",
+                e.event_id
+            );
+        }
+        assert_eq!(straight.lookup(&keys, &[]), restored.lookup(&keys, &[]));
+        straight.sweep();
+        restored.sweep();
+        assert_eq!(
+            straight.encode().expect("a").0.len(),
+            restored.encode().expect("b").0.len()
+        );
+    }
+
+    #[test]
     fn restore_keeps_unchanged_features_and_starts_changed_ones_empty() {
         let mut before = store(every_kind());
         for e in traffic(0..50) {
             before.apply(&e, 0);
         }
-        let bytes = before.snapshot().expect("encode");
+        let bytes = before.snapshot().expect("encode").state;
         let mut changed = every_kind();
         changed.retain(|f| f.name != "l");
         changed[0].window = WindowDef::Sliding {
@@ -1161,7 +1237,7 @@ mod tests {
             None,
             WindowDef::Lifetime,
         ));
-        let (after, restored) = store(changed).restore(&bytes.0).expect("decode");
+        let (after, restored) = store(changed).restore(&[bytes]).expect("decode");
         assert_eq!(restored.started_empty, ["c", "new"]);
         assert_eq!(restored.dropped, ["l"]);
         let kept = |s: &FeatureStore| s.lookup(&["JFK".into()], &["sd".into(), "s".into()]);
@@ -1187,7 +1263,7 @@ mod tests {
         for e in traffic(0..20) {
             s.apply(&e, 0);
         }
-        let good = s.snapshot().expect("encode").0;
+        let good = s.snapshot().expect("encode").state.0;
         let cases: [(&str, Vec<u8>, &str); 3] = [
             ("bad_magic", b"XXXX".to_vec(), "bad magic"),
             (
@@ -1199,7 +1275,7 @@ mod tests {
         ];
         for (name, bytes, expected) in cases {
             let err = store(every_kind())
-                .restore(&bytes)
+                .restore(&[EncodedState(bytes)])
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();

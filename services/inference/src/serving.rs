@@ -22,7 +22,7 @@ use actix::{Actor, Context, Handler, MessageResult};
 use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::OnlineSettings;
 use millrace_chassis::metrics::Metrics;
-use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot};
+use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot, Taken};
 use millrace_proto::{FeatureVector, Label, Prediction};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -569,7 +569,7 @@ impl Handler<TakeSnapshot<ServingState>> for ModelServer {
     type Result = MessageResult<TakeSnapshot<ServingState>>;
 
     fn handle(&mut self, _: TakeSnapshot<ServingState>, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.state.clone())
+        MessageResult(Taken::whole(self.state.clone()))
     }
 }
 
@@ -759,7 +759,8 @@ mod tests {
         let state = server
             .send(TakeSnapshot::<ServingState>::default())
             .await
-            .unwrap();
+            .unwrap()
+            .state;
         assert_eq!(
             state.tallies["orders"]["v1"],
             VersionTally {
@@ -856,7 +857,8 @@ mod tests {
         let state = server
             .send(TakeSnapshot::<ServingState>::default())
             .await
-            .unwrap();
+            .unwrap()
+            .state;
         let online = state.online.as_ref().unwrap();
         assert_eq!(online.join.counts.joined, 2000);
         assert_eq!(online.join.counts.label_first, 667);
@@ -913,7 +915,8 @@ mod tests {
         let state = server
             .send(TakeSnapshot::<ServingState>::default())
             .await
-            .unwrap();
+            .unwrap()
+            .state;
         assert_eq!(state.shadow["v2"].scored, 1);
         assert_eq!(state.shadow["v2"].agreed, 1);
     }

@@ -33,7 +33,7 @@ use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::{
     DriftReference, FeatureKind, MonitorMetric, MonitorSettings, QualityWindow,
 };
-use millrace_chassis::stage::{Apply, TakeSnapshot};
+use millrace_chassis::stage::{Apply, TakeSnapshot, Taken};
 use millrace_proto::{FeatureVector, Label, Prediction};
 use opentelemetry::Context as TraceContext;
 use serde::{Deserialize, Serialize};
@@ -1174,7 +1174,7 @@ impl Handler<TakeSnapshot<SharedState>> for HealthBoard {
     type Result = MessageResult<TakeSnapshot<SharedState>>;
 
     fn handle(&mut self, _: TakeSnapshot<SharedState>, _: &mut Self::Context) -> Self::Result {
-        MessageResult(SharedState(Arc::clone(&self.state)))
+        MessageResult(Taken::whole(SharedState(Arc::clone(&self.state))))
     }
 }
 
@@ -1395,7 +1395,8 @@ mod tests {
         let state = addr
             .send(TakeSnapshot::<SharedState>::default())
             .await
-            .unwrap();
+            .unwrap()
+            .state;
         assert_eq!(state.0.join.counts.matched, 1);
         assert_eq!(state.0.feature_vectors, 1);
         assert_eq!(
@@ -1422,7 +1423,8 @@ mod tests {
         let state = addr
             .send(TakeSnapshot::<SharedState>::default())
             .await
-            .unwrap();
+            .unwrap()
+            .state;
         let stats = state.0.predictions.stats(&ModelVersion::new("fraud", "1"));
         assert_eq!(stats.map(|s| s.predictions), Some(1));
         // The snapshot is the board's own state, not a copy; it serializes as one.
