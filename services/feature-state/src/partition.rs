@@ -44,6 +44,14 @@ pub struct Sweep {
     pub bytes: usize,
 }
 
+impl std::ops::AddAssign for Sweep {
+    fn add_assign(&mut self, other: Self) {
+        self.expired += other.expired;
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+    }
+}
+
 impl EntityTable {
     pub fn new(columns: Vec<Box<dyn Column>>) -> Self {
         Self {
@@ -166,41 +174,60 @@ impl EntityTable {
     /// Frees the rows of entities last seen before `expire_before`, trims the
     /// others' windows to `floor`, and measures what is left.
     pub fn sweep(&mut self, expire_before: i64, floor: i64) -> Sweep {
+        let mut sweep = self.sweep_rows(0..self.row_count(), expire_before, floor);
+        sweep.bytes += self.table_bytes();
+        sweep
+    }
+
+    /// Rows of the table, free ones included: the range sweeps walk.
+    pub fn row_count(&self) -> usize {
+        self.last_seen.len()
+    }
+
+    /// [`EntityTable::sweep`] over `rows` only, so that a large table can be
+    /// swept a slice at a time; measures the rows' states, not
+    /// [`EntityTable::table_bytes`].
+    pub fn sweep_rows(
+        &mut self,
+        rows: std::ops::Range<usize>,
+        expire_before: i64,
+        floor: i64,
+    ) -> Sweep {
+        let rows = rows.start.min(self.row_count())..rows.end.min(self.row_count());
         let mut sweep = Sweep::default();
-        let mut expired = Vec::new();
-        let Self {
-            index,
-            key_bytes,
-            last_seen,
-            ..
-        } = self;
-        index.retain(|key, row| {
-            if last_seen[*row as usize] < expire_before {
-                expired.push(*row);
-                *key_bytes -= key.len();
-                return false;
+        let mut live = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seen = self.last_seen[row];
+            if seen == FREE {
+                continue;
             }
-            true
-        });
-        sweep.expired = expired.len();
-        for row in expired {
-            let key = std::mem::take(&mut self.row_keys[row as usize]);
+            if seen >= expire_before {
+                live.push(row);
+                continue;
+            }
+            let key = std::mem::take(&mut self.row_keys[row]);
+            self.index.remove(&*key);
+            self.key_bytes -= key.len();
+            self.free_row(row as u32);
             self.removed.push(key);
-            self.free_row(row);
+            sweep.expired += 1;
         }
         // Column by column, rows in order: the states are read front to back.
-        let live = self.live_rows();
         for c in &mut self.columns {
             sweep.bytes += c.evict_and_measure(&live, floor);
         }
-        sweep.rows = self.index.len();
-        // Keys (in the index and by row), index entries (key pointer and
-        // row), and per row its time, key pointer and changed flag.
-        sweep.bytes += 2 * self.key_bytes
+        sweep.rows = live.len();
+        sweep
+    }
+
+    /// What the table takes besides its rows' states: keys (in the index and
+    /// by row), index entries (key pointer and row), and per row its time,
+    /// key pointer and changed flag.
+    pub fn table_bytes(&self) -> usize {
+        2 * self.key_bytes
             + self.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
             + self.last_seen.capacity()
-                * (std::mem::size_of::<i64>() + std::mem::size_of::<Box<str>>() + 1);
-        sweep
+                * (std::mem::size_of::<i64>() + std::mem::size_of::<Box<str>>() + 1)
     }
 
     /// Adds an entity restored from a snapshot, or replaces it when a record

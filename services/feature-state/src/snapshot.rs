@@ -48,9 +48,11 @@ pub(crate) struct ChainSize {
     changes: usize,
 }
 
-/// How often a snapshot also sweeps: a sweep walks every row, so with many
-/// entities it is not done at every snapshot.
+/// How long a whole sweep takes: a sweep walks every row, so with many
+/// entities it is spread over [`SWEEP_SLICES`] snapshots at least a tenth of
+/// that apart.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const SWEEP_SLICES: usize = 10;
 
 /// The encoded state; empty means a fresh start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -124,13 +126,11 @@ pub struct Restored {
 impl FeatureStore {
     /// Encodes what changed since the last snapshot, or the whole state when
     /// there is none yet or the changes stored after it have grown to
-    /// [`CHANGES_PER_WHOLE`] of it. Sweeps first (expired entities out, windows
-    /// trimmed, memory measured) when the last sweep is [`SWEEP_EVERY`] old: a
+    /// [`CHANGES_PER_WHOLE`] of it. Sweeps a slice of the state first when
+    /// one is due (expired entities out, windows trimmed, memory measured): a
     /// sweep changes no value, only memory and the gauges.
     pub fn snapshot(&mut self) -> Result<Taken<EncodedState>, SnapshotError> {
-        if self.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
-            self.sweep();
-        }
+        self.sweep_slice_if_due();
         let chain = &mut self.chain;
         let taken = match chain.whole {
             Some(whole) if (chain.changes as f64) < whole as f64 * CHANGES_PER_WHOLE => {

@@ -21,6 +21,7 @@ use crate::aggregate::Observation;
 use crate::column::{column_for, Column};
 use crate::metrics::StoreMetrics;
 use crate::partition::{EntityTable, PartitionState, Sweep};
+use crate::snapshot::{SWEEP_EVERY, SWEEP_SLICES};
 use crate::watermark::{Verdict, Watermarks};
 
 /// The pipeline's part feature-state needs.
@@ -116,6 +117,15 @@ enum KindRow {
     },
 }
 
+/// A sweep done a slice at a time: the next slice and what the turn found so far.
+#[derive(Debug, Default)]
+struct Rotation {
+    slice: usize,
+    /// Per partition.
+    found: Vec<Sweep>,
+    last: Option<std::time::Instant>,
+}
+
 pub struct FeatureStore {
     pub(crate) spec: FeatureSpec,
     pub(crate) features: Vec<Feature>,
@@ -136,7 +146,7 @@ pub struct FeatureStore {
     readings: Vec<(usize, f64)>,
     /// Size of the last snapshot, to size the next one's buffer.
     pub(crate) last_snapshot_len: usize,
-    pub(crate) last_sweep: Option<std::time::Instant>,
+    sweeping: Rotation,
     /// What the stored snapshot chain holds.
     pub(crate) chain: crate::snapshot::ChainSize,
 }
@@ -223,7 +233,7 @@ impl FeatureStore {
             text: String::new(),
             pending: Vec::new(),
             last_snapshot_len: 0,
-            last_sweep: None,
+            sweeping: Rotation::default(),
             chain: Default::default(),
         }
     }
@@ -520,27 +530,91 @@ impl FeatureStore {
     }
 
     /// Frees expired entities and trims windows to the floor; measures what is
-    /// left and reports it.
+    /// left and reports it. Restarts the sliced sweep.
     pub fn sweep(&mut self) -> Sweep {
-        self.last_sweep = Some(std::time::Instant::now());
-        let floor = self.watermarks.floor();
-        let expire_before = floor.saturating_sub(self.ttl_us);
-        let mut total = Sweep::default();
-        for (p, partition) in self.partitions.iter_mut().enumerate() {
-            let mut rows = 0;
+        let (expire_before, floor) = self.sweep_bounds();
+        let found: Vec<Sweep> = self
+            .partitions
+            .iter_mut()
+            .map(|partition| {
+                let mut found = Sweep::default();
+                for table in &mut partition.tables {
+                    found += table.sweep(expire_before, floor);
+                }
+                found
+            })
+            .collect();
+        self.sweeping = Rotation {
+            last: Some(std::time::Instant::now()),
+            ..Rotation::default()
+        };
+        let total = self.report_sweep(&found);
+        self.metrics.expired.inc_by(total.expired as u64);
+        total
+    }
+
+    /// Sweeps the next of [`SWEEP_SLICES`] slices of every table when one is
+    /// due, so that a whole sweep takes [`SWEEP_EVERY`] and no snapshot stops
+    /// the actor for a walk over every row. The gauges follow each full turn.
+    pub fn sweep_slice_if_due(&mut self) {
+        let period = SWEEP_EVERY / SWEEP_SLICES as u32;
+        if self.sweeping.last.is_some_and(|at| at.elapsed() < period) {
+            return;
+        }
+        self.sweep_slice();
+    }
+
+    /// Sweeps the next slice; answers the turn's total after its last slice.
+    pub fn sweep_slice(&mut self) -> Option<Sweep> {
+        let (expire_before, floor) = self.sweep_bounds();
+        let slice = self.sweeping.slice;
+        let last_slice = slice + 1 == SWEEP_SLICES;
+        self.sweeping
+            .found
+            .resize(self.partitions.len(), Sweep::default());
+        let mut expired = 0;
+        for (partition, found) in self.partitions.iter_mut().zip(&mut self.sweeping.found) {
             for table in &mut partition.tables {
-                let s = table.sweep(expire_before, floor);
-                rows += s.rows;
-                total.rows += s.rows;
-                total.bytes += s.bytes;
-                total.expired += s.expired;
+                let per_slice = table.row_count().div_ceil(SWEEP_SLICES);
+                let mut s = table.sweep_rows(
+                    slice * per_slice..(slice + 1) * per_slice,
+                    expire_before,
+                    floor,
+                );
+                if last_slice {
+                    s.bytes += table.table_bytes();
+                }
+                expired += s.expired;
+                *found += s;
             }
+        }
+        self.metrics.expired.inc_by(expired as u64);
+        self.sweeping.last = Some(std::time::Instant::now());
+        self.sweeping.slice += 1;
+        if !last_slice {
+            return None;
+        }
+        let found = std::mem::take(&mut self.sweeping.found);
+        self.sweeping.slice = 0;
+        Some(self.report_sweep(&found))
+    }
+
+    /// Entities last seen before the first bound are expired; windows are trimmed to the second.
+    fn sweep_bounds(&self) -> (i64, i64) {
+        let floor = self.watermarks.floor();
+        (floor.saturating_sub(self.ttl_us), floor)
+    }
+
+    /// Sets the gauges from what a sweep found per partition; answers the total.
+    fn report_sweep(&self, found: &[Sweep]) -> Sweep {
+        let mut total = Sweep::default();
+        for (p, s) in found.iter().enumerate() {
+            total += *s;
             self.metrics
                 .entities
                 .with_label_values(&[&p.to_string()])
-                .set(i64::try_from(rows).unwrap_or(i64::MAX));
+                .set(i64::try_from(s.rows).unwrap_or(i64::MAX));
         }
-        self.metrics.expired.inc_by(total.expired as u64);
         self.metrics
             .state_bytes
             .set(i64::try_from(total.bytes).unwrap_or(i64::MAX));
@@ -1214,6 +1288,56 @@ mod tests {
         assert_eq!(
             straight.encode().expect("a").0.len(),
             restored.encode().expect("b").0.len()
+        );
+    }
+
+    #[test]
+    fn a_sweep_in_slices_finds_what_one_whole_sweep_finds() {
+        // 300 origins over a day, then a few more a day later: most expire (TTL one day).
+        let mut events: Vec<EnrichedEvent> = (0..300)
+            .map(|i| {
+                flight(
+                    &format!("e{i}"),
+                    &format!("A{i:03}"),
+                    "LAX",
+                    1.0,
+                    i,
+                    (i % 3) as u32,
+                )
+            })
+            .collect();
+        let later = 24 * 60 + 200;
+        events.extend((0..6).map(|i| {
+            flight(
+                &format!("l{i}"),
+                "JFK",
+                "SFO",
+                1.0,
+                later + i,
+                (i % 3) as u32,
+            )
+        }));
+        let mut whole = store(every_kind());
+        let mut sliced = store(every_kind());
+        for e in &events {
+            whole.apply(e, 0);
+            sliced.apply(e, 0);
+        }
+        let once = whole.sweep();
+        assert!(once.expired > 100, "{once:?}");
+        let turns: Vec<Option<Sweep>> = (0..SWEEP_SLICES).map(|_| sliced.sweep_slice()).collect();
+        assert!(turns[..SWEEP_SLICES - 1].iter().all(Option::is_none));
+        let turn = turns[SWEEP_SLICES - 1].expect("the last slice ends the turn");
+        assert_eq!((turn.expired, turn.rows), (once.expired, once.rows));
+        // Index capacities depend on each map's random hash seed.
+        assert!(
+            turn.bytes.abs_diff(once.bytes) * 50 < once.bytes,
+            "{turn:?} {once:?}"
+        );
+        assert_eq!(sliced.entity_count(), whole.entity_count());
+        assert_eq!(
+            sliced.encode().expect("a").0.len(),
+            whole.encode().expect("b").0.len()
         );
     }
 
