@@ -426,8 +426,7 @@ impl Pipeline {
         positions
     }
 
-    /// How many messages stream `name` holds now (0 before it exists).
-    /// The records stream `name` holds (a batch counts for its items).
+    /// The records stream `name` holds now (a batch counts for its items; 0 before it exists).
     pub async fn stream_count(&self, name: &str) -> Result<u64> {
         stream_record_count(&self.js, name).await
     }

@@ -5,7 +5,9 @@
 //! relationship backwards. Then the registry: the live learner is promoted, rolled
 //! back and shadowed while requests keep flowing, and `Score` fetches the
 //! entity's online features from feature-state itself. A second test kills
-//! inference mid-stream: every label is still learned from exactly once.
+//! inference mid-stream: every label is still learned from exactly once. A third
+//! stops it while orders and outcomes pile up: catching up, it reads labels in
+//! step with the batched vectors, so a small join store loses none of them.
 
 use std::collections::BTreeMap;
 
@@ -579,6 +581,75 @@ async fn killed(pipeline: &mut Pipeline) -> Result<()> {
         "{} predictions ({} distinct) for 400 orders",
         predictions.len(),
         ids.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_catching_up_joins_every_label_within_a_small_store() {
+    // The join holds at most 60 entries: enough for live traffic, where labels
+    // follow their vectors by 20 orders, so a catch-up must keep that pace too.
+    let toml =
+        labelled_orders_toml().replace("[model.online]\n", "[model.online]\njoin_capacity = 60\n");
+    let mut pipeline = Pipeline::builder()
+        .pipeline_toml(toml)
+        .only(&UPSTREAM)
+        .start()
+        .await
+        .expect("pipeline starts");
+    catch_up(&mut pipeline)
+        .await
+        .expect("every label joined after a catch-up");
+}
+
+async fn catch_up(pipeline: &mut Pipeline) -> Result<()> {
+    const N: usize = 600;
+    pipeline.service_mut(Service::Inference).terminate().await?;
+    // As live traffic would: each chunk's outcomes once its orders have their vectors.
+    let mut ingest = pipeline.ingest().await?;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(20) {
+        let orders: Vec<Event> = chunk
+            .iter()
+            .map(|&i| labelled_order("backlog", i))
+            .collect();
+        let outcomes: Vec<Event> = chunk.iter().map(|&i| outcome("backlog", i)).collect();
+        let upto = (chunk[chunk.len() - 1] + 1) as u64;
+        publish_all_accepted(&mut ingest, &orders, 20).await?;
+        wait_for_stream_count(pipeline.jetstream(), "FEATURES", upto, LONG).await?;
+        publish_all_accepted(&mut ingest, &outcomes, 20).await?;
+        wait_for_stream_count(pipeline.jetstream(), "LABELS", upto, LONG).await?;
+    }
+    let features = pipeline
+        .jetstream()
+        .get_stream("FEATURES")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    wait_for_stream_count(pipeline.jetstream(), "LABELS", N as u64, LONG).await?;
+    eprintln!("backlog: {N} vectors in {features} FEATURES messages, {N} LABELS messages");
+    ensure!(
+        features * 2 <= N as u64,
+        "the vectors should come in batches: {features} messages for {N}"
+    );
+
+    pipeline.service_mut(Service::Inference).restart().await?;
+    wait_for_stream_count(pipeline.jetstream(), "PREDICTIONS", N as u64, LONG).await?;
+    pipeline.wait_idle(&["FEATURES", "LABELS"], LONG).await?;
+    let text = metrics(pipeline.service(Service::Inference).http_addr()).await?;
+    let outcome = |name: &str| {
+        metric_value(
+            &text,
+            "millrace_inference_label_join_total",
+            &[("outcome", name)],
+        )
+        .unwrap_or(0.0)
+    };
+    let (joined, evicted) = (outcome("joined"), outcome("evicted"));
+    ensure!(
+        joined == N as f64 && evicted == 0.0,
+        "after catching up: {joined} of {N} labels joined, {evicted} entries evicted"
     );
     Ok(())
 }

@@ -2,9 +2,10 @@
 //!
 //! 1. open one durable consumer per stream the stage reads, each right after
 //!    the sequence the snapshot covers for it;
-//! 2. take whatever messages are ready (up to a batch, from any of them),
-//!    decode them, open one span per event as a child of the producer's, and
-//!    hand them to the actor in arrival order;
+//! 2. take whatever messages are ready (up to a batch, from any of them, in
+//!    the order JetStream stored them: [`StoredOrder`]), decode them, open one
+//!    span per event as a child of the producer's, and hand them to the actor
+//!    in that order;
 //! 3. publish what the actor returns: the records for the stage's output
 //!    stream packed one batch per subject ([`crate::batch`]), after the
 //!    previous chunk's are stored; others (DLQ, alerts) one by one;
@@ -159,8 +160,6 @@ pub struct Source {
     pub durable: String,
     /// Messages per pull request; [`StageSpec::batch_size`] when `None`.
     pub pull: Option<usize>,
-    /// Messages taken from this stream at a time when the stage reads several (1 by default).
-    pub turn: usize,
 }
 
 impl Source {
@@ -170,7 +169,6 @@ impl Source {
             filter_subjects: vec![],
             durable: durable.into(),
             pull: None,
-            turn: 1,
         }
     }
 
@@ -181,16 +179,17 @@ impl Source {
         self
     }
 
-    /// Takes up to `messages` ready ones at a time from this stream, where the
-    /// others' take one. The streams a stage reads are taken in turn, so a
-    /// stream of single records read beside streams of batches falls behind
-    /// them by the batch size: the record counts, not the message counts,
-    /// should match.
-    pub fn taking(mut self, messages: usize) -> Self {
-        self.turn = messages.max(1);
-        self
+    /// A stream of one record per message (LABELS) read beside streams of
+    /// batches: pulled [`SINGLES_PER_PULL`] at a time, so that the client
+    /// holds about as many of its records as of theirs. Pulled like the
+    /// batches, such a stream was a catch-up's long pole.
+    pub fn of_single_records(self) -> Self {
+        self.pulling(SINGLES_PER_PULL)
     }
 }
+
+/// Messages per pull request of [`Source::of_single_records`].
+pub const SINGLES_PER_PULL: usize = 1024;
 
 /// Where a stage reads and how often it snapshots.
 #[derive(Debug, Clone)]
@@ -295,7 +294,8 @@ where
         });
     }
     let mut streams = Vec::with_capacity(spec.sources.len());
-    for (index, (source, &after)) in spec.sources.iter().zip(&resume.0).enumerate() {
+    let mut pending = Vec::with_capacity(spec.sources.len());
+    for (source, &after) in spec.sources.iter().zip(&resume.0) {
         let consumer = bus
             .resume_consumer(
                 source.stream,
@@ -304,6 +304,7 @@ where
                 after,
             )
             .await?;
+        pending.push(consumer.cached_info().num_pending);
         let messages = consumer
             .stream()
             .max_messages_per_batch(spec.pull_size(source))
@@ -311,20 +312,12 @@ where
             .messages()
             .await
             .map_err(|e| consume_error(&bus, source, e.to_string()))?;
-        let turns = messages.ready_chunks(source.turn);
-        streams.push(turns.map(move |turn| (index, turn)).boxed());
+        streams.push(messages.boxed());
     }
     // A chunk takes at most what one pull per source brings: those messages
     // are in memory already.
     let chunk: usize = spec.sources.iter().map(|s| spec.pull_size(s)).sum();
-    let mut chunks = futures::stream::select_all(streams)
-        .ready_chunks(chunk)
-        .map(|turns| {
-            turns
-                .into_iter()
-                .flat_map(|(index, turn)| turn.into_iter().map(move |m| (index, m)))
-                .collect::<Vec<Pulled>>()
-        });
+    let mut chunks = StoredOrder::new(streams, pending).ready_chunks(chunk);
     let mut covered = match spec.output {
         Some(stream) => {
             let covered = Covered::load(&bus, stream, spec.stage, spec.sources.len()).await?;
@@ -403,6 +396,21 @@ fn consume_error(bus: &Bus, source: &Source, message: String) -> ChassisError {
 /// every token, the publish time included, which cost a tenth of enrich's
 /// instructions per event; the stage needs only this one.
 fn stream_sequence(reply: &str) -> Option<u64> {
+    ack_tokens(reply)?.0.parse().ok()
+}
+
+/// When JetStream stored the message, in nanoseconds since the epoch, from the same subject.
+fn stored_at(reply: &str) -> Option<i64> {
+    ack_tokens(reply)?.1.parse().ok()
+}
+
+/// How many messages the consumer had left to deliver after this one, from the same subject.
+fn pending_after(reply: &str) -> Option<u64> {
+    ack_tokens(reply)?.2.parse().ok()
+}
+
+/// The stream sequence, timestamp and pending tokens of an ack subject.
+fn ack_tokens(reply: &str) -> Option<(&str, &str, &str)> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
     let mut tokens = [""; 10];
     let mut count = 0;
@@ -411,13 +419,113 @@ fn stream_sequence(reply: &str) -> Option<u64> {
         count += 1;
     }
     let index = match count {
-        // domain, account hash, stream, consumer, delivered, stream sequence, …
+        // domain, account hash, stream, consumer, delivered, stream sequence,
+        // consumer sequence, timestamp, pending, …
         9.. => 5,
-        // stream, consumer, delivered, stream sequence, …
+        // stream, consumer, delivered, stream sequence, consumer sequence, timestamp, pending
         7 => 3,
         _ => return None,
     };
-    tokens[index].parse().ok()
+    Some((tokens[index], tokens[index + 2], tokens[index + 3]))
+}
+
+type Consumed =
+    Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>;
+
+/// The sources' messages merged in the order JetStream stored them: a
+/// catch-up then reads its streams as they were written and reaches the actor
+/// as live traffic did. Taken one message of each in turn, a stream of single
+/// labels fell behind a stream of batches by the batch size, and the bounded
+/// joins that wait for both evicted what ran ahead.
+///
+/// A stream with no message ready is waited for only while the server says it
+/// has more for this consumer, and for at most [`ORDER_WAIT`] at a time.
+struct StoredOrder {
+    sources: Vec<futures::stream::BoxStream<'static, Consumed>>,
+    heads: Vec<Option<Consumed>>,
+    ended: Vec<bool>,
+    /// Per source: messages the server still had for the consumer after the last one.
+    pending: Vec<u64>,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The longest a stage waits for a stream's next message to keep the order.
+const ORDER_WAIT: Duration = Duration::from_millis(50);
+
+impl StoredOrder {
+    fn new(sources: Vec<futures::stream::BoxStream<'static, Consumed>>, pending: Vec<u64>) -> Self {
+        let n = sources.len();
+        Self {
+            sources,
+            heads: (0..n).map(|_| None).collect(),
+            ended: vec![false; n],
+            pending,
+            waiting: None,
+        }
+    }
+}
+
+impl futures::Stream for StoredOrder {
+    type Item = Pulled;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Pulled>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let [only] = this.sources.as_mut_slice() {
+            return only.poll_next_unpin(cx).map(|m| m.map(|m| (0, m)));
+        }
+        for (i, source) in this.sources.iter_mut().enumerate() {
+            if this.heads[i].is_some() || this.ended[i] {
+                continue;
+            }
+            match source.poll_next_unpin(cx) {
+                // Errors go on at once, to be logged.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some((i, Err(e)))),
+                Poll::Ready(Some(ok)) => this.heads[i] = Some(ok),
+                Poll::Ready(None) => this.ended[i] = true,
+                Poll::Pending => {}
+            }
+        }
+        let coming: Vec<usize> = (0..this.sources.len())
+            .filter(|&i| this.heads[i].is_none() && !this.ended[i] && this.pending[i] > 0)
+            .collect();
+        if coming.is_empty() {
+            this.waiting = None;
+        } else {
+            let waiting = this
+                .waiting
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(ORDER_WAIT)));
+            if waiting.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Waited long enough: those streams are not counted on until they deliver.
+            this.waiting = None;
+            for i in coming {
+                this.pending[i] = 0;
+            }
+        }
+        let stored = |head: &Option<Consumed>| match head {
+            Some(Ok(m)) => Some(m.reply.as_deref().and_then(stored_at).unwrap_or(i64::MIN)),
+            _ => None,
+        };
+        let earliest = (0..this.heads.len())
+            .filter_map(|i| stored(&this.heads[i]).map(|at| (at, i)))
+            .min();
+        match earliest.and_then(|(_, i)| this.heads[i].take().map(|m| (i, m))) {
+            Some((i, message)) => {
+                if let Ok(m) = &message {
+                    this.pending[i] = m.reply.as_deref().and_then(pending_after).unwrap_or(0);
+                }
+                Poll::Ready(Some((i, message)))
+            }
+            None if this.ended.iter().all(|&e| e) => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// A snapshot waits at least this many times the last one's cost after it.
@@ -463,10 +571,8 @@ struct Saved {
     cost: Duration,
 }
 
-type Pulled = (
-    usize,
-    Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
-);
+/// A message and the index of the source it came from.
+type Pulled = (usize, Consumed);
 
 struct Checkpoint<'a> {
     bus: &'a Bus,
@@ -796,7 +902,7 @@ impl Checkpoint<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::stream_sequence;
+    use super::{stored_at, stream_sequence};
 
     #[test]
     fn the_stream_sequence_is_read_from_either_form_of_the_ack_subject() {
@@ -831,5 +937,14 @@ mod tests {
         for (name, reply, expected) in cases {
             assert_eq!(stream_sequence(reply), expected, "{name}");
         }
+        assert_eq!(
+            stored_at("$JS.ACK.EVENTS.enrich.1.4207.4199.1764260000000000000.12"),
+            Some(1_764_260_000_000_000_000)
+        );
+        assert_eq!(
+            stored_at("$JS.ACK._.ACCHASH.EVENTS.enrich.1.4207.4199.1764260000000000001.12"),
+            Some(1_764_260_000_000_000_001)
+        );
+        assert_eq!(stored_at("_INBOX.abc.def"), None);
     }
 }

@@ -51,7 +51,7 @@ async fn run() -> anyhow::Result<()> {
         "inference",
         vec![
             Source::new(StreamKind::Features, "inference"),
-            Source::new(StreamKind::Labels, "inference-labels"),
+            Source::new(StreamKind::Labels, "inference-labels").of_single_records(),
         ],
         Some(StreamKind::Predictions),
         512,

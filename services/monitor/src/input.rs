@@ -30,23 +30,13 @@ use millrace_proto::{FeatureVector, Label, Prediction};
 /// The stage's snapshot key.
 pub const SNAPSHOT_KEY: &str = "monitor";
 
-/// LABELS messages per pull request (the batch streams' pulls are 64 messages).
-const LABELS_PER_PULL: usize = 1024;
-/// LABELS messages taken per turn, where PREDICTIONS and FEATURES give one batch:
-/// about the records such a batch holds per model version.
-const LABELS_PER_TURN: usize = 128;
-
 /// The streams read, in the order [`MonitorInput::decode`] expects them.
 pub fn sources() -> Vec<Source> {
     vec![
         // The name the single-stream monitor used: its consumer is taken over.
         Source::new(StreamKind::Predictions, "monitor"),
-        // One label per message: pulled 64 at a time like the batches, labels
-        // were the drain's long pole (the stage waited on them for most of it);
-        // taken one per turn, they fell behind the predictions they join.
-        Source::new(StreamKind::Labels, "monitor-labels")
-            .pulling(LABELS_PER_PULL)
-            .taking(LABELS_PER_TURN),
+        // One label per message, read in step with the batches.
+        Source::new(StreamKind::Labels, "monitor-labels").of_single_records(),
         Source::new(StreamKind::Features, "monitor-features"),
     ]
 }
