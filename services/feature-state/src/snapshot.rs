@@ -14,7 +14,9 @@
 //! updated since the previous snapshot, and before each block's keys the
 //! entities freed since then (a block: length u64 LE, then postcard keys). The
 //! chassis keeps it in a chain after the last whole state; restoring applies
-//! the chain in order, each change replacing its entity's row whole.
+//! the chain in order, each change replacing its entity's row whole. A whole
+//! state starts a new chain once the changes reach half its size or
+//! [`MAX_CHANGE_RECORDS`] records.
 //!
 //! Restoring is forgiving about the pipeline file and strict about bytes: a
 //! feature restores only into a feature of the same name whose definition did
@@ -38,14 +40,18 @@ const VERSION: u8 = 1;
 /// A chain's changes may add up to this share of its whole state before the
 /// next snapshot is whole again, so a restore reads at most 1.5× the state.
 const CHANGES_PER_WHOLE: f64 = 0.5;
+/// And a chain holds at most this many records of changes, so that a quiet
+/// stream's small changes do not pile up files for a restore to read.
+pub(crate) const MAX_CHANGE_RECORDS: usize = 256;
 
 /// What the stored chain holds, to choose the next snapshot's part.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ChainSize {
     /// Bytes of the chain's whole state; `None` before the first.
     whole: Option<usize>,
-    /// Bytes of the changes stored after it.
+    /// Bytes of the changes stored after it, and how many records they are.
     changes: usize,
+    records: usize,
 }
 
 /// How long a whole sweep takes: a sweep walks every row, so with many
@@ -133,9 +139,13 @@ impl FeatureStore {
         self.sweep_slice_if_due();
         let chain = &mut self.chain;
         let taken = match chain.whole {
-            Some(whole) if (chain.changes as f64) < whole as f64 * CHANGES_PER_WHOLE => {
+            Some(whole)
+                if (chain.changes as f64) < whole as f64 * CHANGES_PER_WHOLE
+                    && chain.records < MAX_CHANGE_RECORDS =>
+            {
                 let state = self.encode_part(Part::Changes)?;
                 self.chain.changes += state.0.len();
+                self.chain.records += 1;
                 Taken::changes(state)
             }
             _ => {
@@ -143,6 +153,7 @@ impl FeatureStore {
                 self.chain = ChainSize {
                     whole: Some(state.0.len()),
                     changes: 0,
+                    records: 0,
                 };
                 Taken::whole(state)
             }
@@ -259,6 +270,7 @@ impl FeatureStore {
         self.chain = ChainSize {
             whole: Some(whole.0.len()),
             changes: changes.iter().map(|c| c.0.len()).sum(),
+            records: changes.len(),
         };
         restored.entities = self
             .partitions

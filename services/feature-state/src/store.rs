@@ -1292,6 +1292,30 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_of_small_changes_is_bounded_in_records() {
+        // A whole state large enough that the record count, not the size, ends the chain.
+        let mut s = store(every_kind());
+        for i in 0..5000 {
+            let e = flight(&format!("e{i}"), &format!("A{i:04}"), "LAX", 1.0, i / 10, 0);
+            s.apply(&e, 0);
+        }
+        let parts: Vec<Part> = (0..=crate::snapshot::MAX_CHANGE_RECORDS + 1)
+            .map(|i| {
+                let i = i as i64;
+                s.apply(
+                    &flight(&format!("q{i}"), "A0000", "LAX", 1.0, 500 + i, 0),
+                    0,
+                );
+                s.snapshot().expect("encode").part
+            })
+            .collect();
+        let wholes: Vec<usize> = (0..parts.len())
+            .filter(|&i| parts[i] == Part::Whole)
+            .collect();
+        assert_eq!(wholes, [0, crate::snapshot::MAX_CHANGE_RECORDS + 1]);
+    }
+
+    #[test]
     fn a_sweep_in_slices_finds_what_one_whole_sweep_finds() {
         // 300 origins over a day, then a few more a day later: most expire (TTL one day).
         let mut events: Vec<EnrichedEvent> = (0..300)
