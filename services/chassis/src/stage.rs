@@ -490,10 +490,11 @@ impl futures::Stream for StoredOrder {
                 Poll::Pending => {}
             }
         }
-        let coming: Vec<usize> = (0..this.sources.len())
-            .filter(|&i| this.heads[i].is_none() && !this.ended[i] && this.pending[i] > 0)
-            .collect();
-        if coming.is_empty() {
+        // Streams with nothing ready that the server still has messages for.
+        let coming = |this: &Self, i: usize| {
+            this.heads[i].is_none() && !this.ended[i] && this.pending[i] > 0
+        };
+        if !(0..this.sources.len()).any(|i| coming(this, i)) {
             this.waiting = None;
         } else {
             let waiting = this
@@ -504,8 +505,10 @@ impl futures::Stream for StoredOrder {
             }
             // Waited long enough: those streams are not counted on until they deliver.
             this.waiting = None;
-            for i in coming {
-                this.pending[i] = 0;
+            for i in 0..this.sources.len() {
+                if coming(this, i) {
+                    this.pending[i] = 0;
+                }
             }
         }
         let stored = |head: &Option<Consumed>| match head {
