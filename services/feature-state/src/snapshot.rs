@@ -58,7 +58,16 @@ pub(crate) struct ChainSize {
 /// entities it is spread over [`SWEEP_SLICES`] snapshots at least a tenth of
 /// that apart.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Snapshots a whole sweep is spread over.
 pub const SWEEP_SLICES: usize = 10;
+
+/// The magic that starts a record of `part`.
+fn magic(part: Part) -> &'static [u8; 4] {
+    match part {
+        Part::Whole => MAGIC,
+        Part::Changes => CHANGES_MAGIC,
+    }
+}
 
 /// The encoded state; empty means a fresh start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -177,10 +186,7 @@ impl FeatureStore {
             Part::Changes => 0,
         };
         let mut out = Vec::with_capacity(expected + expected / 8);
-        out.extend_from_slice(match part {
-            Part::Whole => MAGIC,
-            Part::Changes => CHANGES_MAGIC,
-        });
+        out.extend_from_slice(magic(part));
         out.push(VERSION);
         let header = Header {
             watermarks: self.watermarks.clone(),
@@ -285,11 +291,7 @@ impl FeatureStore {
     /// Applies one record of a chain: what it restored and what it left out.
     fn apply_record(&mut self, bytes: &[u8], part: Part) -> Result<Restored, SnapshotError> {
         let mut restored = Restored::default();
-        let magic = match part {
-            Part::Whole => MAGIC,
-            Part::Changes => CHANGES_MAGIC,
-        };
-        let rest = bytes.strip_prefix(magic.as_slice()).ok_or_else(|| {
+        let rest = bytes.strip_prefix(magic(part).as_slice()).ok_or_else(|| {
             SnapshotError::Format(format!("not feature-state {part:?} bytes (bad magic)"))
         })?;
         let (&version, rest) = rest
