@@ -15,7 +15,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a value every task can wait on.
 //! - [`partition`]: the stable key hash every stage agrees on.
 //! - [`filter`]: the small expression form of filter rules and feature selections.
-//! - [`runtime`]: the actix system on a multi-threaded tokio runtime.
+//! - [`runtime`]: the actix system, on one thread or one per core.
 
 pub mod batch;
 pub mod boot;

@@ -26,7 +26,7 @@ use millrace_chassis::stage::{self, Source};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    runtime::block_on(run())
+    runtime::block_on(runtime::Threads::One, run())
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ use millrace_proto::model_registry_server::ModelRegistryServer;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    runtime::block_on(run())
+    runtime::block_on(runtime::Threads::PerCore, run())
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -60,7 +60,7 @@ fn check_limits(limits: &millrace_chassis::config::IngestLimits) -> anyhow::Resu
 }
 
 fn main() -> anyhow::Result<()> {
-    runtime::block_on(run())
+    runtime::block_on(runtime::Threads::PerCore, run())
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ use millrace_monitor::{alerts, api, metrics};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    runtime::block_on(run())
+    runtime::block_on(runtime::Threads::One, run())
 }
 
 async fn run() -> anyhow::Result<()> {
