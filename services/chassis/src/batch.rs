@@ -79,7 +79,9 @@ pub fn decode_records<M: prost::Message + Default>(
 }
 
 pub fn is_batch(headers: Option<&HeaderMap>) -> bool {
-    headers.is_some_and(|h| h.get(BATCH_HEADER).is_some())
+    // A constant name: looked up by `&str`, every message allocated a new one.
+    const NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(BATCH_HEADER);
+    headers.is_some_and(|h| h.get(NAME).is_some())
 }
 
 /// A batch above this many payload bytes is split in parts (NATS refuses

@@ -409,14 +409,23 @@ fn pending_after(reply: &str) -> Option<u64> {
     ack_tokens(reply)?.2.parse().ok()
 }
 
-/// The stream sequence, timestamp and pending tokens of an ack subject.
+/// The stream sequence, timestamp and pending tokens of an ack subject. One
+/// pass over the bytes: splitting by `str::split` was a twentieth of enrich's
+/// CPU per event.
 fn ack_tokens(reply: &str) -> Option<(&str, &str, &str)> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
-    let mut tokens = [""; 10];
-    let mut count = 0;
-    for (slot, token) in tokens.iter_mut().zip(rest.split('.')) {
-        *slot = token;
-        count += 1;
+    // Where each token ends (its dot, or the end), for the first ten.
+    let mut ends = [rest.len(); 10];
+    let mut count = 1;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'.' {
+            if count == ends.len() {
+                count += 1;
+                break;
+            }
+            ends[count - 1] = i;
+            count += 1;
+        }
     }
     let index = match count {
         // domain, account hash, stream, consumer, delivered, stream sequence,
@@ -426,7 +435,8 @@ fn ack_tokens(reply: &str) -> Option<(&str, &str, &str)> {
         7 => 3,
         _ => return None,
     };
-    Some((tokens[index], tokens[index + 2], tokens[index + 3]))
+    let token = |k: usize| &rest[ends[k - 1] + 1..ends[k]];
+    Some((token(index), token(index + 2), token(index + 3)))
 }
 
 type Consumed =

@@ -46,8 +46,8 @@ impl Handler<Apply<EnrichedEvent>> for FeatureStoreActor {
         self.store.metrics.batches.inc();
         // Every vector of the batch in one buffer, each record a slice of it.
         let mut encoded = Vec::with_capacity(self.vector_bytes * batch.len());
-        let mut vectors = Vec::new();
-        let mut out = Vec::new();
+        let mut vectors = Vec::with_capacity(batch.len());
+        let mut out = Vec::with_capacity(batch.len());
         for d in batch {
             let start = encoded.len();
             match self.store.apply_encoded(&d.message, now, &mut encoded) {

@@ -144,8 +144,8 @@ pub struct FeatureStore {
     label_key: Option<EntityKey>,
     /// A vector's feature readings (feature index, value), reused.
     readings: Vec<(usize, f64)>,
-    /// Size of the last snapshot, to size the next one's buffer.
-    pub(crate) last_snapshot_len: usize,
+    /// Bytes per entity of the last snapshot, to size the next one's buffer.
+    pub(crate) snapshot_bytes_per_row: usize,
     sweeping: Rotation,
     /// What the stored snapshot chain holds.
     pub(crate) chain: crate::snapshot::ChainSize,
@@ -232,7 +232,7 @@ impl FeatureStore {
             key: String::new(),
             text: String::new(),
             pending: Vec::new(),
-            last_snapshot_len: 0,
+            snapshot_bytes_per_row: 0,
             sweeping: Rotation::default(),
             chain: Default::default(),
         }
