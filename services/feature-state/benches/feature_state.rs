@@ -491,35 +491,51 @@ fn main() -> Result<()> {
             true,
         ),
     ];
+    // Each run is repeated (FS_BENCH_E2E_REPEAT, default 3), each time on a fresh
+    // broker with its own raw consume, and reported by its median: on a shared
+    // 2-core machine one pair moves by a fifth from run to run.
+    let repeat = std::env::var("FS_BENCH_E2E_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3usize)
+        .max(1);
     let load_before = load_average();
-    let (mut raw_events, mut raw_enriched) = (None, None);
     for (name, what, scored, cadence, alone) in runs {
         if !wanted.is_empty() && !wanted.split(',').any(|w| w.trim() == name) {
             continue;
         }
-        let raw_known = if alone { raw_enriched } else { raw_events };
-        let run = runtime.block_on(one_pipeline(e2e, scored, cadence, raw_known, alone, name))?;
-        if raw_known.is_none() {
-            let (stream, slot) = match alone {
-                true => ("ENRICHED", &mut raw_enriched),
-                false => ("EVENTS", &mut raw_events),
-            };
-            *slot = Some(run.raw);
-            row(
-                &format!("raw JetStream consume of {stream}"),
-                format!("{:.0} msg/s", run.raw),
-                &format!(
-                    "{e2e} messages of one event; pull consumer, no acks, 512 per batch: the baseline{}",
-                    if alone { " (as enrich would publish them, one per message)" } else { "" }
-                ),
+        let mut done = Vec::with_capacity(repeat);
+        for i in 0..repeat {
+            let run = runtime.block_on(one_pipeline(e2e, scored, cadence, alone, name))?;
+            eprintln!(
+                "    {name} {}/{repeat}: {:.0} events/s against a raw consume of {:.0} msg/s = {:.0}%",
+                i + 1,
+                run.through,
+                run.raw,
+                100.0 * run.through / run.raw
             );
+            done.push(run);
         }
+        let stream = if alone { "ENRICHED" } else { "EVENTS" };
+        row(
+            &format!("raw JetStream consume of {stream}"),
+            format!("{:.0} msg/s", median(done.iter().map(|r| r.raw))),
+            &format!(
+                "median of {} ({}); {e2e} messages of one event; pull consumer, no acks, 512 per batch: the baseline{}",
+                done.len() * RAW_TRIES,
+                range(done.iter().flat_map(|r| r.raws.iter().copied()), 0),
+                if alone { " (as enrich would publish them, one per message)" } else { "" }
+            ),
+        );
+        let cpu = |i: usize| range(done.iter().filter_map(|r| r.cpu_us[i]), 1);
         row(
             what,
-            format!("{:.0} events/s", run.through),
+            format!("{:.0} events/s", median(done.iter().map(|r| r.through))),
             &format!(
-                "{:.0}% of raw consume{}; CPU µs per event: {}nats-server {:.1}, feature-state {:.1}{}; load {}",
-                100.0 * run.through / run.raw,
+                "{:.0}% of raw consume (median of {} runs, each against its own raw consume: {}%){}; runs {} events/s; CPU µs per event: {}nats-server {}, feature-state {}{}; load {}",
+                100.0 * median(done.iter().map(|r| r.through / r.raw)),
+                done.len(),
+                range(done.iter().map(|r| 100.0 * r.through / r.raw), 0),
                 match (alone, cadence == DEFAULT_CADENCE) {
                     (false, true) if scored => " (target ≥ 50%); snapshots every 1 s / 10k events (the defaults)",
                     (false, true) => "; snapshots every 1 s / 10k events (the defaults)",
@@ -527,14 +543,15 @@ fn main() -> Result<()> {
                     (true, false) => " of ENRICHED",
                     (false, false) => "",
                 },
-                run.cpu_us[0].map_or(String::new(), |e| format!("enrich {e:.1}, ")),
-                run.cpu_us[2].unwrap_or(f64::NAN),
-                run.cpu_us[1].unwrap_or(f64::NAN),
+                range(done.iter().map(|r| r.through), 0),
+                if alone { String::new() } else { format!("enrich {}, ", cpu(0)) },
+                cpu(2),
+                cpu(1),
                 match scored {
-                    true => format!(", {} vectors in FEATURES", run.vectors),
+                    true => format!(", {} vectors in FEATURES each", done[0].vectors),
                     false => String::new(),
                 },
-                run.load,
+                done.iter().map(|r| r.load.as_str()).collect::<Vec<_>>().join("; "),
             ),
         );
     }
@@ -592,10 +609,37 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Raw consumes per broker; the run compares with their median.
+const RAW_TRIES: usize = 3;
+
+/// The middle value (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// "lowest–highest" with `decimals` digits after the point.
+fn range(values: impl Iterator<Item = f64>, decimals: usize) -> String {
+    let v: Vec<f64> = values.collect();
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match v.len() {
+        0 => "n/a".into(),
+        _ if lo == hi => format!("{lo:.decimals$}"),
+        _ => format!("{lo:.decimals$}–{hi:.decimals$}"),
+    }
+}
+
 /// What one end-to-end run measured.
 struct E2eRun {
-    /// Raw consume of the input stream, msg/s (measured, or the earlier run's).
+    /// Raw consume of the input stream, msg/s: the median of `raws`.
     raw: f64,
+    raws: Vec<f64>,
     /// Events per second from the first output the first stage stored to the last
     /// vector in FEATURES (unscored: until feature-state counted the last event).
     through: f64,
@@ -701,16 +745,73 @@ async fn first_stored(js: &async_nats::jetstream::Context, stream: &str) -> Resu
     Ok(msg.time.unix_timestamp_nanos())
 }
 
+/// Reads the `n` messages of `stream` through a new pull consumer (no acks,
+/// 512 per pull) as fast as a client takes them: messages per second. The
+/// client runs alone on one thread with its own connection, as the stages do
+/// (`Threads::One`), so the baseline pays no more wake-ups than they do.
+async fn raw_consume(nats: &NatsServer, stream: &str, n: usize) -> Result<f64> {
+    let (url, stream) = (nats.url(), stream.to_string());
+    let nats_cpu = nats.pid().and_then(|p| process_cpu_seconds(p).ok());
+    let (rate, ack_policy) = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(consume_all(&url, &stream, n))
+    })
+    .await??;
+    if let (Some(before), Some(after)) = (
+        nats_cpu,
+        nats.pid().and_then(|p| process_cpu_seconds(p).ok()),
+    ) {
+        eprintln!(
+            "    raw consume: {rate:.0} msg/s, nats-server {:.2} µs CPU per message ({ack_policy:?})",
+            (after - before) * 1e6 / n as f64
+        );
+    }
+    Ok(rate)
+}
+
+/// [`raw_consume`]'s client: connects, consumes, and answers the rate.
+async fn consume_all(url: &str, stream: &str, n: usize) -> Result<(f64, consumer::AckPolicy)> {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let stream = js.get_stream(stream).await?;
+    let ack_policy = match std::env::var("FS_BENCH_RAW_ACK").as_deref() {
+        Ok("all") => consumer::AckPolicy::All,
+        _ => consumer::AckPolicy::None,
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy,
+            max_ack_pending: 1_000_000,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(512)
+        .messages()
+        .await?;
+    let mut seen = 0;
+    while seen < n {
+        match messages.next().await {
+            Some(Ok(_)) => seen += 1,
+            Some(Err(e)) => bail!("raw consume: {e}"),
+            None => bail!("raw consume ended at {seen}"),
+        }
+    }
+    Ok((n as f64 / started.elapsed().as_secs_f64(), ack_policy))
+}
+
 /// Starts both services on an empty broker (so they provision their streams) and stops
-/// them; publishes `n` events to EVENTS as ingest would; measures a raw consume of them
-/// unless `raw` is known already; then restarts the services with `cadence` and measures
+/// them; publishes `n` events to EVENTS as ingest would; measures [`RAW_TRIES`] raw consumes of them;
+/// then restarts the services with `cadence` and measures
 /// from the first ENRICHED batch stored to the last FEATURES vector stored (alone: from
 /// feature-state's restart), with the CPU each process spent meanwhile.
 async fn one_pipeline(
     n: usize,
     scored: bool,
     cadence: Cadence,
-    raw: Option<f64>,
     alone: bool,
     run: &str,
 ) -> Result<E2eRun> {
@@ -773,49 +874,11 @@ async fn one_pipeline(
         oldest.await?;
     }
 
-    let raw = match raw {
-        Some(raw) => raw,
-        None => {
-            let stream = js.get_stream(stream).await?;
-            let ack_policy = match std::env::var("FS_BENCH_RAW_ACK").as_deref() {
-                Ok("all") => consumer::AckPolicy::All,
-                _ => consumer::AckPolicy::None,
-            };
-            let consumer = stream
-                .create_consumer(consumer::pull::Config {
-                    ack_policy,
-                    max_ack_pending: 1_000_000,
-                    ..Default::default()
-                })
-                .await?;
-            let nats_cpu = nats.pid().and_then(|p| process_cpu_seconds(p).ok());
-            let started = Instant::now();
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(512)
-                .messages()
-                .await?;
-            let mut seen = 0;
-            while seen < n {
-                match messages.next().await {
-                    Some(Ok(_)) => seen += 1,
-                    Some(Err(e)) => bail!("raw consume: {e}"),
-                    None => bail!("raw consume ended at {seen}"),
-                }
-            }
-            let raw = n as f64 / started.elapsed().as_secs_f64();
-            if let (Some(before), Some(after)) = (
-                nats_cpu,
-                nats.pid().and_then(|p| process_cpu_seconds(p).ok()),
-            ) {
-                eprintln!(
-                    "    raw consume: {raw:.0} msg/s, nats-server {:.2} µs CPU per message ({ack_policy:?})",
-                    (after - before) * 1e6 / n as f64
-                );
-            }
-            raw
-        }
-    };
+    let mut raws = Vec::with_capacity(RAW_TRIES);
+    for _ in 0..RAW_TRIES {
+        raws.push(raw_consume(&nats, stream, n).await?);
+    }
+    let raw = median(raws.iter().copied());
 
     feature_state.restart().await?;
     let restarted = std::time::SystemTime::now();
@@ -912,6 +975,7 @@ async fn one_pipeline(
     }
     Ok(E2eRun {
         raw,
+        raws,
         through,
         cpu_us,
         vectors,
