@@ -9,8 +9,8 @@ pub enum Threads {
     /// Everything on the main thread, beside the actors: for a service whose
     /// work is a stage loop (enrich, feature-state, monitor). Its NATS
     /// connection then hands each message to the loop without waking another
-    /// thread; on 2 cores shared with nats-server, those wake-ups cost the
-    /// enrich → feature-state pipeline about a fifth of its CPU per event.
+    /// thread; on 2 cores shared with nats-server, those wake-ups cost enrich
+    /// about a fifth of its CPU per event (BENCHMARKS.md, feature-state).
     One,
     /// gRPC, HTTP and NATS tasks spread over one worker per core: for a service
     /// answering requests that must not wait behind a batch (ingest, inference).
