@@ -915,7 +915,7 @@ impl Checkpoint<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{stored_at, stream_sequence};
+    use super::{pending_after, stored_at, stream_sequence};
 
     #[test]
     fn the_stream_sequence_is_read_from_either_form_of_the_ack_subject() {
@@ -959,5 +959,17 @@ mod tests {
             Some(1_764_260_000_000_000_001)
         );
         assert_eq!(stored_at("_INBOX.abc.def"), None);
+        assert_eq!(
+            pending_after("$JS.ACK.EVENTS.enrich.1.4207.4199.1764260000000000000.12"),
+            Some(12)
+        );
+        assert_eq!(
+            pending_after("$JS.ACK.hub.ACCHASH.EVENTS.enrich.2.99.98.1764260000000000000.7.rnd"),
+            Some(7)
+        );
+        // Tokens past the tenth are ignored, as future versions may append some.
+        let longer = "$JS.ACK.hub.ACCHASH.EVENTS.enrich.2.99.98.17.5.rnd.extra.more";
+        assert_eq!(stream_sequence(longer), Some(99));
+        assert_eq!(pending_after(longer), Some(5));
     }
 }

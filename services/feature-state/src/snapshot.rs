@@ -196,7 +196,7 @@ impl FeatureStore {
             .collect();
         let row_count: usize = rows.iter().flatten().map(Vec::len).sum();
         // Sized from the last snapshot: growing by doubling copied the record
-        // again and again, a tenth of feature-state's snapshot time.
+        // again and again (about a sixth of the snapshot's time end to end).
         let expected = row_count * self.snapshot_bytes_per_row;
         let mut out = Vec::with_capacity(expected + expected / 8 + 4096);
         out.extend_from_slice(magic(part));
