@@ -78,10 +78,19 @@ pub fn decode_records<M: prost::Message + Default>(
         .collect()
 }
 
+/// [`BATCH_HEADER`] as a constant: looked up by `&str`, every message allocated a new name.
+const BATCH_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(BATCH_HEADER);
+
 pub fn is_batch(headers: Option<&HeaderMap>) -> bool {
-    // A constant name: looked up by `&str`, every message allocated a new one.
-    const NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(BATCH_HEADER);
-    headers.is_some_and(|h| h.get(NAME).is_some())
+    headers.is_some_and(|h| h.get(BATCH_NAME).is_some())
+}
+
+/// How many records a stream message holds: its batch's count, or one.
+pub fn record_count(headers: Option<&HeaderMap>) -> usize {
+    headers
+        .and_then(|h| h.get(BATCH_NAME))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(1)
 }
 
 /// A batch above this many payload bytes is split in parts (NATS refuses
