@@ -11,7 +11,7 @@
 //! A table also remembers what changed since it was last snapshotted (rows
 //! updated, entities freed), so a snapshot of a large state can hold only that.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::aggregate::{Observation, Reading};
 use crate::column::Column;
@@ -55,7 +55,7 @@ impl std::ops::AddAssign for Sweep {
 impl EntityTable {
     pub fn new(columns: Vec<Box<dyn Column>>) -> Self {
         Self {
-            index: HashMap::new(),
+            index: HashMap::default(),
             key_bytes: 0,
             last_seen: Vec::new(),
             row_keys: Vec::new(),

@@ -6,7 +6,7 @@
 //! online lookups. Plain state: the actor in [`crate::actor`] drives it and
 //! the stage loop snapshots what [`FeatureStore::snapshot`] encodes.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use millrace_chassis::config::{EntityKey, FeatureDef, FeatureStateSettings, Pipeline};
 use millrace_chassis::filter::Expr;
@@ -186,7 +186,7 @@ impl FeatureStore {
             });
             columns_per_kind[kind] += 1;
         }
-        let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
+        let mut routes: HashMap<String, Vec<Route>> = HashMap::default();
         for (i, f) in features.iter().enumerate() {
             let routes = routes.entry(f.def.source.clone()).or_default();
             match routes.iter_mut().find(|r| r.kind == f.kind) {
