@@ -120,6 +120,19 @@ impl Outgoing {
         }
     }
 
+    /// A record for the stage's output stream. It travels in a batch whose id
+    /// covers it ([`crate::batch::pack`]), so it needs no id of its own: one
+    /// formatted per record was a string per event for nothing.
+    pub fn record(subject: String, payload: Bytes, trace: Context) -> Self {
+        Self {
+            subject,
+            msg_id: String::new(),
+            payload,
+            trace,
+            headers: Vec::new(),
+        }
+    }
+
     fn headers(&self) -> async_nats::HeaderMap {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(MSG_ID_HEADER, self.msg_id.as_str());

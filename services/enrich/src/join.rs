@@ -253,13 +253,11 @@ impl Handler<Apply<Incoming>> for Enricher {
             .map(|d| {
                 let Incoming { event, raw } = d.message;
                 match self.judge(&event) {
-                    Ok(joined) => Outgoing {
-                        subject: subject::enriched(event.partition),
-                        msg_id: format!("enrich:{}", event.event_id),
-                        payload: Bytes::from(encode_enriched(&event.event_id, &raw, joined, now)),
-                        trace: d.trace,
-                        headers: Vec::new(),
-                    },
+                    Ok(joined) => Outgoing::record(
+                        subject::enriched(event.partition),
+                        Bytes::from(encode_enriched(&event.event_id, &raw, joined, now)),
+                        d.trace,
+                    ),
                     Err(Refusal { reason, message }) => {
                         let id = format!("dlq:enrich:{reason}:{}", event.event_id);
                         let letter = DeadLetter {

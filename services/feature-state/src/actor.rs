@@ -64,13 +64,7 @@ impl Handler<Apply<EnrichedEvent>> for FeatureStoreActor {
         let encoded = Bytes::from(encoded);
         out.extend(vectors.into_iter().map(|(range, d)| {
             let partition = d.message.event.as_ref().map_or(0, |e| e.partition);
-            Outgoing {
-                subject: subject::features(partition),
-                msg_id: format!("features:{}", d.message.event_id),
-                payload: encoded.slice(range),
-                trace: d.trace,
-                headers: Vec::new(),
-            }
+            Outgoing::record(subject::features(partition), encoded.slice(range), d.trace)
         }));
         self.store.report_watermarks();
         out
