@@ -101,3 +101,38 @@ async fn sigterm_restart(pipeline: &mut Pipeline) -> Result<()> {
     let sent: Vec<_> = first.into_iter().chain(second).collect();
     check_exactly_once(pipeline, &sent).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_carry_on_after_the_broker_restarts() {
+    let mut pipeline = Pipeline::start().await.expect("pipeline starts");
+    broker_restart(&mut pipeline)
+        .await
+        .expect("exactly once across a broker restart");
+}
+
+/// Traffic fully processed; nats-server stopped and started again on the same
+/// store under the running services, which lose their connections and their
+/// consumers' open pull requests; more traffic; everything exactly once. The
+/// stages must notice that their requests are gone and ask again by themselves.
+async fn broker_restart(pipeline: &mut Pipeline) -> Result<()> {
+    let first = orders("broker", 0..300, 50);
+    let second = orders("broker", 300..600, 50);
+    let mut ingest = pipeline.ingest().await?;
+    publish_all_accepted(&mut ingest, &first, 100).await?;
+    check_exactly_once(pipeline, &first).await?;
+
+    pipeline.nats_mut().restart().await?;
+    publish_all_accepted(&mut ingest, &second, 100).await?;
+    let sent: Vec<_> = first.into_iter().chain(second).collect();
+    check_exactly_once(pipeline, &sent).await?;
+    for service in [Service::Enrich, Service::FeatureState, Service::Inference] {
+        let running = pipeline.service_mut(service).is_running();
+        ensure!(
+            running,
+            "{} stopped across the broker restart; log tail:\n{}",
+            service.binary(),
+            pipeline.service(service).log_tail(40)
+        );
+    }
+    Ok(())
+}

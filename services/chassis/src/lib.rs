@@ -8,6 +8,8 @@
 //!   gRPC and HTTP servers, the stage run).
 //! - [`stage`]: the one loop every consuming service runs: consume, apply in an actor,
 //!   publish, snapshot, ack.
+//! - [`pull`]: a durable pull consumer's messages off a plain subscription, without
+//!   async-nats' per-message JetStream wrapper.
 //! - [`snapshot`]: actor state plus its last applied stream sequence, with a format version
 //!   and a checksum, in files that sled points at.
 //! - [`telemetry`]: `tracing` logs, OTLP span export, W3C trace context in NATS headers.
@@ -27,6 +29,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod partition;
+pub mod pull;
 pub mod runtime;
 pub mod shutdown;
 pub mod snapshot;

@@ -48,6 +48,7 @@ use serde::Serialize;
 use crate::batch::{self, Covered};
 use crate::bus::{subject, Bus, Outgoing, StreamKind};
 use crate::metrics::StageMetrics;
+use crate::pull::{Pull, PullError};
 use crate::shutdown::Shutdown;
 pub use crate::snapshot::Part;
 use crate::snapshot::{Encoded, SnapshotStore};
@@ -307,13 +308,14 @@ where
             )
             .await?;
         pending.push(consumer.cached_info().num_pending);
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(spec.pull_size(source))
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await
-            .map_err(|e| consume_error(&bus, source, e.to_string()))?;
+        let messages = Pull::start(
+            bus.client().clone(),
+            bus.stream_name(source.stream),
+            &source.durable,
+            spec.pull_size(source),
+        )
+        .await
+        .map_err(|e| consume_error(&bus, source, e.to_string()))?;
         streams.push(messages.boxed());
     }
     // A chunk takes at most what one pull per source brings: those messages
@@ -441,8 +443,7 @@ fn ack_tokens(reply: &str) -> Option<(&str, &str, &str)> {
     Some((token(index), token(index + 2), token(index + 3)))
 }
 
-type Consumed =
-    Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>;
+type Consumed = Result<async_nats::Message, PullError>;
 
 /// The sources' messages merged in the order JetStream stored them: a
 /// catch-up then reads its streams as they were written and reaches the actor
@@ -733,7 +734,8 @@ impl Checkpoint<'_> {
             let msg = match item {
                 Ok(msg) => msg,
                 Err(e) => {
-                    // Missed heartbeats and similar hiccups: the stream recovers by itself.
+                    // A request that could not be sent, JetStream not answering: the
+                    // consumer asks again by itself ([`Pull`]). A deleted consumer ends its stream.
                     tracing::warn!(stage = self.spec.stage, "consumer: {e}");
                     continue;
                 }
@@ -741,13 +743,11 @@ impl Checkpoint<'_> {
             let sequence = match msg.reply.as_deref().and_then(stream_sequence) {
                 Some(sequence) => sequence,
                 None => {
-                    let e = msg
-                        .info()
-                        .err()
-                        .map_or_else(|| "no stream sequence".to_string(), |e| e.to_string());
                     tracing::warn!(
                         stage = self.spec.stage,
-                        "message without JetStream metadata: {e}"
+                        subject = %msg.subject,
+                        reply = ?msg.reply,
+                        "message without a stream sequence in its reply subject: skipped"
                     );
                     continue;
                 }
