@@ -91,15 +91,100 @@ impl Aggregator for DistinctCount {
         Reading::Int(i64::try_from(state.fingerprints.len()).unwrap_or(i64::MAX))
     }
 
+    /// Counts the union of the buckets' sorted fingerprints in one pass, as
+    /// `merge` would hold them (capped at `bound`) but without building it:
+    /// cloning and merging the vectors per read was a tenth of feature-state's
+    /// CPU end to end.
+    fn read_merged<'s>(
+        &self,
+        first: &'s DistinctState,
+        rest: &mut dyn Iterator<Item = &'s DistinctState>,
+    ) -> Reading {
+        let mut held: [&[u64]; 32] = [&[]; 32];
+        let mut spilled: Vec<&[u64]> = Vec::new();
+        let mut k = 0;
+        for state in std::iter::once(first).chain(rest) {
+            if spilled.is_empty() && k < held.len() {
+                held[k] = &state.fingerprints;
+                k += 1;
+            } else {
+                if spilled.is_empty() {
+                    spilled.extend_from_slice(&held[..k]);
+                }
+                spilled.push(&state.fingerprints);
+            }
+        }
+        let heads = match spilled.is_empty() {
+            true => &mut held[..k],
+            false => &mut spilled[..],
+        };
+        let count = union_len(heads).min(self.bound);
+        Reading::Int(i64::try_from(count).unwrap_or(i64::MAX))
+    }
+
     fn heap_bytes(&self, state: &DistinctState) -> usize {
         state.fingerprints.capacity() * 8
     }
+}
+
+/// How many different values sorted, repeat-free `runs` hold together.
+fn union_len(runs: &mut [&[u64]]) -> usize {
+    let mut count = 0;
+    while let Some(&least) = runs.iter().filter_map(|r| r.first()).min() {
+        count += 1;
+        for run in runs.iter_mut() {
+            if let Some((&head, tail)) = run.split_first() {
+                if head == least {
+                    *run = tail;
+                }
+            }
+        }
+    }
+    count
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::aggregate::testing::check;
+
+    #[test]
+    fn reading_many_buckets_counts_what_merging_them_would_hold() {
+        let state = |values: &[u64]| {
+            let mut s = DistinctState::default();
+            for &v in values {
+                let obs = Observation {
+                    fingerprint: v,
+                    ..Observation::at(0, 0.0)
+                };
+                distinct(1000).add(&mut s, &obs);
+            }
+            s
+        };
+        // (name, bound, buckets): overlapping, disjoint, empty, more than the stack holds, saturated.
+        let many: Vec<Vec<u64>> = (0..40u64).map(|i| vec![i, i + 1, 100]).collect();
+        let cases: Vec<(&str, usize, Vec<Vec<u64>>)> = vec![
+            (
+                "overlapping",
+                100,
+                vec![vec![1, 2, 3], vec![2, 3, 4], vec![9]],
+            ),
+            ("disjoint", 100, vec![vec![5], vec![6], vec![7, 8]]),
+            ("with_empty", 100, vec![vec![], vec![1], vec![]]),
+            ("spilled_past_32", 1000, many.clone()),
+            ("capped_at_bound", 10, many),
+        ];
+        for (name, bound, buckets) in cases {
+            let agg = distinct(bound);
+            let states: Vec<DistinctState> = buckets.iter().map(|b| state(b)).collect();
+            let mut merged = states[0].clone();
+            for s in &states[1..] {
+                agg.merge(&mut merged, s);
+            }
+            let read = agg.read_merged(&states[0], &mut states[1..].iter());
+            assert_eq!(read, agg.read(&merged), "{name}");
+        }
+    }
 
     fn distinct(bound: usize) -> DistinctCount {
         DistinctCount::new(bound, IntCounter::new("t", "t").expect("counter"))

@@ -88,6 +88,19 @@ pub trait Aggregator: Send + 'static {
     /// Folds `other` (events disjoint from `into`'s) into `into`.
     fn merge(&self, into: &mut Self::State, other: &Self::State);
     fn read(&self, state: &Self::State) -> Reading;
+    /// Reads the merge of `first` and `rest` (disjoint events) without
+    /// keeping it: a window of several buckets is read this way per vector.
+    fn read_merged<'s>(
+        &self,
+        first: &'s Self::State,
+        rest: &mut dyn Iterator<Item = &'s Self::State>,
+    ) -> Reading {
+        let mut acc = first.clone();
+        for s in rest {
+            self.merge(&mut acc, s);
+        }
+        self.read(&acc)
+    }
     /// Heap bytes the state holds beyond its own size.
     fn heap_bytes(&self, _state: &Self::State) -> usize {
         0

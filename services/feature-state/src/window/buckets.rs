@@ -49,17 +49,11 @@ impl<S: AggState> Buckets<S> {
         let Some((_, one)) = inside.next() else {
             return agg.read(&S::default());
         };
-        match inside.next() {
-            // The common case: one bucket, no merge, no copy.
+        // The common case: one bucket, no merge, no copy.
+        let mut rest = inside.map(|(_, s)| s).peekable();
+        match rest.peek() {
             None => agg.read(one),
-            Some((_, two)) => {
-                let mut acc = one.clone();
-                agg.merge(&mut acc, two);
-                for (_, s) in inside {
-                    agg.merge(&mut acc, s);
-                }
-                agg.read(&acc)
-            }
+            Some(_) => agg.read_merged(one, &mut rest),
         }
     }
 
