@@ -4,6 +4,8 @@
 //! `traceparent`, and open durable consumers positioned right after the last
 //! sequence a snapshot covers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
@@ -158,6 +160,9 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     streams: StreamSettings,
+    /// Connections made so far, the first included: a consumer that sees it
+    /// move knows its open pull requests were lost with the old connection.
+    connections: Arc<AtomicU64>,
 }
 
 impl Bus {
@@ -169,8 +174,9 @@ impl Bus {
         shutdown: &Shutdown,
     ) -> Result<Self, ChassisError> {
         let mut delay = Duration::from_millis(100);
+        let connections = Arc::new(AtomicU64::new(0));
         loop {
-            match try_connect(settings, client_name).await {
+            match try_connect(settings, client_name, connections.clone()).await {
                 Ok(client) => {
                     tracing::info!(url = %settings.url, "connected to NATS");
                     let js = jetstream::ContextBuilder::new()
@@ -182,6 +188,7 @@ impl Bus {
                         client,
                         js,
                         streams,
+                        connections,
                     });
                 }
                 Err(message) if !shutdown.is_shutdown() => {
@@ -197,6 +204,11 @@ impl Bus {
                 }
             }
         }
+    }
+
+    /// Connections made so far (see the field).
+    pub fn connections(&self) -> Arc<AtomicU64> {
+        self.connections.clone()
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -368,11 +380,19 @@ impl Bus {
 async fn try_connect(
     settings: &NatsSettings,
     client_name: &str,
+    connections: Arc<AtomicU64>,
 ) -> Result<async_nats::Client, String> {
     let mut options = async_nats::ConnectOptions::new()
         .name(client_name)
         .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(None);
+        .max_reconnects(None)
+        // async-nats logs the events itself; counting connections is all this adds.
+        .event_callback(move |event| {
+            if matches!(event, async_nats::Event::Connected) {
+                connections.fetch_add(1, Ordering::Relaxed);
+            }
+            async {}
+        });
     if let Some(token) = &settings.token {
         options = options.token(token.clone());
     }

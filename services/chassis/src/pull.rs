@@ -8,22 +8,25 @@
 //! for `batch` messages, again whenever half of what it asked for has come,
 //! and reads the server's status messages as async-nats does.
 //!
-//! A reconnect loses the open requests. The consumer asks again when it sees
-//! the connection back after seeing it down (it looks once per heartbeat
-//! interval while no message comes), and whenever neither a message nor a
-//! heartbeat, which the server sends while a request waits, has come for
-//! [`QUIET_TICKS`] intervals. async-nats reported a missed heartbeat and waited
-//! on, which stalled a stage for about 35 s.
+//! A reconnect loses the open requests. The consumer asks again when the bus
+//! has made a new connection (it looks once per heartbeat interval while no
+//! message comes), and whenever neither a message nor a heartbeat, which the
+//! server sends while a request waits, has come for [`QUIET_TICKS`] intervals.
+//! async-nats reported a missed heartbeat and waited on, which stalled a stage
+//! for about 35 s.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_nats::connection::State;
 use async_nats::{Client, Message, StatusCode, Subscriber};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
+
+use crate::bus::Bus;
 
 /// How long the server keeps a pull request open.
 const EXPIRES: Duration = Duration::from_secs(30);
@@ -65,8 +68,9 @@ pub struct Pull {
     tick: tokio::time::Interval,
     /// Ticks since the server last sent anything.
     quiet: u32,
-    /// The connection was seen down since the requests were made.
-    was_down: bool,
+    /// The bus's connection count, and its value when the requests were made.
+    connections: Arc<AtomicU64>,
+    connection: u64,
     ended: bool,
 }
 
@@ -74,11 +78,14 @@ impl Pull {
     /// Subscribes to a new inbox for the consumer `durable` of `stream`; the
     /// first request goes when the stream is first polled.
     pub async fn start(
-        client: Client,
+        bus: &Bus,
         stream: &str,
         durable: &str,
         batch: usize,
     ) -> Result<Self, async_nats::SubscribeError> {
+        let client = bus.client().clone();
+        let connections = bus.connections();
+        let connection = connections.load(Ordering::Relaxed);
         let inbox = client.new_inbox();
         let subscriber = client.subscribe(inbox.clone()).await?;
         let batch = batch.max(1);
@@ -100,7 +107,8 @@ impl Pull {
             asking: None,
             tick,
             quiet: 0,
-            was_down: false,
+            connections,
+            connection,
             ended: false,
         })
     }
@@ -178,18 +186,17 @@ impl Stream for Pull {
                     let mut lost = false;
                     while this.tick.poll_tick(cx).is_ready() {
                         this.quiet += 1;
-                        let connected = this.client.connection_state() == State::Connected;
-                        if !connected {
-                            this.was_down = true;
-                        } else if this.was_down {
+                        let connection = this.connections.load(Ordering::Relaxed);
+                        if connection != this.connection {
                             tracing::info!(consumer = %this.api, "reconnected: asking again");
+                            this.connection = connection;
                             lost = true;
                         } else if this.quiet > QUIET_TICKS {
                             tracing::warn!(consumer = %this.api, "no message nor heartbeat for {QUIET_TICKS} heartbeat intervals: asking again");
                             lost = true;
                         }
                         if lost {
-                            (this.quiet, this.outstanding, this.was_down) = (0, 0, false);
+                            (this.quiet, this.outstanding) = (0, 0);
                         }
                     }
                     match lost {

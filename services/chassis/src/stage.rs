@@ -309,7 +309,7 @@ where
             .await?;
         pending.push(consumer.cached_info().num_pending);
         let messages = Pull::start(
-            bus.client().clone(),
+            &bus,
             bus.stream_name(source.stream),
             &source.durable,
             spec.pull_size(source),
