@@ -1609,7 +1609,10 @@ pub struct ServiceEnv {
     pub nats: NatsSettings,
     /// Snapshot at least this often while events flow.
     pub snapshot_interval: Duration,
-    /// ... and at least every this many applied events.
+    /// ... and at least every this many applied events. The interval is what
+    /// bounds the replay after a crash at any usual rate; a count of 10k took
+    /// feature-state a sixth of its CPU at 100k events/s, when almost every
+    /// entity changes between snapshots, to shorten a replay of one second.
     pub snapshot_every: u64,
 }
 
@@ -1673,7 +1676,7 @@ impl ServiceEnv {
                 "MILLRACE_SNAPSHOT_INTERVAL_MS",
                 1000,
             )?),
-            snapshot_every: number("MILLRACE_SNAPSHOT_EVERY", 10_000)?.max(1),
+            snapshot_every: number("MILLRACE_SNAPSHOT_EVERY", 1_000_000)?.max(1),
         })
     }
 }

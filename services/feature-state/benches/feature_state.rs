@@ -537,9 +537,9 @@ fn main() -> Result<()> {
                 done.len(),
                 range(done.iter().map(|r| 100.0 * r.through / r.raw()), 0),
                 match (alone, cadence == DEFAULT_CADENCE) {
-                    (false, true) if scored => " (target ≥ 50%); snapshots every 1 s / 10k events (the defaults)",
-                    (false, true) => "; snapshots every 1 s / 10k events (the defaults)",
-                    (true, true) => " of ENRICHED; snapshots every 1 s / 10k events",
+                    (false, true) if scored => " (target ≥ 50%); snapshots every 1 s / 1M events (the defaults)",
+                    (false, true) => "; snapshots every 1 s / 1M events (the defaults)",
+                    (true, true) => " of ENRICHED; snapshots every 1 s / 1M events",
                     (true, false) => " of ENRICHED",
                     (false, false) => "",
                 },
@@ -599,7 +599,7 @@ async fn poll_ready(process: &mut ServiceProcess, limit: Duration) -> Result<Dur
 
 /// Snapshot cadence of both services: (interval ms, every this many events).
 type Cadence = (&'static str, &'static str);
-const DEFAULT_CADENCE: Cadence = ("1000", "10000");
+const DEFAULT_CADENCE: Cadence = ("1000", "1000000");
 const RELAXED_CADENCE: Cadence = ("10000", "100000000");
 
 /// `/proc/loadavg`'s first three fields: whether others shared the machine meanwhile.
