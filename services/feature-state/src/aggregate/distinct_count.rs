@@ -10,6 +10,7 @@
 
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::{Aggregator, Observation, Reading};
 
@@ -28,10 +29,13 @@ impl DistinctCount {
     }
 }
 
+/// Serialized as when `fingerprints` was a `Vec`: a sequence either way.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DistinctState {
-    /// Sorted, without repeats.
-    pub fingerprints: Vec<u64>,
+    /// Sorted, without repeats; the first two in place (a window bucket
+    /// mostly holds one or two values, and a buffer of their own was a cache
+    /// miss per read).
+    pub fingerprints: SmallVec<[u64; 2]>,
     /// A value was refused because `bound` were held.
     pub saturated: bool,
 }
@@ -62,7 +66,8 @@ impl Aggregator for DistinctCount {
         if into.fingerprints.is_empty() && other.fingerprints.len() <= self.bound {
             into.fingerprints.clone_from(&other.fingerprints);
         } else {
-            let mut merged = Vec::with_capacity(into.fingerprints.len() + other.fingerprints.len());
+            let mut merged =
+                SmallVec::with_capacity(into.fingerprints.len() + other.fingerprints.len());
             let (mut a, mut b) = (
                 into.fingerprints.iter().peekable(),
                 other.fingerprints.iter().peekable(),
@@ -76,8 +81,8 @@ impl Aggregator for DistinctCount {
                     b.next();
                 }
             }
-            merged.extend(a);
-            merged.extend(b);
+            merged.extend(a.copied());
+            merged.extend(b.copied());
             if merged.len() > self.bound {
                 merged.truncate(self.bound);
                 into.saturated = true;
@@ -123,12 +128,30 @@ impl Aggregator for DistinctCount {
     }
 
     fn heap_bytes(&self, state: &DistinctState) -> usize {
-        state.fingerprints.capacity() * 8
+        match state.fingerprints.spilled() {
+            true => state.fingerprints.capacity() * 8,
+            false => 0,
+        }
     }
 }
 
-/// How many different values sorted, repeat-free `runs` hold together.
+/// How many different values sorted, repeat-free `runs` hold together: a
+/// few values (the usual window) are sorted together on the stack; more are
+/// merged run by run.
 fn union_len(runs: &mut [&[u64]]) -> usize {
+    const FEW: usize = 64;
+    let total: usize = runs.iter().map(|r| r.len()).sum();
+    if total <= FEW {
+        let mut all = [0u64; FEW];
+        let mut n = 0;
+        for run in runs.iter() {
+            all[n..n + run.len()].copy_from_slice(run);
+            n += run.len();
+        }
+        let all = &mut all[..n];
+        all.sort_unstable();
+        return all.len() - all.windows(2).filter(|w| w[0] == w[1]).count();
+    }
     let mut count = 0;
     while let Some(&least) = runs.iter().filter_map(|r| r.first()).min() {
         count += 1;
@@ -172,6 +195,11 @@ mod tests {
             ("disjoint", 100, vec![vec![5], vec![6], vec![7, 8]]),
             ("with_empty", 100, vec![vec![], vec![1], vec![]]),
             ("spilled_past_32", 1000, many.clone()),
+            (
+                "just_past_the_stack_sort",
+                1000,
+                (0..22u64).map(|i| vec![i, i + 1, i + 2]).collect(),
+            ),
             ("capped_at_bound", 10, many),
         ];
         for (name, bound, buckets) in cases {
@@ -230,5 +258,28 @@ mod tests {
         assert!(s.saturated);
         assert_eq!(s.fingerprints.len(), 2);
         assert_eq!(agg.saturated.get(), 1);
+    }
+
+    #[test]
+    fn snapshots_keep_the_bytes_of_the_former_vec() {
+        #[derive(Serialize)]
+        struct Former {
+            fingerprints: Vec<u64>,
+            saturated: bool,
+        }
+        let state = DistinctState {
+            fingerprints: [4, 7, 9].into_iter().collect(),
+            saturated: true,
+        };
+        let former = Former {
+            fingerprints: vec![4, 7, 9],
+            saturated: true,
+        };
+        let bytes = postcard::to_stdvec(&state).expect("encode");
+        assert_eq!(bytes, postcard::to_stdvec(&former).expect("encode"));
+        assert_eq!(
+            postcard::from_bytes::<DistinctState>(&bytes).expect("decode"),
+            state
+        );
     }
 }

@@ -1,22 +1,28 @@
 //! The sparse bucket list tumbling, hopping and sliding windows share: one
 //! aggregation state per bucket of event time that saw an event, in bucket order.
-
-use std::collections::VecDeque;
+//!
+//! The first [`INLINE`] buckets live in the row itself: most entities hold one
+//! or two, and a heap buffer of their own was a cache miss per update.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::aggregate::{AggState, Aggregator, Observation, Reading};
 
+/// Buckets held in the row before they spill to the heap.
+const INLINE: usize = 2;
+
+/// Serialized as the sequence of its buckets, as when it was a `VecDeque`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Buckets<S> {
     /// (bucket index, state), ascending by index.
-    items: VecDeque<(i64, S)>,
+    items: SmallVec<[(i64, S); INLINE]>,
 }
 
 impl<S> Default for Buckets<S> {
     fn default() -> Self {
         Self {
-            items: VecDeque::new(),
+            items: SmallVec::new(),
         }
     }
 }
@@ -35,7 +41,7 @@ impl<S: AggState> Buckets<S> {
             None => {
                 let mut state = S::default();
                 agg.add(&mut state, obs);
-                self.items.push_front((bucket, state));
+                self.items.insert(0, (bucket, state));
             }
         }
     }
@@ -59,19 +65,23 @@ impl<S: AggState> Buckets<S> {
 
     /// Drops buckets before `first`.
     pub fn evict_before(&mut self, first: i64) {
-        while self.items.front().is_some_and(|(b, _)| *b < first) {
-            self.items.pop_front();
+        let before = self.items.iter().take_while(|(b, _)| *b < first).count();
+        if before > 0 {
+            self.items.drain(..before);
         }
-        if self.items.is_empty() && self.items.capacity() > 0 {
-            self.items = VecDeque::new();
-        } else if self.items.capacity() > 2 * self.items.len() + 4 {
+        let len = self.items.len();
+        if self.items.spilled() && (len <= INLINE || self.items.capacity() > 2 * len + 4) {
             // The window shrank (an idle stretch): give the memory back.
-            self.items.shrink_to(self.items.len() + 2);
+            self.items.shrink_to_fit();
         }
     }
 
     pub fn heap_bytes<A: Aggregator<State = S>>(&self, agg: &A) -> usize {
-        self.items.capacity() * std::mem::size_of::<(i64, S)>()
+        let buffer = match self.items.spilled() {
+            true => self.items.capacity() * std::mem::size_of::<(i64, S)>(),
+            false => 0,
+        };
+        buffer
             + self
                 .items
                 .iter()
@@ -85,5 +95,50 @@ impl<S: AggState> Buckets<S> {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::aggregate::Count;
+
+    fn counted(buckets: &[i64]) -> Buckets<u64> {
+        let mut b = Buckets::default();
+        for &i in buckets {
+            b.add(&Count, i, &Observation::at(0, 0.0));
+        }
+        b
+    }
+
+    #[test]
+    fn snapshots_keep_the_bytes_of_the_former_vecdeque() {
+        // Snapshots written before buckets were held in place still load.
+        let b = counted(&[3, 1, 2, 2]);
+        let was: VecDeque<(i64, u64)> = [(1, 1), (2, 2), (3, 1)].into();
+        let bytes = postcard::to_stdvec(&b).expect("encode");
+        assert_eq!(bytes, postcard::to_stdvec(&was).expect("encode"));
+        assert_eq!(
+            postcard::from_bytes::<Buckets<u64>>(&bytes).expect("decode"),
+            b
+        );
+    }
+
+    #[test]
+    fn buckets_spill_past_the_inline_ones_and_come_back_when_evicted() {
+        let mut b = counted(&[1, 2]);
+        assert_eq!(b.heap_bytes(&Count), 0, "two buckets are held in place");
+        b.add(&Count, 5, &Observation::at(0, 0.0));
+        b.add(&Count, 0, &Observation::at(0, 0.0));
+        assert!(b.heap_bytes(&Count) > 0);
+        assert_eq!(b.read(&Count, 0, 5), Reading::Int(4));
+        assert_eq!(b.read(&Count, 2, 4), Reading::Int(1));
+        b.evict_before(5);
+        assert_eq!((b.len(), b.heap_bytes(&Count)), (1, 0));
+        assert_eq!(b.read(&Count, 0, 9), Reading::Int(1));
+        b.evict_before(6);
+        assert!(b.is_empty());
     }
 }

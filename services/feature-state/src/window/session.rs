@@ -5,6 +5,7 @@
 //! `gap`). An out-of-order event that bridges two sessions merges them.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::{Aggregator, Observation, Reading, Window};
 use crate::aggregate::AggState;
@@ -22,16 +23,20 @@ impl Session {
     }
 }
 
-/// The sessions of one entity, ascending and at least `gap` apart.
+/// The sessions of one entity, ascending and at least `gap` apart. The first
+/// is held in the row itself, as window buckets are ([`super::Buckets`]);
+/// serialized as the sequence of sessions, as when it was a `Vec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sessions<S> {
     /// (first event time, last event time, state).
-    items: Vec<(i64, i64, S)>,
+    items: SmallVec<[(i64, i64, S); 1]>,
 }
 
 impl<S> Default for Sessions<S> {
     fn default() -> Self {
-        Self { items: Vec::new() }
+        Self {
+            items: SmallVec::new(),
+        }
     }
 }
 
@@ -82,13 +87,17 @@ impl Window for Session {
         state
             .items
             .retain(|(_, end, _)| end.saturating_add(self.gap_us) > floor_us);
-        if state.items.is_empty() && state.items.capacity() > 0 {
-            state.items = Vec::new();
+        if state.items.spilled() && state.items.len() <= 1 {
+            state.items.shrink_to_fit();
         }
     }
 
     fn heap_bytes<A: Aggregator>(&self, agg: &A, state: &Sessions<A::State>) -> usize {
-        state.items.capacity() * std::mem::size_of::<(i64, i64, A::State)>()
+        let buffer = match state.items.spilled() {
+            true => state.items.capacity() * std::mem::size_of::<(i64, i64, A::State)>(),
+            false => 0,
+        };
+        buffer
             + state
                 .items
                 .iter()
@@ -171,7 +180,7 @@ mod tests {
         for t in [50, 10, 30, 31, 70, 12, 60] {
             w.add(&crate::aggregate::Count, &mut s, &Observation::at(t, 0.0));
         }
-        let spans: Vec<(i64, i64, u64)> = s.items.clone();
+        let spans: Vec<(i64, i64, u64)> = s.items.to_vec();
         // 10,12 | 30,31 | 50 | 60 | 70: exactly `gap` apart is apart.
         assert_eq!(
             spans,
