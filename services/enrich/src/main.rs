@@ -37,7 +37,9 @@ async fn run() -> anyhow::Result<()> {
         "enrich",
         vec![Source::new(StreamKind::Events, "enrich")],
         Some(StreamKind::Enriched),
-        512,
+        // One event per EVENTS message, so a chunk of a backlog holds this
+        // many events: ENRICHED batches of about 500 (BENCHMARKS.md).
+        2048,
     );
     let (state, resume) = stage::load_state::<join::EnrichState>(&svc.store, &spec)?;
     let enricher = join::Enricher::new(state, &svc.pipeline.enrich, &svc.metrics)
