@@ -4,7 +4,6 @@
 //! `traceparent`, and open durable consumers positioned right after the last
 //! sequence a snapshot covers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,7 +161,7 @@ pub struct Bus {
     streams: StreamSettings,
     /// Connections made so far, the first included: a consumer that sees it
     /// move knows its open pull requests were lost with the old connection.
-    connections: Arc<AtomicU64>,
+    connections: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Bus {
@@ -174,7 +173,7 @@ impl Bus {
         shutdown: &Shutdown,
     ) -> Result<Self, ChassisError> {
         let mut delay = Duration::from_millis(100);
-        let connections = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(tokio::sync::watch::Sender::new(0));
         loop {
             match try_connect(settings, client_name, connections.clone()).await {
                 Ok(client) => {
@@ -206,9 +205,9 @@ impl Bus {
         }
     }
 
-    /// Connections made so far (see the field).
-    pub fn connections(&self) -> Arc<AtomicU64> {
-        self.connections.clone()
+    /// Connections made so far (see the field), and each new one as it is made.
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connections.subscribe()
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -380,7 +379,7 @@ impl Bus {
 async fn try_connect(
     settings: &NatsSettings,
     client_name: &str,
-    connections: Arc<AtomicU64>,
+    connections: Arc<tokio::sync::watch::Sender<u64>>,
 ) -> Result<async_nats::Client, String> {
     let mut options = async_nats::ConnectOptions::new()
         .name(client_name)
@@ -389,7 +388,7 @@ async fn try_connect(
         // async-nats logs the events itself; counting connections is all this adds.
         .event_callback(move |event| {
             if matches!(event, async_nats::Event::Connected) {
-                connections.fetch_add(1, Ordering::Relaxed);
+                connections.send_modify(|n| *n += 1);
             }
             async {}
         });

@@ -8,16 +8,14 @@
 //! for `batch` messages, again whenever half of what it asked for has come,
 //! and reads the server's status messages as async-nats does.
 //!
-//! A reconnect loses the open requests. The consumer asks again when the bus
-//! has made a new connection (it looks once per heartbeat interval while no
-//! message comes), and whenever neither a message nor a heartbeat, which the
-//! server sends while a request waits, has come for [`QUIET_TICKS`] intervals.
-//! async-nats reported a missed heartbeat and waited on, which stalled a stage
-//! for about 35 s.
+//! A reconnect loses the open requests. The consumer asks again as soon as
+//! the bus has made a new connection, and whenever neither a message nor a
+//! heartbeat, which the server sends while a request waits, has come for
+//! [`QUIET_TICKS`] intervals. async-nats reported a missed heartbeat and
+//! waited on, which stalled a stage for about 35 s. A request nobody answers
+//! (JetStream not up yet after a restart) is asked again after [`NO_RESPONDERS_PAUSE`].
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +23,7 @@ use async_nats::{Client, Message, StatusCode, Subscriber};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::watch;
 
 use crate::bus::Bus;
 
@@ -34,6 +33,8 @@ const EXPIRES: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Heartbeat intervals without a word from the server before asking again.
 const QUIET_TICKS: u32 = 2;
+/// How long to wait before asking again when no one answered a request.
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -68,10 +69,19 @@ pub struct Pull {
     tick: tokio::time::Interval,
     /// Ticks since the server last sent anything.
     quiet: u32,
-    /// The bus's connection count, and its value when the requests were made.
-    connections: Arc<AtomicU64>,
-    connection: u64,
+    /// Resolves when the bus makes a new connection (with the receiver, to
+    /// wait for the next); `None` once the bus is gone.
+    reconnected: Option<BoxFuture<'static, Option<watch::Receiver<u64>>>>,
+    /// No request goes before this, after one that no one answered.
+    paused: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
+}
+
+/// Waits for the connection count to move.
+fn next_connection(
+    mut connections: watch::Receiver<u64>,
+) -> BoxFuture<'static, Option<watch::Receiver<u64>>> {
+    async move { connections.changed().await.ok().map(|()| connections) }.boxed()
 }
 
 impl Pull {
@@ -84,8 +94,6 @@ impl Pull {
         batch: usize,
     ) -> Result<Self, async_nats::SubscribeError> {
         let client = bus.client().clone();
-        let connections = bus.connections();
-        let connection = connections.load(Ordering::Relaxed);
         let inbox = client.new_inbox();
         let subscriber = client.subscribe(inbox.clone()).await?;
         let batch = batch.max(1);
@@ -107,8 +115,8 @@ impl Pull {
             asking: None,
             tick,
             quiet: 0,
-            connections,
-            connection,
+            reconnected: Some(next_connection(bus.connections())),
+            paused: None,
             ended: false,
         })
     }
@@ -125,7 +133,12 @@ impl Pull {
         let description = message.description.as_deref().unwrap_or_default();
         match status {
             StatusCode::IDLE_HEARTBEAT => None,
-            StatusCode::NO_RESPONDERS => Some(PullError::NoResponders),
+            StatusCode::NO_RESPONDERS => {
+                // The request is gone: ask again after a pause, not in a spin.
+                self.outstanding = 0;
+                self.paused = Some(Box::pin(tokio::time::sleep(NO_RESPONDERS_PAUSE)));
+                Some(PullError::NoResponders)
+            }
             _ if description == "Consumer Deleted" => Some(PullError::Deleted),
             _ if description == "Consumer is push based"
                 || description.starts_with("Exceeded MaxRequest") =>
@@ -161,7 +174,13 @@ impl Stream for Pull {
             return Poll::Ready(None);
         }
         loop {
-            if this.asking.is_none() && this.outstanding <= this.batch / 2 {
+            if let Some(paused) = &mut this.paused {
+                if paused.poll_unpin(cx).is_ready() {
+                    this.paused = None;
+                }
+            }
+            if this.asking.is_none() && this.paused.is_none() && this.outstanding <= this.batch / 2
+            {
                 this.ask();
             }
             if let Some(asking) = &mut this.asking {
@@ -182,22 +201,24 @@ impl Stream for Pull {
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    // The clock is read only while waiting: not per message.
                     let mut lost = false;
+                    if let Some(reconnected) = &mut this.reconnected {
+                        if let Poll::Ready(connections) = reconnected.poll_unpin(cx) {
+                            tracing::info!(consumer = %this.api, "reconnected: asking again");
+                            this.reconnected = connections.map(next_connection);
+                            lost = true;
+                        }
+                    }
+                    // The clock is read only while waiting: not per message.
                     while this.tick.poll_tick(cx).is_ready() {
                         this.quiet += 1;
-                        let connection = this.connections.load(Ordering::Relaxed);
-                        if connection != this.connection {
-                            tracing::info!(consumer = %this.api, "reconnected: asking again");
-                            this.connection = connection;
-                            lost = true;
-                        } else if this.quiet > QUIET_TICKS {
+                        if this.quiet > QUIET_TICKS {
                             tracing::warn!(consumer = %this.api, "no message nor heartbeat for {QUIET_TICKS} heartbeat intervals: asking again");
                             lost = true;
                         }
-                        if lost {
-                            (this.quiet, this.outstanding) = (0, 0);
-                        }
+                    }
+                    if lost {
+                        (this.quiet, this.outstanding, this.paused) = (0, 0, None);
                     }
                     match lost {
                         true => continue,
