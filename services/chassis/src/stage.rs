@@ -666,9 +666,9 @@ pub const SNAPSHOT_SPACING: u32 = 9;
 /// the enrich → feature-state bench from about 54k to 57–75k events/s with
 /// less broker CPU per event; 4096 rather than 1024, with enrich pulling 2048,
 /// cut the broker's CPU per event by about a sixth more). Only a backlog fills
-/// a piece: live traffic goes as it comes ([`Gather`]). A batch too large for one message goes in
-/// parts ([`batch::pack`]), so large records (flights vectors, about 4.6 kB)
-/// still fit NATS's 1 MiB limit.
+/// a piece: live traffic goes as it comes ([`Gather`]). A batch too large for
+/// one message goes in parts ([`batch::pack`]), so large records (flights
+/// vectors, about 4.6 kB) still fit NATS's 1 MiB limit.
 const PIECE_RECORDS: usize = 4096;
 const PIECE_BYTES: usize = 1024 * 1024;
 

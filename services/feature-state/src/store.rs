@@ -1353,10 +1353,11 @@ mod tests {
         assert!(turns[..SWEEP_SLICES - 1].iter().all(Option::is_none));
         let turn = turns[SWEEP_SLICES - 1].expect("the last slice ends the turn");
         assert_eq!((turn.expired, turn.rows), (once.expired, once.rows));
-        // Index capacities depend on each map's random hash seed (hashbrown
-        // reuses or grows its table by where the keys fell), so only the rest
-        // must be equal.
-        let index_bytes = |s: &FeatureStore| -> usize {
+        // What the tables take besides their rows' states (keys, index, per-row
+        // vectors) follows the index's capacity, which depends on each map's
+        // random hash seed (hashbrown reuses or grows its table by where the
+        // keys fell); the rows' states must be equal.
+        let table_bytes = |s: &FeatureStore| -> usize {
             s.partitions
                 .iter()
                 .flat_map(|p| &p.tables)
@@ -1364,8 +1365,8 @@ mod tests {
                 .sum()
         };
         assert_eq!(
-            turn.bytes - index_bytes(&sliced),
-            once.bytes - index_bytes(&whole),
+            turn.bytes - table_bytes(&sliced),
+            once.bytes - table_bytes(&whole),
             "{turn:?} {once:?}"
         );
         assert_eq!(sliced.entity_count(), whole.entity_count());
