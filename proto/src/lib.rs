@@ -15,6 +15,9 @@ pub mod inference {
 
 pub use v1::*;
 
+pub mod view;
+pub mod wire;
+
 impl v1::Value {
     pub fn double(v: f64) -> Self {
         Self {
@@ -44,25 +47,13 @@ impl v1::Value {
 
     /// The value as a number when it has a numeric reading (bools as 0/1).
     pub fn as_f64(&self) -> Option<f64> {
-        match self.kind.as_ref()? {
-            v1::value::Kind::DoubleValue(v) => Some(*v),
-            v1::value::Kind::IntValue(v) => Some(*v as f64),
-            v1::value::Kind::BoolValue(v) => Some(f64::from(u8::from(*v))),
-            v1::value::Kind::TimestampUs(v) => Some(*v as f64),
-            v1::value::Kind::StringValue(_) => None,
-        }
+        view::ValueRef::of(self)?.as_f64()
     }
 
     /// The value printed as a key (strings as they are, the rest by `Display`);
     /// `None` for null. Ingest keys events and enrich keys reference rows by it.
     pub fn key_text(&self) -> Option<String> {
-        Some(match self.kind.as_ref()? {
-            v1::value::Kind::StringValue(s) => s.clone(),
-            v1::value::Kind::IntValue(i) => i.to_string(),
-            v1::value::Kind::TimestampUs(t) => t.to_string(),
-            v1::value::Kind::BoolValue(b) => b.to_string(),
-            v1::value::Kind::DoubleValue(d) => d.to_string(),
-        })
+        view::ValueRef::of(self).map(view::ValueRef::key_text)
     }
 
     /// The type name used in schemas and error messages.

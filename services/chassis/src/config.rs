@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use millrace_proto::view::ValueRef;
 use serde::{Deserialize, Serialize};
 
 use crate::ChassisError;
@@ -567,10 +568,7 @@ impl EntityKey {
     /// (strings as they are, numbers and bools in Rust's `Display`); for a
     /// combination, the values joined with `|`, with `|` and `\` inside a string
     /// escaped by `\` (`JFK|LAX`). `None` when a field is absent or null.
-    pub fn key_of<'a>(
-        &self,
-        lookup: impl Fn(&str) -> Option<&'a millrace_proto::Value>,
-    ) -> Option<String> {
+    pub fn key_of<'a>(&self, lookup: impl Fn(&str) -> Option<ValueRef<'a>>) -> Option<String> {
         let mut key = String::new();
         self.write_key(lookup, &mut key).then_some(key)
     }
@@ -578,26 +576,25 @@ impl EntityKey {
     /// Like [`Self::key_of`] into a reused buffer (cleared first); false when a field is missing.
     pub fn write_key<'a>(
         &self,
-        lookup: impl Fn(&str) -> Option<&'a millrace_proto::Value>,
+        lookup: impl Fn(&str) -> Option<ValueRef<'a>>,
         out: &mut String,
     ) -> bool {
-        use millrace_proto::value::Kind;
         use std::fmt::Write as _;
         out.clear();
         for (i, field) in self.fields.iter().enumerate() {
-            let Some(kind) = lookup(field).and_then(|v| v.kind.as_ref()) else {
+            let Some(value) = lookup(field) else {
                 return false;
             };
             if i > 0 {
                 out.push('|');
             }
             // Writing into a String cannot fail.
-            let _ = match kind {
-                Kind::StringValue(s) if self.fields.len() == 1 => {
+            let _ = match value {
+                ValueRef::Str(s) if self.fields.len() == 1 => {
                     out.push_str(s);
                     Ok(())
                 }
-                Kind::StringValue(s) => {
+                ValueRef::Str(s) => {
                     for c in s.chars() {
                         if c == '|' || c == '\\' {
                             out.push('\\');
@@ -606,10 +603,10 @@ impl EntityKey {
                     }
                     Ok(())
                 }
-                Kind::IntValue(v) => write!(out, "{v}"),
-                Kind::TimestampUs(v) => write!(out, "{v}"),
-                Kind::BoolValue(v) => write!(out, "{v}"),
-                Kind::DoubleValue(v) => write!(out, "{v}"),
+                ValueRef::Int(v) => write!(out, "{v}"),
+                ValueRef::TimestampUs(v) => write!(out, "{v}"),
+                ValueRef::Bool(v) => write!(out, "{v}"),
+                ValueRef::Double(v) => write!(out, "{v}"),
             };
         }
         true
@@ -950,7 +947,7 @@ mod feature_tests {
         let key = |names: &[&str]| {
             EntityKey::new(names.iter().map(|s| s.to_string()).collect())
                 .expect("entity")
-                .key_of(|f| fields.get(f))
+                .key_of(|f| fields.get(f).and_then(ValueRef::of))
         };
         let cases: [(&[&str], Option<&str>); 6] = [
             (&["origin"], Some("JFK")),

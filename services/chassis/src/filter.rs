@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use millrace_proto::value::Kind;
+use millrace_proto::view::ValueRef;
 use millrace_proto::Value;
 
 /// A parsed expression, evaluated against a record's fields.
@@ -75,17 +75,17 @@ impl Expr {
 
     /// Whether the record with these fields matches.
     pub fn matches(&self, fields: &HashMap<String, Value>) -> bool {
-        self.eval(&|name| fields.get(name))
+        self.eval(&|name| fields.get(name).and_then(ValueRef::of))
     }
 
-    /// Like [`Expr::matches`], looking fields up through `lookup` (e.g. event then joined values).
-    pub fn eval<'a>(&self, lookup: &dyn Fn(&str) -> Option<&'a Value>) -> bool {
-        let present = |name: &str| lookup(name).and_then(|v| v.kind.as_ref());
+    /// Like [`Expr::matches`], looking fields up through `lookup` (e.g. event
+    /// then joined values); `None` is an absent or null field.
+    pub fn eval<'a>(&self, lookup: &dyn Fn(&str) -> Option<ValueRef<'a>>) -> bool {
         match self {
-            Expr::IsNull(f) => present(f).is_none(),
-            Expr::Compare(f, op, lit) => present(f).is_some_and(|v| compare(v, *op, lit)),
+            Expr::IsNull(f) => lookup(f).is_none(),
+            Expr::Compare(f, op, lit) => lookup(f).is_some_and(|v| compare(v, *op, lit)),
             Expr::In(f, set) => {
-                present(f).is_some_and(|v| set.iter().any(|lit| compare(v, Op::Eq, lit)))
+                lookup(f).is_some_and(|v| set.iter().any(|lit| compare(v, Op::Eq, lit)))
             }
             Expr::Not(e) => !e.eval(lookup),
             Expr::And(a, b) => a.eval(lookup) && b.eval(lookup),
@@ -107,14 +107,14 @@ impl Expr {
     }
 }
 
-fn compare(value: &Kind, op: Op, lit: &Literal) -> bool {
+fn compare(value: ValueRef<'_>, op: Op, lit: &Literal) -> bool {
     use std::cmp::Ordering;
     let ordering = match (value, lit) {
-        (Kind::StringValue(s), Literal::Text(t)) => Some(s.as_str().cmp(t.as_str())),
-        (Kind::BoolValue(b), Literal::Bool(l)) => Some(b.cmp(l)),
-        (Kind::DoubleValue(x), Literal::Number(n)) => x.partial_cmp(n),
-        (Kind::IntValue(i), Literal::Number(n)) => (*i as f64).partial_cmp(n),
-        (Kind::TimestampUs(t), Literal::Number(n)) => (*t as f64).partial_cmp(n),
+        (ValueRef::Str(s), Literal::Text(t)) => Some(s.cmp(t.as_str())),
+        (ValueRef::Bool(b), Literal::Bool(l)) => Some(b.cmp(l)),
+        (ValueRef::Double(x), Literal::Number(n)) => x.partial_cmp(n),
+        (ValueRef::Int(i), Literal::Number(n)) => (i as f64).partial_cmp(n),
+        (ValueRef::TimestampUs(t), Literal::Number(n)) => (t as f64).partial_cmp(n),
         // Different kinds are never equal and never ordered.
         _ => None,
     };

@@ -102,6 +102,25 @@ impl<T: EventMessage> StageInput for T {
     }
 }
 
+/// Events read in place ([`millrace_proto::view`]): enrich's and feature-state's inputs.
+impl StageInput for millrace_proto::view::EventView {
+    fn decode(_source: usize, payload: bytes::Bytes) -> Result<Self, prost::DecodeError> {
+        Self::decode(payload)
+    }
+    fn event_id(&self) -> &str {
+        self.event().event_id()
+    }
+}
+
+impl StageInput for millrace_proto::view::EnrichedView {
+    fn decode(_source: usize, payload: bytes::Bytes) -> Result<Self, prost::DecodeError> {
+        Self::decode(payload)
+    }
+    fn event_id(&self) -> &str {
+        millrace_proto::view::EnrichedView::event_id(self)
+    }
+}
+
 /// One decoded stream message, with the span opened for it.
 pub struct Delivered<T> {
     /// Index of the stream it came from in [`StageSpec::sources`].

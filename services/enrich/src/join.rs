@@ -10,8 +10,9 @@ use bytes::Bytes;
 use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::{EnrichSettings, JoinDef, OnMissing, TableDef};
 use millrace_chassis::metrics::Metrics;
-use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot, Taken};
-use millrace_proto::{DeadLetter, Event, Value};
+use millrace_chassis::stage::{Apply, TakeSnapshot, Taken};
+use millrace_proto::view::{EventRef, EventView, ValueRef};
+use millrace_proto::{DeadLetter, Value};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
 
@@ -38,27 +39,6 @@ pub enum Outcome {
 pub struct Refusal {
     pub reason: String,
     pub message: String,
-}
-
-/// An EVENTS record, decoded for the rules and joins and kept as received, so
-/// the enriched record embeds the producer's bytes rather than encoding the
-/// event again (and a dead letter carries exactly what was sent).
-pub struct Incoming {
-    pub event: Event,
-    pub raw: Bytes,
-}
-
-impl StageInput for Incoming {
-    fn decode(_source: usize, payload: Bytes) -> Result<Self, prost::DecodeError> {
-        Ok(Self {
-            event: prost::Message::decode(payload.clone())?,
-            raw: payload,
-        })
-    }
-
-    fn event_id(&self) -> &str {
-        &self.event.event_id
-    }
 }
 
 pub struct Enricher {
@@ -124,8 +104,8 @@ impl Enricher {
 
     /// Filters, feeds the tables, joins.
     #[cfg(test)]
-    pub fn enrich(&mut self, event: Event, now_us: i64) -> Outcome {
-        match self.judge(&event) {
+    pub fn enrich(&mut self, event: millrace_proto::Event, now_us: i64) -> Outcome {
+        match self.judge(EventView::from(&event).event()) {
             Ok(joined) => Outcome::Enriched(millrace_proto::EnrichedEvent {
                 event_id: event.event_id.clone(),
                 event: Some(event),
@@ -138,41 +118,43 @@ impl Enricher {
 
     /// Filters, feeds the tables, joins: the values joined onto the event, or
     /// why it is refused. Counts the event as enriched when it is.
-    fn judge(&mut self, event: &Event) -> Result<HashMap<String, Value>, Refusal> {
+    fn judge(&mut self, event: EventRef<'_>) -> Result<HashMap<String, Value>, Refusal> {
+        let fields = event.fields();
         if let Some(rule) = self.filters.dropping(event) {
             self.dropped.with_label_values(&[rule.name.as_str()]).inc();
             return Err(Refusal {
                 reason: format!("filter:{}", rule.name),
                 message: format!(
                     "event {} ({}): dropped by filter rule `{}`",
-                    event.event_id, event.r#type, rule.name
+                    event.event_id(),
+                    event.r#type(),
+                    rule.name
                 ),
             });
         }
-        for def in self.tables.iter().filter(|t| t.source == event.r#type) {
-            let Some(key) = event.fields.get(&def.key).and_then(Value::key_text) else {
+        for def in self.tables.iter().filter(|t| t.source == event.r#type()) {
+            let Some(key) = fields.get(&def.key).map(ValueRef::key_text) else {
                 continue;
             };
-            let row: Row = event
-                .fields
+            // A name given twice keeps its last value, as a decoded map would.
+            let row: Row = fields
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), Cell::from_value(v)?)))
+                .filter_map(|(k, v)| Some((k.to_string(), Cell::from_ref(v?))))
                 .collect();
             if let Some(table) = self.state.tables.get_mut(&def.name) {
-                table.upsert(key, event.event_time_us, row);
+                table.upsert(key, event.event_time_us(), row);
             }
         }
         let mut joined = HashMap::new();
-        for join in self.joins.iter().filter(|j| j.event == event.r#type) {
-            let row = event
-                .fields
+        for join in self.joins.iter().filter(|j| j.event == event.r#type()) {
+            let row = fields
                 .get(&join.on)
-                .and_then(Value::key_text)
+                .map(ValueRef::key_text)
                 .and_then(|key| {
                     self.state
                         .tables
                         .get(&join.table)?
-                        .lookup(&key, event.event_time_us)
+                        .lookup(&key, event.event_time_us())
                 });
             match (row, join.on_missing) {
                 (Some(row), _) => {
@@ -193,22 +175,24 @@ impl Enricher {
                 }
                 (None, OnMissing::Reject) => {
                     self.miss(join, "reject");
-                    let key = event
-                        .fields
+                    let key = fields
                         .get(&join.on)
-                        .and_then(Value::key_text)
+                        .map(ValueRef::key_text)
                         .unwrap_or_default();
                     return Err(Refusal {
                         reason: "missing_reference".into(),
                         message: format!(
                             "event {} ({}): no `{}` row for {} = \"{key}\"",
-                            event.event_id, event.r#type, join.table, join.on
+                            event.event_id(),
+                            event.r#type(),
+                            join.table,
+                            join.on
                         ),
                     });
                 }
             }
         }
-        self.count_enriched(&event.r#type);
+        self.count_enriched(event.r#type());
         Ok(joined)
     }
 
@@ -243,29 +227,30 @@ impl Actor for Enricher {
     type Context = Context<Self>;
 }
 
-impl Handler<Apply<Incoming>> for Enricher {
+impl Handler<Apply<EventView>> for Enricher {
     type Result = Vec<Outgoing>;
 
-    fn handle(&mut self, Apply(batch): Apply<Incoming>, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Apply(batch): Apply<EventView>, _: &mut Self::Context) -> Self::Result {
         let now = millrace_chassis::time::now_us();
         let out = batch
             .into_iter()
             .map(|d| {
-                let Incoming { event, raw } = d.message;
-                match self.judge(&event) {
+                let event = d.message.event();
+                let raw = d.message.raw();
+                match self.judge(event) {
                     Ok(joined) => Outgoing::record(
-                        subject::enriched(event.partition),
-                        Bytes::from(encode_enriched(&event.event_id, &raw, joined, now)),
+                        subject::enriched(event.partition()),
+                        Bytes::from(encode_enriched(event.event_id(), raw, joined, now)),
                         d.trace,
                     ),
                     Err(Refusal { reason, message }) => {
-                        let id = format!("dlq:enrich:{reason}:{}", event.event_id);
+                        let id = format!("dlq:enrich:{reason}:{}", event.event_id());
                         let letter = DeadLetter {
                             stage: "enrich".into(),
                             reason,
                             message,
-                            event_id: event.event_id,
-                            event_type: event.r#type,
+                            event_id: event.event_id().to_string(),
+                            event_type: event.r#type().to_string(),
                             payload: raw.to_vec(),
                             time_us: now,
                         };
@@ -324,7 +309,7 @@ impl Handler<TakeSnapshot<EnrichState>> for Enricher {
 mod tests {
     use super::*;
     use millrace_chassis::config::{FilterRule, Literal};
-    use millrace_proto::EnrichedEvent;
+    use millrace_proto::{EnrichedEvent, Event};
     use prost::Message as _;
 
     fn settings(on_missing: OnMissing) -> EnrichSettings {

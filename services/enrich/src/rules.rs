@@ -3,7 +3,7 @@
 
 use millrace_chassis::config::FilterRule;
 use millrace_chassis::filter::{Expr, ParseError};
-use millrace_proto::Event;
+use millrace_proto::view::EventRef;
 
 pub struct Rule {
     pub name: String,
@@ -32,10 +32,11 @@ impl Filters {
     }
 
     /// The first rule that drops `event`, in the order the pipeline lists them.
-    pub fn dropping(&self, event: &Event) -> Option<&Rule> {
+    pub fn dropping(&self, event: EventRef<'_>) -> Option<&Rule> {
+        let fields = event.fields();
         self.rules.iter().find(|rule| {
-            rule.event.as_ref().is_none_or(|t| *t == event.r#type)
-                && rule.drop_when.matches(&event.fields)
+            rule.event.as_ref().is_none_or(|t| *t == event.r#type())
+                && rule.drop_when.eval(&|name| fields.get(name))
         })
     }
 }
@@ -43,7 +44,8 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use millrace_proto::Value;
+    use millrace_proto::view::EventView;
+    use millrace_proto::{Event, Value};
 
     #[test]
     fn the_first_matching_rule_for_the_type_drops_the_event() {
@@ -103,8 +105,10 @@ mod tests {
         ];
         for (name, e, expected) in cases {
             assert_eq!(
-                filters.dropping(&e).map(|r| r.name.as_str()),
-                expected,
+                filters
+                    .dropping(EventView::from(&e).event())
+                    .map(|r| r.name.clone()),
+                expected.map(String::from),
                 "{name}"
             );
         }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use millrace_proto::value::Kind;
+use millrace_proto::view::ValueRef;
 use millrace_proto::Value;
 use serde::{Deserialize, Serialize};
 
@@ -21,14 +21,14 @@ pub enum Cell {
 }
 
 impl Cell {
-    pub fn from_value(v: &Value) -> Option<Self> {
-        Some(match v.kind.as_ref()? {
-            Kind::DoubleValue(x) => Cell::Double(*x),
-            Kind::IntValue(i) => Cell::Int(*i),
-            Kind::StringValue(s) => Cell::Text(s.clone()),
-            Kind::BoolValue(b) => Cell::Bool(*b),
-            Kind::TimestampUs(t) => Cell::Timestamp(*t),
-        })
+    pub fn from_ref(v: ValueRef<'_>) -> Self {
+        match v {
+            ValueRef::Double(x) => Cell::Double(x),
+            ValueRef::Int(i) => Cell::Int(i),
+            ValueRef::Str(s) => Cell::Text(s.to_string()),
+            ValueRef::Bool(b) => Cell::Bool(b),
+            ValueRef::TimestampUs(t) => Cell::Timestamp(t),
+        }
     }
 
     pub fn to_value(&self) -> Value {

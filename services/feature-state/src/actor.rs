@@ -6,7 +6,8 @@ use actix::{Actor, Context, Handler, Message, MessageResult};
 use bytes::Bytes;
 use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::stage::{Apply, TakeSnapshot};
-use millrace_proto::{DeadLetter, EnrichedEvent, EntityFeatures};
+use millrace_proto::view::EnrichedView;
+use millrace_proto::{DeadLetter, EntityFeatures};
 use prost::Message as _;
 
 use crate::snapshot::EncodedState;
@@ -34,14 +35,10 @@ impl Actor for FeatureStoreActor {
     type Context = Context<Self>;
 }
 
-impl Handler<Apply<EnrichedEvent>> for FeatureStoreActor {
+impl Handler<Apply<EnrichedView>> for FeatureStoreActor {
     type Result = Vec<Outgoing>;
 
-    fn handle(
-        &mut self,
-        Apply(batch): Apply<EnrichedEvent>,
-        _: &mut Self::Context,
-    ) -> Self::Result {
+    fn handle(&mut self, Apply(batch): Apply<EnrichedView>, _: &mut Self::Context) -> Self::Result {
         let now = millrace_chassis::time::now_us();
         self.store.metrics.batches.inc();
         // Every vector of the batch in one buffer, each record a slice of it.
@@ -63,7 +60,7 @@ impl Handler<Apply<EnrichedEvent>> for FeatureStoreActor {
         }
         let encoded = Bytes::from(encoded);
         out.extend(vectors.into_iter().map(|(range, d)| {
-            let partition = d.message.event.as_ref().map_or(0, |e| e.partition);
+            let partition = d.message.event().map_or(0, |e| e.partition());
             Outgoing::record(subject::features(partition), encoded.slice(range), d.trace)
         }));
         self.store.report_watermarks();
@@ -73,32 +70,32 @@ impl Handler<Apply<EnrichedEvent>> for FeatureStoreActor {
 
 /// The DLQ record of a late event: the whole enriched event, re-drivable.
 fn late_letter(
-    enriched: &EnrichedEvent,
+    enriched: &EnrichedView,
     watermark_us: i64,
     now_us: i64,
     trace: opentelemetry::Context,
 ) -> Outgoing {
     let (event_type, partition, time_us) = enriched
-        .event
-        .as_ref()
-        .map(|e| (e.r#type.clone(), e.partition, e.event_time_us))
+        .event()
+        .map(|e| (e.r#type().to_string(), e.partition(), e.event_time_us()))
         .unwrap_or_default();
+    let event_id = enriched.event_id();
     let letter = DeadLetter {
         stage: STAGE.into(),
         reason: "late".into(),
         message: format!(
             "event {} ({event_type}, partition {partition}) at event time {time_us} µs is {} µs older than the partition's watermark {watermark_us} µs (newest event time minus allowed lateness): not applied, not scored",
-            enriched.event_id,
+            event_id,
             watermark_us.saturating_sub(time_us)
         ),
-        event_id: enriched.event_id.clone(),
+        event_id: event_id.to_string(),
         event_type,
-        payload: enriched.encode_to_vec(),
+        payload: enriched.to_message().encode_to_vec(),
         time_us: now_us,
     };
     Outgoing::new(
         subject::dlq(STAGE),
-        format!("{STAGE}:late:{}", enriched.event_id),
+        format!("{STAGE}:late:{event_id}"),
         &letter,
         trace,
     )

@@ -12,10 +12,8 @@ use millrace_chassis::config::{EntityKey, FeatureDef, FeatureStateSettings, Pipe
 use millrace_chassis::filter::Expr;
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::partition::{fnv1a64, partition_of};
-use millrace_proto::value::Kind;
-use millrace_proto::{
-    EnrichedEvent, EntityFeatures, Event, FeatureStatus, FeatureValue, FeatureVector,
-};
+use millrace_proto::view::{EnrichedView, EventRef, ValueRef};
+use millrace_proto::{EnrichedEvent, EntityFeatures, FeatureStatus, FeatureValue, FeatureVector};
 
 use crate::aggregate::Observation;
 use crate::column::{column_for, Column};
@@ -249,15 +247,20 @@ impl FeatureStore {
     /// Applies one event to every feature it feeds; returns its point-in-time
     /// vector when its type is scored. The vector includes this event.
     pub fn apply(&mut self, enriched: &EnrichedEvent, now_us: i64) -> Applied {
+        self.apply_view(&EnrichedView::from(enriched), now_us)
+    }
+
+    /// [`Self::apply`] for an event read in place.
+    pub fn apply_view(&mut self, enriched: &EnrichedView, now_us: i64) -> Applied {
         let event = match self.update(enriched) {
             Ok(event) => event,
             Err(not) => return not.into(),
         };
-        if !self.is_scored(&event.r#type) {
+        if !self.is_scored(event.r#type()) {
             return Applied::OnTime(None);
         }
         let own = self.read_vector(enriched, event);
-        let label_key = self.label_key_of(enriched, event).to_string();
+        let label_key = self.label_key_of(enriched).to_string();
         let mut names = Vec::with_capacity(self.readings.len() + own.len());
         let mut values = Vec::with_capacity(self.readings.len() + own.len());
         for &(f, x) in &self.readings {
@@ -270,23 +273,23 @@ impl FeatureStore {
         }
         Applied::OnTime(Some(FeatureVector {
             label_key,
-            event_id: enriched.event_id.clone(),
-            event_type: event.r#type.clone(),
-            entity_key: event.key.clone(),
-            partition: event.partition,
-            event_time_us: event.event_time_us,
-            ingest_time_us: event.ingest_time_us,
+            event_id: enriched.event_id().to_string(),
+            event_type: event.r#type().to_string(),
+            entity_key: event.key().to_string(),
+            partition: event.partition(),
+            event_time_us: event.event_time_us(),
+            ingest_time_us: event.ingest_time_us(),
             feature_time_us: now_us,
             names,
             values,
         }))
     }
 
-    /// [`Self::apply`], appending the vector's protobuf encoding to `out`
+    /// [`Self::apply_view`], appending the vector's protobuf encoding to `out`
     /// instead of building it: the same bytes, without a `String` per name.
     pub fn apply_encoded(
         &mut self,
-        enriched: &EnrichedEvent,
+        enriched: &EnrichedView,
         now_us: i64,
         out: &mut Vec<u8>,
     ) -> Applied<()> {
@@ -295,25 +298,23 @@ impl FeatureStore {
             Ok(event) => event,
             Err(not) => return not.into(),
         };
-        if !self.is_scored(&event.r#type) {
+        if !self.is_scored(event.r#type()) {
             return Applied::OnTime(None);
         }
         let own = self.read_vector(enriched, event);
         // Fields in number order, defaults left out, as prost encodes them.
-        put_string(out, 1, &enriched.event_id);
-        put_string(out, 2, &event.r#type);
-        put_string(out, 3, &event.key);
-        put_int(out, 4, u64::from(event.partition));
-        put_int(out, 5, event.event_time_us as u64);
-        put_int(out, 6, event.ingest_time_us as u64);
+        put_string(out, 1, enriched.event_id());
+        put_string(out, 2, event.r#type());
+        put_string(out, 3, event.key());
+        put_int(out, 4, u64::from(event.partition()));
+        put_int(out, 5, event.event_time_us() as u64);
+        put_int(out, 6, event.ingest_time_us() as u64);
         put_int(out, 7, now_us as u64);
         for &(f, _) in &self.readings {
             out.extend_from_slice(&self.features[f].name_field);
         }
         for (name, _) in &own {
-            encode_key(NAMES_TAG, WireType::LengthDelimited, out);
-            encode_varint(name.len() as u64, out);
-            out.extend_from_slice(name.as_bytes());
+            put_string_entry(out, NAMES_TAG, name);
         }
         let count = self.readings.len() + own.len();
         if count > 0 {
@@ -326,7 +327,7 @@ impl FeatureStore {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        let label_key = self.label_key_of(enriched, event);
+        let label_key = self.label_key_of(enriched);
         put_string(out, 10, label_key);
         Applied::OnTime(Some(()))
     }
@@ -337,21 +338,21 @@ impl FeatureStore {
 
     /// Updates every feature the event feeds; the event, or what became of it
     /// when it could not be applied. Notes the rows it touched in `kind_rows`.
-    fn update<'e>(&mut self, enriched: &'e EnrichedEvent) -> Result<&'e Event, NotApplied> {
-        let Some(event) = enriched.event.as_ref() else {
+    fn update<'e>(&mut self, enriched: &'e EnrichedView) -> Result<EventRef<'e>, NotApplied> {
+        let Some(event) = enriched.event() else {
             return Err(NotApplied::Empty);
         };
-        let t = event.event_time_us;
-        if let Verdict::Late { watermark_us } = self.watermarks.observe(event.partition, t) {
+        let t = event.event_time_us();
+        if let Verdict::Late { watermark_us } = self.watermarks.observe(event.partition(), t) {
             self.metrics.late.inc();
             return Err(NotApplied::Late { watermark_us });
         }
         self.kind_rows.fill(KindRow::Unknown);
         let floor = self.watermarks.floor();
-        let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
-        let tiebreak = fnv1a64(enriched.event_id.as_bytes());
+        let lookup = |name: &str| enriched.field(name);
+        let tiebreak = fnv1a64(enriched.event_id().as_bytes());
         let mut updates = 0u64;
-        if let Some(routes) = self.routes.get(&event.r#type) {
+        if let Some(routes) = self.routes.get(event.r#type()) {
             for route in routes {
                 if !self.kinds[route.kind].write_key(lookup, &mut self.key) {
                     self.kind_rows[route.kind] = KindRow::NoKey;
@@ -359,7 +360,7 @@ impl FeatureStore {
                 }
                 self.pending.clear();
                 // Features of one route mostly read the same few fields: look each up once.
-                let mut last_field: Option<(&str, Option<&Kind>)> = None;
+                let mut last_field: Option<(&str, Option<ValueRef<'_>>)> = None;
                 for &f in &route.features {
                     let feature = &self.features[f];
                     if let Some(filter) = &feature.filter {
@@ -374,23 +375,23 @@ impl FeatureStore {
                         tiebreak,
                     };
                     if let Some(field) = &feature.def.field {
-                        let kind = match last_field {
-                            Some((name, kind)) if name == field => kind,
+                        let value = match last_field {
+                            Some((name, value)) if name == field => value,
                             _ => {
-                                let kind = lookup(field).and_then(|v| v.kind.as_ref());
-                                last_field = Some((field, kind));
-                                kind
+                                let value = lookup(field);
+                                last_field = Some((field, value));
+                                value
                             }
                         };
-                        let Some(kind) = kind else {
+                        let Some(value) = value else {
                             continue;
                         };
                         if feature.def.aggregation
                             == millrace_chassis::config::Aggregation::DistinctCount
                         {
-                            obs.fingerprint = value_fingerprint(kind, &mut self.text);
+                            obs.fingerprint = value_fingerprint(value, &mut self.text);
                         } else {
-                            match numeric(kind) {
+                            match value.as_f64() {
                                 Some(x) => obs.value = x,
                                 None => continue,
                             }
@@ -422,11 +423,11 @@ impl FeatureStore {
     /// values, by name.
     fn read_vector<'e>(
         &mut self,
-        enriched: &'e EnrichedEvent,
-        event: &'e Event,
+        enriched: &'e EnrichedView,
+        event: EventRef<'e>,
     ) -> Vec<(&'e str, f64)> {
-        let t = event.event_time_us;
-        let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
+        let t = event.event_time_us();
+        let lookup = |name: &str| enriched.field(name);
         for (k, kind) in self.kinds.iter().enumerate() {
             if !matches!(self.kind_rows[k], KindRow::Unknown) {
                 continue;
@@ -456,13 +457,14 @@ impl FeatureStore {
                 self.readings.push((i, x));
             }
         }
-        // By name; a joined value wins over an event field of the same name.
-        let mut own: Vec<(&str, f64)> =
-            Vec::with_capacity(event.fields.len() + enriched.joined.len());
-        for (name, value) in event.fields.iter().chain(enriched.joined.iter()) {
-            own.retain(|(n, _)| *n != name.as_str());
-            if let Some(x) = value.as_f64() {
-                own.push((name.as_str(), x));
+        // By name; a joined value wins over an event field of the same name,
+        // and within a map the last entry of a name wins, as a decoded map keeps.
+        let (fields, joined) = (event.fields(), enriched.joined());
+        let mut own: Vec<(&str, f64)> = Vec::with_capacity(fields.len() + joined.len());
+        for (name, value) in fields.iter().chain(joined.iter()) {
+            own.retain(|(n, _)| *n != name);
+            if let Some(x) = value.and_then(ValueRef::as_f64) {
+                own.push((name, x));
             }
         }
         own.sort_by(|a, b| a.0.cmp(b.0));
@@ -471,11 +473,10 @@ impl FeatureStore {
     }
 
     /// The label key of a scored event: the field a label names, or its id.
-    fn label_key_of<'a>(&'a mut self, enriched: &'a EnrichedEvent, event: &'a Event) -> &'a str {
-        let lookup = |name: &str| event.fields.get(name).or_else(|| enriched.joined.get(name));
+    fn label_key_of<'a>(&'a mut self, enriched: &'a EnrichedView) -> &'a str {
         match &self.label_key {
-            Some(key) if key.write_key(lookup, &mut self.text) => &self.text,
-            _ => &enriched.event_id,
+            Some(key) if key.write_key(|name| enriched.field(name), &mut self.text) => &self.text,
+            _ => enriched.event_id(),
         }
     }
 
@@ -651,8 +652,16 @@ const NAMES_TAG: u32 = 8;
 /// A string field as prost encodes it (nothing for an empty string).
 fn put_string(out: &mut Vec<u8>, tag: u32, value: &str) {
     if !value.is_empty() {
-        out.extend_from_slice(&string_field(tag, value));
+        put_string_entry(out, tag, value);
     }
+}
+
+/// One entry of a string field, empty or not (as a repeated field holds it).
+fn put_string_entry(out: &mut Vec<u8>, tag: u32, value: &str) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(value.len() as u64, out);
+    out.extend_from_slice(value.as_bytes());
 }
 
 /// An integer field as prost encodes it (nothing for 0; negatives in ten bytes).
@@ -664,41 +673,27 @@ fn put_int(out: &mut Vec<u8>, tag: u32, value: u64) {
     }
 }
 
-/// One entry of a string field, empty or not (as a repeated field holds it).
+/// [`put_string_entry`] into a buffer of its own.
 fn string_field(tag: u32, value: &str) -> Vec<u8> {
-    use prost::encoding::{encode_key, encode_varint, WireType};
     let mut out = Vec::with_capacity(value.len() + 6);
-    encode_key(tag, WireType::LengthDelimited, &mut out);
-    encode_varint(value.len() as u64, &mut out);
-    out.extend_from_slice(value.as_bytes());
+    put_string_entry(&mut out, tag, value);
     out
 }
 
-/// A numeric field's value (bools as 0/1); `None` for strings.
-fn numeric(kind: &Kind) -> Option<f64> {
-    match kind {
-        Kind::DoubleValue(v) => Some(*v),
-        Kind::IntValue(v) => Some(*v as f64),
-        Kind::BoolValue(v) => Some(f64::from(u8::from(*v))),
-        Kind::TimestampUs(v) => Some(*v as f64),
-        Kind::StringValue(_) => None,
-    }
-}
-
 /// FNV-1a of the value's canonical text (the text an entity key would print).
-fn value_fingerprint(kind: &Kind, scratch: &mut String) -> u64 {
+fn value_fingerprint(value: ValueRef<'_>, scratch: &mut String) -> u64 {
     use std::fmt::Write as _;
-    if let Kind::StringValue(s) = kind {
+    if let ValueRef::Str(s) = value {
         return fnv1a64(s.as_bytes());
     }
     scratch.clear();
     // Writing into a String cannot fail.
-    let _ = match kind {
-        Kind::IntValue(v) => write!(scratch, "{v}"),
-        Kind::TimestampUs(v) => write!(scratch, "{v}"),
-        Kind::BoolValue(v) => write!(scratch, "{v}"),
-        Kind::DoubleValue(v) => write!(scratch, "{v}"),
-        Kind::StringValue(_) => Ok(()),
+    let _ = match value {
+        ValueRef::Int(v) => write!(scratch, "{v}"),
+        ValueRef::TimestampUs(v) => write!(scratch, "{v}"),
+        ValueRef::Bool(v) => write!(scratch, "{v}"),
+        ValueRef::Double(v) => write!(scratch, "{v}"),
+        ValueRef::Str(_) => Ok(()),
     };
     fnv1a64(scratch.as_bytes())
 }
@@ -725,7 +720,7 @@ mod tests {
     use crate::snapshot::EncodedState;
     use millrace_chassis::config::{Aggregation, EventDuration, WindowDef};
     use millrace_chassis::stage::Part;
-    use millrace_proto::Value;
+    use millrace_proto::{Event, Value};
     use prost::Message as _;
 
     const MIN: i64 = 60_000_000;
@@ -1503,7 +1498,7 @@ mod tests {
             let mut encoded = FeatureStore::new(spec, &Metrics::new());
             for (i, e) in events.iter().enumerate() {
                 let mut out = vec![0xff];
-                let got = encoded.apply_encoded(e, i as i64 * 1000, &mut out);
+                let got = encoded.apply_encoded(&EnrichedView::from(e), i as i64 * 1000, &mut out);
                 match built.apply(e, i as i64 * 1000) {
                     Applied::OnTime(Some(v)) => {
                         assert_eq!(got, Applied::OnTime(Some(())), "{}", e.event_id);

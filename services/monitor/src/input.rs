@@ -25,6 +25,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use millrace_chassis::bus::StreamKind;
 use millrace_chassis::stage::{Source, StageInput};
+use millrace_proto::wire::{is_text, put_varint, Span, Value, Wire};
 use millrace_proto::{FeatureVector, Label, Prediction};
 
 /// The stage's snapshot key.
@@ -65,44 +66,6 @@ impl StageInput for MonitorInput {
             Self::Features(v) => v.event_id(),
         }
     }
-}
-
-/// Where a field's bytes lie in a record's buffer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Span {
-    start: u32,
-    end: u32,
-}
-
-impl Span {
-    fn of(at: Range<usize>) -> Option<Self> {
-        Some(Self {
-            start: u32::try_from(at.start).ok()?,
-            end: u32::try_from(at.end).ok()?,
-        })
-    }
-
-    fn bytes(self, buf: &[u8]) -> &[u8] {
-        buf.get(self.start as usize..self.end as usize)
-            .unwrap_or_default()
-    }
-
-    /// The text; empty if it were not UTF-8, which decoding rules out.
-    fn text(self, buf: &[u8]) -> &str {
-        std::str::from_utf8(self.bytes(buf)).unwrap_or_default()
-    }
-
-    /// A span over UTF-8 text, `None` otherwise (prost refuses such a record).
-    fn text_of(buf: &[u8], at: Range<usize>) -> Option<Self> {
-        is_text(buf.get(at.clone())?).then_some(())?;
-        Self::of(at)
-    }
-}
-
-/// Whether the bytes are UTF-8. Names and ids are short and ASCII: checking
-/// that first costs a fraction of a full validation's setup.
-fn is_text(bytes: &[u8]) -> bool {
-    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 /// Builds the buffer of a record made from a generated proto struct.
@@ -188,7 +151,7 @@ impl PredictionRecord {
     fn read(payload: &[u8]) -> Option<Self> {
         let mut r = Self::default();
         let mut wire = Wire::new(payload);
-        while let Some((tag, value)) = wire.next()? {
+        while let Some((tag, value)) = wire.next_field()? {
             match (tag, value) {
                 (1, Value::Len(at)) => r.event_id = Span::text_of(payload, at)?,
                 (2, Value::Len(at)) => r.model = Span::text_of(payload, at)?,
@@ -304,7 +267,7 @@ impl LabelRecord {
     fn read(payload: &[u8]) -> Option<Self> {
         let mut r = Self::default();
         let mut wire = Wire::new(payload);
-        while let Some((tag, value)) = wire.next()? {
+        while let Some((tag, value)) = wire.next_field()? {
             match (tag, value) {
                 (1, Value::Len(at)) => r.event_id = Span::text_of(payload, at)?,
                 (2, Value::Len(at)) => r.label_key = Span::text_of(payload, at)?,
@@ -401,7 +364,7 @@ impl VectorRecord {
         let mut values_seen = false;
         loop {
             let start = wire.at;
-            let Some((tag, value)) = wire.next()? else {
+            let Some((tag, value)) = wire.next_field()? else {
                 break;
             };
             match (tag, value) {
@@ -532,7 +495,7 @@ impl<'a> Iterator for Names<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         // The run holds only name fields, checked when it was read.
-        match self.wire.next() {
+        match self.wire.next_field() {
             Some(Some((_, Value::Len(at)))) => {
                 let buf: &'a [u8] = self.wire.buf;
                 buf.get(at)
@@ -540,90 +503,6 @@ impl<'a> Iterator for Names<'a> {
             }
             _ => None,
         }
-    }
-}
-
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// One field's value as the wire carries it.
-#[derive(Debug, Clone, PartialEq)]
-enum Value {
-    Varint(u64),
-    Fixed64(u64),
-    Len(Range<usize>),
-    Fixed32,
-}
-
-/// A reader of protobuf fields over a buffer.
-struct Wire<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Wire<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf, at: 0 }
-    }
-
-    /// The next field: `Some(None)` at the end, `None` for what this reader
-    /// does not take (malformed data, groups, field number 0).
-    fn next(&mut self) -> Option<Option<(u32, Value)>> {
-        if self.at >= self.buf.len() {
-            return Some(None);
-        }
-        // prost refuses keys past u32 and field number 0.
-        let key = u32::try_from(self.varint()?).ok()?;
-        let tag = Some(key >> 3).filter(|t| *t > 0)?;
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => Value::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().ok()?)),
-            2 => {
-                let len = usize::try_from(self.varint()?).ok()?;
-                let start = self.at;
-                self.take(len)?;
-                Value::Len(start..self.at)
-            }
-            5 => {
-                self.take(4)?;
-                Value::Fixed32
-            }
-            _ => return None,
-        };
-        Some(Some((tag, value)))
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.at.checked_add(n)?;
-        let bytes = self.buf.get(self.at..end)?;
-        self.at = end;
-        Some(bytes)
-    }
-
-    #[inline]
-    fn varint(&mut self) -> Option<u64> {
-        // Keys and lengths: one byte.
-        let first = *self.buf.get(self.at)?;
-        if first < 0x80 {
-            self.at += 1;
-            return Some(u64::from(first));
-        }
-        let mut value = 0u64;
-        for i in 0..10 {
-            let byte = *self.buf.get(self.at)?;
-            self.at += 1;
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                // The tenth byte may only hold the top bit.
-                return (i < 9 || byte <= 1).then_some(value);
-            }
-        }
-        None
     }
 }
 
