@@ -2,6 +2,8 @@
 //!
 //! - [`v1`]: the pipeline's own messages and the ingest, feature-state and monitor APIs.
 //! - [`inference`]: the Open Inference Protocol V2 (KServe's `grpc_predict_v2.proto`).
+//! - [`wire`] and [`view`]: records read in place, for the stages that read every
+//!   record of a stream.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {

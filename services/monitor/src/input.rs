@@ -15,7 +15,8 @@
 //! field, 20-odd per feature vector). A record keeps the received buffer (one
 //! reference, however many fields) and where the fields it needs lie in it; a
 //! feature vector keeps its names and values as they were on the wire, and the
-//! board walks them in place ([`VectorRecord::features`]). The fast path reads the canonical encoding
+//! board walks them in place ([`VectorRecord::features`]), with the wire
+//! reader of `millrace_proto::wire`. The fast path reads the canonical encoding
 //! (what prost writes); anything else (fields out of order, unpacked values,
 //! invalid data) goes through prost, so a record is accepted or refused
 //! exactly as prost would, with prost's error.
