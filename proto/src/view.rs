@@ -207,8 +207,8 @@ impl EnrichedView {
         }
     }
 
-    /// The fast path: fields in number order as prost writes them, the event
-    /// once and before the joined values. `None` sends the record to prost.
+    /// The fast path: what prost writes, the event once and before the joined
+    /// values (other fields in any order). `None` sends the record to prost.
     fn read(buf: &[u8]) -> Option<Self> {
         let mut view = Self::default();
         let mut wire = Wire::new(buf);
