@@ -7,7 +7,7 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::v1::value::Kind;
-use crate::wire::{Span, Value as Wired, Wire};
+use crate::wire::{decode_in_place, Span, Value as Wired, Wire};
 use crate::{EnrichedEvent, Event, Value};
 
 /// A field's value, borrowed from where it lies. Null is no value at all:
@@ -136,13 +136,7 @@ pub struct EnrichedView {
 impl EnrichedView {
     /// Reads the canonical encoding in place; anything else through prost.
     pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
-        match Self::read(&payload) {
-            Some(mut view) => {
-                view.buf = payload;
-                Ok(view)
-            }
-            None => Ok(Self::from(&EnrichedEvent::decode(payload)?)),
-        }
+        decode_in_place::<_, EnrichedEvent>(payload, Self::read, |v, buf| v.buf = buf)
     }
 
     pub fn event_id(&self) -> &str {
@@ -288,6 +282,12 @@ fn read_value(buf: &[u8], at: std::ops::Range<usize>) -> Option<Slot> {
         };
     }
     Some(slot)
+}
+
+impl From<EnrichedEvent> for EnrichedView {
+    fn from(m: EnrichedEvent) -> Self {
+        Self::from(&m)
+    }
 }
 
 impl From<&EnrichedEvent> for EnrichedView {

@@ -1,11 +1,14 @@
 //! Protobuf's wire format read in place. Services that read every record of
-//! a stream (monitor, feature-state) keep the received buffer and where the
-//! fields they need lie in it, instead of building the generated structs (a
-//! `String` per text field, a hash-map entry per map entry). The readers take
-//! the canonical encoding, what prost writes; whatever else they meet goes
-//! through prost, so a record is accepted or refused exactly as prost would.
+//! a stream (monitor, enrich, feature-state) keep the received buffer and
+//! where the fields they need lie in it, instead of building the generated
+//! structs (a `String` per text field, a hash-map entry per map entry). The
+//! readers take the canonical encoding, what prost writes; whatever else they
+//! meet goes through prost, so a record is accepted or refused exactly as
+//! prost would.
 
 use std::ops::Range;
+
+use bytes::Bytes;
 
 /// Where a field's bytes lie in a record's buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,5 +131,25 @@ impl<'a> Wire<'a> {
             }
         }
         None
+    }
+}
+
+/// A record read in place by `read`, holding `payload` as its buffer (`keep`),
+/// or decoded by prost when `read` does not take the bytes.
+pub fn decode_in_place<R, M>(
+    payload: Bytes,
+    read: fn(&[u8]) -> Option<R>,
+    keep: fn(&mut R, Bytes),
+) -> Result<R, prost::DecodeError>
+where
+    R: From<M>,
+    M: prost::Message + Default,
+{
+    match read(&payload) {
+        Some(mut record) => {
+            keep(&mut record, payload);
+            Ok(record)
+        }
+        None => Ok(R::from(M::decode(payload)?)),
     }
 }

@@ -15,11 +15,9 @@
 //! A comparison with an absent (or null) field is false, so `distance < 0`
 //! does not match a record without a distance; ask `distance is null` for that.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use millrace_proto::view::ValueRef;
-use millrace_proto::Value;
 
 /// A parsed expression, evaluated against a record's fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,13 +71,8 @@ impl Expr {
         }
     }
 
-    /// Whether the record with these fields matches.
-    pub fn matches(&self, fields: &HashMap<String, Value>) -> bool {
-        self.eval(&|name| fields.get(name).and_then(ValueRef::of))
-    }
-
-    /// Like [`Expr::matches`], looking fields up through `lookup` (e.g. event
-    /// then joined values); `None` is an absent or null field.
+    /// Whether the record whose fields `lookup` answers (e.g. event then
+    /// joined values) matches; `None` is an absent or null field.
     pub fn eval<'a>(&self, lookup: &dyn Fn(&str) -> Option<ValueRef<'a>>) -> bool {
         match self {
             Expr::IsNull(f) => lookup(f).is_none(),
@@ -401,6 +394,8 @@ fn is_keyword(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use millrace_proto::Value;
+    use std::collections::HashMap;
 
     fn record() -> HashMap<String, Value> {
         [
@@ -438,7 +433,9 @@ mod tests {
         ];
         for (text, expected) in cases {
             let expr = Expr::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(expr.matches(&record()), expected, "{text}");
+            let fields = record();
+            let matches = expr.eval(&|name| fields.get(name).and_then(ValueRef::of));
+            assert_eq!(matches, expected, "{text}");
         }
     }
 

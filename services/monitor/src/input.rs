@@ -26,7 +26,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use millrace_chassis::bus::StreamKind;
 use millrace_chassis::stage::{Source, StageInput};
-use millrace_proto::wire::{is_text, put_varint, Span, Value, Wire};
+use millrace_proto::wire::{decode_in_place, is_text, put_varint, Span, Value, Wire};
 use millrace_proto::{FeatureVector, Label, Prediction};
 
 /// The stage's snapshot key.
@@ -81,26 +81,6 @@ impl Builder {
         self.buf.extend_from_slice(bytes);
         // Records come from NATS messages, far below 4 GiB.
         Span::of(start..self.buf.len()).unwrap_or_default()
-    }
-}
-
-/// A record read in place by `read`, holding `payload` as its buffer (`keep`),
-/// or decoded by prost when `read` does not take the bytes.
-fn decode_in_place<R, M>(
-    payload: Bytes,
-    read: fn(&[u8]) -> Option<R>,
-    keep: fn(&mut R, Bytes),
-) -> Result<R, prost::DecodeError>
-where
-    R: From<M>,
-    M: prost::Message + Default,
-{
-    match read(&payload) {
-        Some(mut record) => {
-            keep(&mut record, payload);
-            Ok(record)
-        }
-        None => Ok(R::from(M::decode(payload)?)),
     }
 }
 
