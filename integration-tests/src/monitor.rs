@@ -197,7 +197,7 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Sends `signal` (`STOP`, `CONT`, …) to `pid` through `kill(1)` (the workspace forbids
+/// Sends `signal` (`STOP`, `CONT`, …) to `pid` through `kill(1)` (the workspace denies
 /// the `unsafe` that `libc::kill` needs). SIGSTOP freezes a stage as a stall would.
 pub async fn signal_process(pid: u32, signal: &str) -> Result<()> {
     let status = tokio::process::Command::new("kill")

@@ -344,7 +344,7 @@ pub(crate) fn open_log(path: &Path, what: &str) -> Result<(File, File)> {
     Ok((file, stderr))
 }
 
-/// SIGTERM through `kill(1)`: the workspace forbids `unsafe`, which `libc::kill` needs.
+/// SIGTERM through `kill(1)`: the workspace denies `unsafe`, which `libc::kill` needs.
 pub(crate) async fn send_sigterm(pid: u32) -> Result<()> {
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

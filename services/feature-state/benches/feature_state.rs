@@ -21,6 +21,7 @@ use millrace_chassis::config::Pipeline;
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::partition::partition_of;
 use millrace_chassis::snapshot::{Encoded, SnapshotStore};
+use millrace_feature_state::actor::PREFETCH_AHEAD;
 use millrace_feature_state::{Applied, EncodedState, FeatureSpec, FeatureStore};
 use millrace_integration_tests::monitor::process_cpu_seconds;
 use millrace_integration_tests::service::{Service, ServiceProcess, ServiceSettings};
@@ -235,8 +236,14 @@ fn main() -> Result<()> {
     // FS_BENCH_E2E_ONLY: only part 3 (for profiling the stages).
     if std::env::var_os("FS_BENCH_E2E_ONLY").is_none() {
         // 1. In-process updates, one core.
-        let entities = scale(100_000) as u64;
+        // FS_BENCH_ENTITIES: the entity count of this part (how much memory latency weighs).
+        let entities = std::env::var("FS_BENCH_ENTITIES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(scale(100_000)) as u64;
         let n = scale(2_000_000);
+        // As the actor applies a batch: asking for rows a few events ahead. FS_BENCH_NO_PREFETCH: without.
+        let prefetching = std::env::var_os("FS_BENCH_NO_PREFETCH").is_none();
         eprintln!("generating {n} events over {entities} entities…");
         // Read in place as the stage reads them, before the clock starts. The
         // generated messages live on until memory is measured, so that the
@@ -246,7 +253,12 @@ fn main() -> Result<()> {
         let rss_before = rss_bytes();
         let mut s = store(false)?;
         let started = Instant::now();
-        for e in &events {
+        for (i, e) in events.iter().enumerate() {
+            if prefetching {
+                if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
+                    s.prefetch(ahead);
+                }
+            }
             s.apply_view(e, 0);
         }
         let secs = started.elapsed().as_secs_f64();
@@ -284,7 +296,12 @@ fn main() -> Result<()> {
         let mut s = store(true)?;
         let started = Instant::now();
         let mut vectors = 0usize;
-        for e in &events {
+        for (i, e) in events.iter().enumerate() {
+            if prefetching {
+                if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
+                    s.prefetch(ahead);
+                }
+            }
             if let Applied::OnTime(Some(_)) = s.apply_view(e, 0) {
                 vectors += 1;
             }
@@ -297,6 +314,10 @@ fn main() -> Result<()> {
         );
         drop(s);
         drop(events);
+        // FS_BENCH_IN_PROCESS_ONLY: stop after part 1.
+        if std::env::var_os("FS_BENCH_IN_PROCESS_ONLY").is_some() {
+            return Ok(());
+        }
 
         // 2. 1M entities: snapshot and recovery.
         let big = scale(1_000_000);

@@ -16,6 +16,10 @@ use crate::store::{Applied, FeatureStore};
 /// Stage name: the DLQ subject suffix (`dlq.feature-state`).
 pub const STAGE: &str = "feature-state";
 
+/// How many events ahead of the one applied the actor asks for rows
+/// ([`FeatureStore::prefetch`]): enough for the lines to arrive meanwhile.
+pub const PREFETCH_AHEAD: usize = 4;
+
 pub struct FeatureStoreActor {
     store: FeatureStore,
     /// Size of the last vector encoded, to size the next batch's buffer.
@@ -46,7 +50,10 @@ impl Handler<Apply<EnrichedView>> for FeatureStoreActor {
         let mut vectors = Vec::with_capacity(batch.len());
         let mut out = Vec::with_capacity(batch.len());
         // By reference: a delivered record is a few hundred bytes, too many to move twice per event.
-        for d in &batch {
+        for (i, d) in batch.iter().enumerate() {
+            if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
+                self.store.prefetch(&ahead.message);
+            }
             let start = encoded.len();
             match self.store.apply_encoded(&d.message, now, &mut encoded) {
                 Applied::OnTime(Some(())) => vectors.push((start..encoded.len(), d)),

@@ -15,6 +15,8 @@ pub trait Column: Send {
     fn push_rows(&mut self, n: usize);
     fn add(&mut self, row: usize, obs: &Observation);
     fn read(&self, row: usize, at_us: i64) -> Reading;
+    /// Starts loading the row's state into the cache (see [`crate::prefetch`]).
+    fn prefetch(&self, row: usize);
     /// What an entity with no row reads as (0 for counts and sums, empty otherwise).
     fn read_absent(&self) -> Reading;
     /// Event time of the newest event added to the row (`i64::MIN` when none).
@@ -69,6 +71,13 @@ impl<A: Aggregator, W: Window> Column for FeatureColumn<A, W> {
 
     fn read_absent(&self) -> Reading {
         self.agg.read(&A::State::default())
+    }
+
+    fn prefetch(&self, row: usize) {
+        if let (Some(state), Some(updated)) = (self.states.get(row), self.updated.get(row)) {
+            crate::prefetch::prefetch(state);
+            crate::prefetch::prefetch(updated);
+        }
     }
 
     fn updated_us(&self, row: usize) -> i64 {

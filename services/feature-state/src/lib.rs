@@ -9,7 +9,8 @@
 //!   tumbling, hopping, sliding, session), and what each reads as of a time.
 //! - [`watermark`]: per-partition watermarks, lateness, the floor and the clock.
 //! - [`column`], [`partition`]: a feature's per-entity states; a partition's
-//!   entity tables with TTL expiry and memory accounting.
+//!   entity tables with TTL expiry and memory accounting; [`prefetch`]: asking
+//!   the cache for rows ahead of use.
 //! - [`store`]: routing, lateness, point-in-time vectors, lookups — plain state.
 //! - [`snapshot`]: the bytes the stage loop snapshots, and restoring from them.
 //! - [`actor`]: the actor the stage loop feeds; [`api`]: the gRPC adapter.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod column;
 pub mod metrics;
 pub mod partition;
+mod prefetch;
 pub mod snapshot;
 pub mod store;
 pub mod watermark;

@@ -160,6 +160,22 @@ impl EntityTable {
         (at.saturating_sub(self.last_seen[row]) <= ttl_us).then_some(row)
     }
 
+    /// Starts loading what an update or read of `key`'s row touches into the
+    /// cache; nothing when the entity has no row. The index lookup itself waits.
+    pub fn prefetch(&self, key: &str) {
+        let Some(&row) = self.index.get(key) else {
+            return;
+        };
+        let row = row as usize;
+        if let (Some(seen), Some(changed)) = (self.last_seen.get(row), self.is_changed.get(row)) {
+            crate::prefetch::prefetch(seen);
+            crate::prefetch::prefetch(changed);
+        }
+        for c in &self.columns {
+            c.prefetch(row);
+        }
+    }
+
     pub fn read(&self, row: usize, column: usize, at: i64) -> Reading {
         self.columns[column].read(row, at)
     }

@@ -135,6 +135,8 @@ pub struct FeatureStore {
     pub(crate) metrics: StoreMetrics,
     ttl_us: i64,
     key: String,
+    /// [`FeatureStore::prefetch`]'s key, apart from `key`, which the applied event's read uses.
+    ahead_key: String,
     text: String,
     pending: Vec<(usize, Observation)>,
     kind_rows: Vec<KindRow>,
@@ -228,6 +230,7 @@ impl FeatureStore {
             partitions,
             metrics,
             key: String::new(),
+            ahead_key: String::new(),
             text: String::new(),
             pending: Vec::new(),
             snapshot_bytes_per_row: 0,
@@ -330,6 +333,32 @@ impl FeatureStore {
         let label_key = self.label_key_of(enriched);
         put_string(out, 10, label_key);
         Applied::OnTime(Some(()))
+    }
+
+    /// Starts loading the rows an event will update or read into the cache, so
+    /// that a caller applying a batch can ask for them a few events ahead (see
+    /// [`crate::prefetch`]). Changes no state.
+    pub fn prefetch(&mut self, enriched: &EnrichedView) {
+        let Some(event) = enriched.event() else {
+            return;
+        };
+        let lookup = |name: &str| enriched.field(name);
+        let ask = |kind: usize, key: &mut String| {
+            if self.kinds[kind].write_key(lookup, key) {
+                let partition = partition_of(key, self.spec.partitions) as usize;
+                self.partitions[partition].tables[kind].prefetch(key);
+            }
+        };
+        // A scored event reads every kind its fields name; another updates its routes' kinds.
+        if self.spec.scored_types.iter().any(|s| s == event.r#type()) {
+            for kind in 0..self.kinds.len() {
+                ask(kind, &mut self.ahead_key);
+            }
+        } else if let Some(routes) = self.routes.get(event.r#type()) {
+            for route in routes {
+                ask(route.kind, &mut self.ahead_key);
+            }
+        }
     }
 
     fn is_scored(&self, event_type: &str) -> bool {
@@ -1214,6 +1243,24 @@ mod tests {
             straight.encode().expect("a").0.len(),
             resumed.encode().expect("b").0.len()
         );
+    }
+
+    #[test]
+    fn prefetching_ahead_changes_no_vector_and_no_value() {
+        let events = traffic(0..300);
+        let mut plain = store(every_kind());
+        let mut ahead = store(every_kind());
+        for (i, e) in events.iter().enumerate() {
+            // Every distance ahead the actor could use, and events not yet seen.
+            if let Some(next) = events.get(i + 1 + i % 5) {
+                ahead.prefetch(&EnrichedView::from(next));
+            }
+            assert_eq!(plain.apply(e, 0), ahead.apply(e, 0), "{}", e.event_id);
+        }
+        let keys: Vec<String> = ["JFK", "EWR", "LAX", "JFK|LAX", "nowhere"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(plain.lookup(&keys, &[]), ahead.lookup(&keys, &[]));
     }
 
     #[test]
