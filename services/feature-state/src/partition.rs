@@ -11,7 +11,10 @@
 //! A table also remembers what changed since it was last snapshotted (rows
 //! updated, entities freed), so a snapshot of a large state can hold only that.
 
-use foldhash::HashMap;
+use std::hash::BuildHasher as _;
+
+use compact_str::CompactString;
+use hashbrown::HashTable;
 
 use crate::aggregate::{Observation, Reading};
 use crate::column::Column;
@@ -20,13 +23,17 @@ use crate::column::Column;
 const FREE: i64 = i64::MIN;
 
 pub struct EntityTable {
-    index: HashMap<Box<str>, u32>,
-    /// Bytes of the keys in `index`.
+    /// Per entity, its key's hash and its row; the key itself is in `row_keys`.
+    /// With the hash in the entry, a lookup reads no other entity's key, and
+    /// [`EntityTable::prefetch`] finds a row without reading any key.
+    index: HashTable<(u64, u32)>,
+    hasher: foldhash::fast::RandomState,
+    /// Bytes of the keys too long to be held inline in `row_keys`.
     key_bytes: usize,
     /// Per row: the newest event time of the entity (`FREE` for a free row).
     last_seen: Vec<i64>,
-    /// Per row: the entity's key (empty for a free row), for snapshots of some rows.
-    row_keys: Vec<Box<str>>,
+    /// Per row: the entity's key (empty for a free row).
+    row_keys: Vec<CompactString>,
     free: Vec<u32>,
     columns: Vec<Box<dyn Column>>,
     /// Rows updated since [`EntityTable::forget_changes`], each once, and which rows they are.
@@ -55,7 +62,8 @@ impl std::ops::AddAssign for Sweep {
 impl EntityTable {
     pub fn new(columns: Vec<Box<dyn Column>>) -> Self {
         Self {
-            index: HashMap::default(),
+            index: HashTable::new(),
+            hasher: Default::default(),
             key_bytes: 0,
             last_seen: Vec::new(),
             row_keys: Vec::new(),
@@ -86,9 +94,9 @@ impl EntityTable {
     /// The row of `key` ready for an event at `t`: created, or emptied when the
     /// entity had expired, and stamped with `t`.
     pub fn row_for_update(&mut self, key: &str, t: i64, ttl_us: i64) -> usize {
-        let row = match self.index.get(key) {
-            Some(&row) => {
-                let row = row as usize;
+        let hash = self.hasher.hash_one(key);
+        let row = match self.find(hash, key) {
+            Some(row) => {
                 let seen = &mut self.last_seen[row];
                 if t.saturating_sub(*seen) > ttl_us {
                     *seen = t;
@@ -100,7 +108,7 @@ impl EntityTable {
                 }
                 row
             }
-            None => self.insert(key, t),
+            None => self.insert(hash, key, t),
         };
         if !self.is_changed[row] {
             self.is_changed[row] = true;
@@ -109,11 +117,22 @@ impl EntityTable {
         row
     }
 
-    fn insert(&mut self, key: &str, t: i64) -> usize {
+    /// The row holding `key`, whose hash is `hash`.
+    fn find(&self, hash: u64, key: &str) -> Option<usize> {
+        self.index
+            .find(hash, |&(h, row)| {
+                h == hash && self.row_keys[row as usize] == key
+            })
+            .map(|&(_, row)| row as usize)
+    }
+
+    fn insert(&mut self, hash: u64, key: &str, t: i64) -> usize {
         let row = self.allocate(t);
-        self.index.insert(key.into(), row as u32);
-        self.row_keys[row] = key.into();
-        self.key_bytes += key.len();
+        self.index
+            .insert_unique(hash, (hash, row as u32), |&(h, _)| h);
+        let key = CompactString::new(key);
+        self.key_bytes += heap_bytes(&key);
+        self.row_keys[row] = key;
         row
     }
 
@@ -123,7 +142,7 @@ impl EntityTable {
             return row as usize;
         }
         self.last_seen.push(t);
-        self.row_keys.push(Box::default());
+        self.row_keys.push(CompactString::default());
         self.is_changed.push(false);
         for c in &mut self.columns {
             c.push_rows(1);
@@ -133,17 +152,22 @@ impl EntityTable {
 
     /// Frees the entity's row, if it has one (a restore applying a removal).
     pub fn remove(&mut self, key: &str) {
-        let Some(row) = self.index.remove(key) else {
+        let hash = self.hasher.hash_one(key);
+        let found = self.index.find_entry(hash, |&(h, row)| {
+            h == hash && self.row_keys[row as usize] == key
+        });
+        let Ok(entry) = found else {
             return;
         };
+        let ((_, row), _) = entry.remove();
+        self.key_bytes -= heap_bytes(&self.row_keys[row as usize]);
         self.free_row(row);
-        self.key_bytes -= key.len();
     }
 
     fn free_row(&mut self, row: u32) {
         let r = row as usize;
         self.last_seen[r] = FREE;
-        self.row_keys[r] = Box::default();
+        self.row_keys[r] = CompactString::default();
         for c in &mut self.columns {
             c.reset(r);
         }
@@ -156,20 +180,28 @@ impl EntityTable {
 
     /// The row of `key` if the entity is alive at `at`.
     pub fn live_row(&self, key: &str, at: i64, ttl_us: i64) -> Option<usize> {
-        let row = *self.index.get(key)? as usize;
+        let row = self.find(self.hasher.hash_one(key), key)?;
         (at.saturating_sub(self.last_seen[row]) <= ttl_us).then_some(row)
     }
 
     /// Starts loading what an update or read of `key`'s row touches into the
-    /// cache; nothing when the entity has no row. The index lookup itself waits.
+    /// cache; nothing when the entity has no row. The index lookup itself
+    /// waits; it takes the first entry with the key's hash without comparing
+    /// keys (a wrong row, once in 2^64, costs a useless prefetch).
     pub fn prefetch(&self, key: &str) {
-        let Some(&row) = self.index.get(key) else {
+        let hash = self.hasher.hash_one(key);
+        let Some(&(_, row)) = self.index.find(hash, |&(h, _)| h == hash) else {
             return;
         };
         let row = row as usize;
-        if let (Some(seen), Some(changed)) = (self.last_seen.get(row), self.is_changed.get(row)) {
+        if let (Some(seen), Some(changed), Some(key)) = (
+            self.last_seen.get(row),
+            self.is_changed.get(row),
+            self.row_keys.get(row),
+        ) {
             crate::prefetch::prefetch(seen);
             crate::prefetch::prefetch(changed);
+            crate::prefetch::prefetch(key);
         }
         for c in &self.columns {
             c.prefetch(row);
@@ -222,10 +254,13 @@ impl EntityTable {
                 continue;
             }
             let key = std::mem::take(&mut self.row_keys[row]);
-            self.index.remove(&*key);
-            self.key_bytes -= key.len();
+            let hash = self.hasher.hash_one(key.as_str());
+            if let Ok(entry) = self.index.find_entry(hash, |&(_, r)| r as usize == row) {
+                entry.remove();
+            }
+            self.key_bytes -= heap_bytes(&key);
             self.free_row(row as u32);
-            self.removed.push(key);
+            self.removed.push(key.as_str().into());
             sweep.expired += 1;
         }
         // Column by column, rows in order: the states are read front to back.
@@ -236,25 +271,26 @@ impl EntityTable {
         sweep
     }
 
-    /// What the table takes besides its rows' states: keys (in the index and
-    /// by row), index entries (key pointer and row), and per row its time,
-    /// key pointer and changed flag.
+    /// What the table takes besides its rows' states: index entries (hash
+    /// and row, and a control byte), per row its time, key and changed flag,
+    /// and the keys too long to be inline.
     pub fn table_bytes(&self) -> usize {
-        2 * self.key_bytes
-            + self.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+        self.key_bytes
+            + self.index.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
             + self.last_seen.capacity()
-                * (std::mem::size_of::<i64>() + std::mem::size_of::<Box<str>>() + 1)
+                * (std::mem::size_of::<i64>() + std::mem::size_of::<CompactString>() + 1)
     }
 
     /// Adds an entity restored from a snapshot, or replaces it when a record
     /// of changes names it again; returns its row, to decode its columns into.
     pub fn restore(&mut self, key: &str, last_seen: i64) -> usize {
-        match self.index.get(key) {
-            Some(&row) => {
-                self.last_seen[row as usize] = last_seen;
-                row as usize
+        let hash = self.hasher.hash_one(key);
+        match self.find(hash, key) {
+            Some(row) => {
+                self.last_seen[row] = last_seen;
+                row
             }
-            None => self.insert(key, last_seen),
+            None => self.insert(hash, key, last_seen),
         }
     }
 
@@ -296,15 +332,24 @@ impl EntityTable {
     /// The entity and newest event time of each of `rows`.
     pub fn keys_of(&self, rows: &[usize]) -> Vec<(&str, i64)> {
         rows.iter()
-            .map(|&r| (self.row_keys[r].as_ref(), self.last_seen[r]))
+            .map(|&r| (self.row_keys[r].as_str(), self.last_seen[r]))
             .collect()
     }
 
     pub fn reserve(&mut self, rows: usize) {
-        self.index.reserve(rows);
+        self.index.reserve(rows, |&(h, _)| h);
         self.last_seen.reserve(rows);
         self.row_keys.reserve(rows);
         self.is_changed.reserve(rows);
+    }
+}
+
+/// Heap bytes of a key (none when it is held inline).
+fn heap_bytes(key: &CompactString) -> usize {
+    if key.is_heap_allocated() {
+        key.capacity()
+    } else {
+        0
     }
 }
 
