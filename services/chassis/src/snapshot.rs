@@ -96,10 +96,13 @@ impl Encoded {
         state: &T,
         part: Part,
     ) -> Result<Self, ChassisError> {
-        let payload = postcard::to_stdvec(state).map_err(|e| ChassisError::SnapshotEncode {
+        let error = |e: postcard::Error| ChassisError::SnapshotEncode {
             key: key.into(),
             message: e.to_string(),
-        })?;
+        };
+        // Sized first: growing by doubling copied a large state again and again.
+        let size = postcard::experimental::serialized_size(state).map_err(error)?;
+        let payload = postcard::to_extend(state, Vec::with_capacity(size)).map_err(error)?;
         let header =
             encode_header(sequences, &payload).ok_or_else(|| ChassisError::SnapshotEncode {
                 key: key.into(),

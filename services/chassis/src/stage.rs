@@ -980,25 +980,23 @@ impl Checkpoint<'_> {
                 actor: self.spec.stage,
                 message: e.to_string(),
             })?;
-        // Encoded here, so that the actor's state is not shared once it goes on.
+        // The state taken is the actor's own copy: encoding it (a copy and a
+        // checksum of what may be hundreds of MB) and writing it happen off
+        // this thread, which goes on feeding the actor.
         let sequences = self.applied.clone();
-        let encoded = Encoded::new(
-            &self.spec.snapshot_key,
-            &sequences,
-            &taken.state,
-            taken.part,
-        )?;
-        drop(taken);
         let store = self.store.clone();
-        let taken = started.elapsed();
+        let key = self.spec.snapshot_key.clone();
+        let took = started.elapsed();
         let task = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
+            let encoded = Encoded::new(&key, &sequences, &taken.state, taken.part)?;
+            drop(taken);
             let bytes = store.write(&encoded)?;
             Ok(Saved {
                 part: encoded.part(),
                 bytes,
                 sequences,
-                cost: taken + started.elapsed(),
+                cost: took + started.elapsed(),
             })
         });
         self.saving = Some(task);
