@@ -11,6 +11,9 @@
 //!
 //! Binaries come from `MILLRACE_BIN_DIR`, default `target/release`
 //! (`cargo build --release --bins` first). `FS_BENCH_QUICK=1` shrinks every size 10×.
+//! Part 1's knobs: `FS_BENCH_ENTITIES` (its entity count), `FS_BENCH_NO_PREFETCH=1`
+//! (apply without asking for rows ahead, as the actor does), `FS_BENCH_IN_PROCESS_ONLY=1`
+//! (stop after it).
 
 use std::time::{Duration, Instant};
 
