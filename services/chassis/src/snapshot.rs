@@ -80,8 +80,9 @@ struct Chain {
     last: u64,
 }
 
-/// A snapshot encoded and ready to write: encoding reads the state, so it is
-/// done where the state lives; the write can happen elsewhere.
+/// A snapshot record encoded and ready to write: the header (sequences,
+/// length, checksum) and the state's bytes. Built from a state the actor
+/// handed over, so it can be built and written off the stage's thread.
 pub struct Encoded {
     key: String,
     part: Part,
