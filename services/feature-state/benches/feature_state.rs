@@ -24,7 +24,7 @@ use millrace_chassis::config::Pipeline;
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::partition::partition_of;
 use millrace_chassis::snapshot::{Encoded, SnapshotStore};
-use millrace_feature_state::actor::PREFETCH_AHEAD;
+use millrace_feature_state::actor::PREFETCH_GROUP;
 use millrace_feature_state::{Applied, EncodedState, FeatureSpec, FeatureStore};
 use millrace_integration_tests::monitor::process_cpu_seconds;
 use millrace_integration_tests::service::{Service, ServiceProcess, ServiceSettings};
@@ -206,6 +206,26 @@ fn store(scored: bool) -> Result<FeatureStore> {
     ))
 }
 
+/// Applies `events` as the actor applies a batch: each group's rows asked for
+/// one group ahead (unless `prefetching` is off).
+fn apply_all(
+    s: &mut FeatureStore,
+    events: &[EnrichedView],
+    prefetching: bool,
+    mut each: impl FnMut(Applied),
+) {
+    let group = |from: usize| events.iter().skip(from).take(PREFETCH_GROUP);
+    if prefetching {
+        s.prefetch(group(0));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if prefetching && i % PREFETCH_GROUP == 0 {
+            s.prefetch(group(i + PREFETCH_GROUP));
+        }
+        each(s.apply_view(e, 0));
+    }
+}
+
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -256,14 +276,7 @@ fn main() -> Result<()> {
         let rss_before = rss_bytes();
         let mut s = store(false)?;
         let started = Instant::now();
-        for (i, e) in events.iter().enumerate() {
-            if prefetching {
-                if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
-                    s.prefetch(ahead);
-                }
-            }
-            s.apply_view(e, 0);
-        }
+        apply_all(&mut s, &events, prefetching, |_| {});
         let secs = started.elapsed().as_secs_f64();
         row(
             "in-process: events/s (10 features, unscored)",
@@ -299,16 +312,11 @@ fn main() -> Result<()> {
         let mut s = store(true)?;
         let started = Instant::now();
         let mut vectors = 0usize;
-        for (i, e) in events.iter().enumerate() {
-            if prefetching {
-                if let Some(ahead) = events.get(i + PREFETCH_AHEAD) {
-                    s.prefetch(ahead);
-                }
-            }
-            if let Applied::OnTime(Some(_)) = s.apply_view(e, 0) {
+        apply_all(&mut s, &events, prefetching, |applied| {
+            if let Applied::OnTime(Some(_)) = applied {
                 vectors += 1;
             }
-        }
+        });
         let secs = started.elapsed().as_secs_f64();
         row(
             "in-process: events/s with a vector each",

@@ -184,16 +184,22 @@ impl EntityTable {
         (at.saturating_sub(self.last_seen[row]) <= ttl_us).then_some(row)
     }
 
-    /// Starts loading what an update or read of `key`'s row touches into the
-    /// cache; nothing when the entity has no row. The index lookup itself
-    /// waits; it takes the first entry with the key's hash without comparing
-    /// keys (a wrong row, once in 2^64, costs a useless prefetch).
-    pub fn prefetch(&self, key: &str) {
-        let hash = self.hasher.hash_one(key);
-        let Some(&(_, row)) = self.index.find(hash, |&(h, _)| h == hash) else {
-            return;
-        };
-        let row = row as usize;
+    /// The hash the index keeps for `key` (see [`EntityTable::row_by_hash`]).
+    pub fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The row of the first entity whose key hashes to `hash`, without
+    /// reading a key: for prefetching only (a wrong row, once in 2^64, costs
+    /// a useless prefetch).
+    pub fn row_by_hash(&self, hash: u64) -> Option<usize> {
+        self.index
+            .find(hash, |&(h, _)| h == hash)
+            .map(|&(_, row)| row as usize)
+    }
+
+    /// Starts loading what an update or read of `row` touches into the cache.
+    pub fn prefetch_row(&self, row: usize) {
         if let (Some(seen), Some(changed), Some(key)) = (
             self.last_seen.get(row),
             self.is_changed.get(row),
