@@ -344,12 +344,13 @@ impl FeatureStore {
     /// state. The group's index lookups run back to back, so that their cache
     /// misses overlap instead of following one another.
     pub fn prefetch<'e>(&mut self, events: impl IntoIterator<Item = &'e EnrichedView>) {
-        let ahead = &mut self.ahead;
+        let mut ahead = std::mem::take(&mut self.ahead);
         ahead.clear();
         for enriched in events {
             let Some(event) = enriched.event() else {
                 continue;
             };
+            let scored = self.is_scored(event.r#type());
             let lookup = |name: &str| enriched.field(name);
             let mut ask = |kind: usize| {
                 if self.kinds[kind].write_key(lookup, &mut self.ahead_key) {
@@ -359,7 +360,7 @@ impl FeatureStore {
                 }
             };
             // A scored event reads every kind its fields name; another updates its routes' kinds.
-            if self.spec.scored_types.iter().any(|s| s == event.r#type()) {
+            if scored {
                 (0..self.kinds.len()).for_each(&mut ask);
             } else if let Some(routes) = self.routes.get(event.r#type()) {
                 routes.iter().for_each(|route| ask(route.kind));
@@ -370,11 +371,12 @@ impl FeatureStore {
             let row = self.partitions[*partition].tables[*kind].row_by_hash(*hash);
             *hash = row.map_or(u64::MAX, |row| row as u64);
         }
-        for &(partition, kind, row) in ahead.iter() {
+        for &(partition, kind, row) in &ahead {
             if row != u64::MAX {
                 self.partitions[partition].tables[kind].prefetch_row(row as usize);
             }
         }
+        self.ahead = ahead;
     }
 
     fn is_scored(&self, event_type: &str) -> bool {
