@@ -25,7 +25,7 @@ const FREE: i64 = i64::MIN;
 pub struct EntityTable {
     /// Per entity, its key's hash and its row; the key itself is in `row_keys`.
     /// With the hash in the entry, a lookup reads no other entity's key, and
-    /// [`EntityTable::prefetch`] finds a row without reading any key.
+    /// [`EntityTable::row_by_hash`] finds a row without reading any key.
     index: HashTable<(u64, u32)>,
     hasher: foldhash::fast::RandomState,
     /// Bytes of the keys too long to be held inline in `row_keys`.
@@ -120,9 +120,7 @@ impl EntityTable {
     /// The row holding `key`, whose hash is `hash`.
     fn find(&self, hash: u64, key: &str) -> Option<usize> {
         self.index
-            .find(hash, |&(h, row)| {
-                h == hash && self.row_keys[row as usize] == key
-            })
+            .find(hash, holds(&self.row_keys, hash, key))
             .map(|&(_, row)| row as usize)
     }
 
@@ -153,9 +151,9 @@ impl EntityTable {
     /// Frees the entity's row, if it has one (a restore applying a removal).
     pub fn remove(&mut self, key: &str) {
         let hash = self.hasher.hash_one(key);
-        let found = self.index.find_entry(hash, |&(h, row)| {
-            h == hash && self.row_keys[row as usize] == key
-        });
+        let found = self
+            .index
+            .find_entry(hash, holds(&self.row_keys, hash, key));
         let Ok(entry) = found else {
             return;
         };
@@ -348,6 +346,15 @@ impl EntityTable {
         self.row_keys.reserve(rows);
         self.is_changed.reserve(rows);
     }
+}
+
+/// Whether an index entry is `key`'s, whose hash is `hash`.
+fn holds<'a>(
+    row_keys: &'a [CompactString],
+    hash: u64,
+    key: &'a str,
+) -> impl Fn(&(u64, u32)) -> bool + 'a {
+    move |&(h, row)| h == hash && row_keys[row as usize] == key
 }
 
 /// Heap bytes of a key (none when it is held inline).
