@@ -21,7 +21,7 @@ pub mod api;
 pub mod column;
 pub mod metrics;
 pub mod partition;
-mod prefetch;
+pub mod prefetch;
 pub mod snapshot;
 pub mod store;
 pub mod watermark;
