@@ -3,7 +3,8 @@
 //! Over 100k entities an event's update misses the cache once per feature, and
 //! those misses, one after the other, were most of its time (16M updates/s over
 //! 1k entities against 4.4–5M over 100k, in process). The actor asks for the
-//! rows of the events a few places ahead in its batch, so the misses overlap.
+//! rows of the next group of events in its batch while it applies a group
+//! ([`crate::store::FeatureStore::prefetch`]), so the misses overlap.
 
 /// Starts loading the cache lines that hold `value` (up to two: its first and
 /// last byte), without waiting for them.
