@@ -24,7 +24,6 @@ use millrace_chassis::config::Pipeline;
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::partition::partition_of;
 use millrace_chassis::snapshot::{Encoded, SnapshotStore};
-use millrace_feature_state::actor::PREFETCH_GROUP;
 use millrace_feature_state::{Applied, EncodedState, FeatureSpec, FeatureStore};
 use millrace_integration_tests::monitor::process_cpu_seconds;
 use millrace_integration_tests::service::{Service, ServiceProcess, ServiceSettings};
@@ -206,21 +205,17 @@ fn store(scored: bool) -> Result<FeatureStore> {
     ))
 }
 
-/// Applies `events` as the actor applies a batch: each group's rows asked for
-/// one group ahead (unless `prefetching` is off).
+/// Applies `events` as the actor applies a batch: rows asked for a group
+/// ahead (unless `prefetching` is off).
 fn apply_all(
     s: &mut FeatureStore,
     events: &[EnrichedView],
     prefetching: bool,
     mut each: impl FnMut(Applied),
 ) {
-    let group = |from: usize| events.iter().skip(from).take(PREFETCH_GROUP);
-    if prefetching {
-        s.prefetch(group(0));
-    }
     for (i, e) in events.iter().enumerate() {
-        if prefetching && i % PREFETCH_GROUP == 0 {
-            s.prefetch(group(i + PREFETCH_GROUP));
+        if prefetching {
+            s.prefetch_ahead(events, i, |e| e);
         }
         each(s.apply_view(e, 0));
     }
@@ -265,7 +260,7 @@ fn main() -> Result<()> {
             .and_then(|n| n.parse().ok())
             .unwrap_or(scale(100_000)) as u64;
         let n = scale(2_000_000);
-        // As the actor applies a batch: asking for rows a few events ahead. FS_BENCH_NO_PREFETCH: without.
+        // As the actor applies a batch: rows asked for a group ahead. FS_BENCH_NO_PREFETCH: without.
         let prefetching = std::env::var_os("FS_BENCH_NO_PREFETCH").is_none();
         eprintln!("generating {n} events over {entities} entities…");
         // Read in place as the stage reads them, before the clock starts. The

@@ -16,10 +16,6 @@ use crate::store::{Applied, FeatureStore};
 /// Stage name: the DLQ subject suffix (`dlq.feature-state`).
 pub const STAGE: &str = "feature-state";
 
-/// Events whose rows the actor asks for together ([`FeatureStore::prefetch`]),
-/// one group ahead of the group it applies: enough for the lines to arrive meanwhile.
-pub const PREFETCH_GROUP: usize = 8;
-
 /// Vectors are encoded into buffers of at most this size: the allocator
 /// serves blocks over 512 KiB fresh from the OS, so one buffer per batch
 /// (1.2 MB for 4096 vectors) cost page faults on every batch.
@@ -56,14 +52,8 @@ impl Handler<Apply<EnrichedView>> for FeatureStoreActor {
         let mut vectors = Vec::with_capacity(batch.len());
         let mut out = Vec::with_capacity(batch.len());
         // By reference: a delivered record is a few hundred bytes, too many to move twice per event.
-        let group = |from: usize| batch.iter().skip(from).take(PREFETCH_GROUP);
-        self.store.prefetch(group(0).map(|d| &d.message));
         for (i, d) in batch.iter().enumerate() {
-            if i % PREFETCH_GROUP == 0 {
-                // The next group's rows, while this group is applied.
-                self.store
-                    .prefetch(group(i + PREFETCH_GROUP).map(|d| &d.message));
-            }
+            self.store.prefetch_ahead(&batch, i, |d| &d.message);
             if encoded.len() + self.vector_bytes > encoded.capacity() {
                 let full = std::mem::replace(&mut encoded, Vec::with_capacity(BUFFER_BYTES));
                 if !full.is_empty() {

@@ -22,6 +22,10 @@ use crate::partition::{EntityTable, PartitionState, Sweep};
 use crate::snapshot::{SWEEP_EVERY, SWEEP_SLICES};
 use crate::watermark::{Verdict, Watermarks};
 
+/// Events whose rows are asked for together ([`FeatureStore::prefetch_ahead`]),
+/// one group ahead of the group being applied: enough for the lines to arrive meanwhile.
+pub const PREFETCH_GROUP: usize = 8;
+
 /// The pipeline's part feature-state needs.
 #[derive(Debug, Clone)]
 pub struct FeatureSpec {
@@ -336,6 +340,25 @@ impl FeatureStore {
         let label_key = self.label_key_of(enriched);
         put_string(out, 10, label_key);
         Applied::OnTime(Some(()))
+    }
+
+    /// Called before applying event `i` of a batch whose views `view` reads:
+    /// at the start of each group of [`PREFETCH_GROUP`] events, asks for the
+    /// next group's rows (and, before the first event, for the first group's).
+    pub fn prefetch_ahead<'e, T>(
+        &mut self,
+        batch: &'e [T],
+        i: usize,
+        view: impl Fn(&'e T) -> &'e EnrichedView,
+    ) {
+        if !i.is_multiple_of(PREFETCH_GROUP) {
+            return;
+        }
+        let group = |from: usize| batch.iter().skip(from).take(PREFETCH_GROUP).map(&view);
+        if i == 0 {
+            self.prefetch(group(0));
+        }
+        self.prefetch(group(i + PREFETCH_GROUP));
     }
 
     /// Starts loading into the cache the rows the `events` will update or
