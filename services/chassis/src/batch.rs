@@ -21,7 +21,7 @@ use millrace_proto::{Batch, BatchItem};
 use opentelemetry::Context;
 use prost::Message as _;
 
-use crate::bus::{Bus, Outgoing, StreamKind, MSG_ID_HEADER};
+use crate::bus::{Bus, Outgoing, StreamKind, Subject, MSG_ID_HEADER};
 use crate::telemetry;
 use crate::ChassisError;
 
@@ -111,13 +111,13 @@ pub fn pack(
     outputs: Vec<Outgoing>,
 ) -> Vec<Outgoing> {
     let prefix = stream.subject_prefix();
-    let mut subjects: Vec<(String, Vec<BatchItem>)> = Vec::new();
+    let mut subjects: Vec<(Subject, Vec<BatchItem>)> = Vec::new();
     let mut others = Vec::new();
     // Records of one input message share a subject, and a stage writes a few
     // subjects: the last one used, then a scan, beats hashing every record's.
     let mut last = 0;
     for out in outputs {
-        if !in_stream(&out.subject, prefix) {
+        if !in_stream(out.subject.as_str(), prefix) {
             others.push(out);
             continue;
         }

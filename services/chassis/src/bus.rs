@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
+pub use async_nats::Subject;
 use bytes::Bytes;
 use opentelemetry::Context;
 
@@ -88,6 +89,31 @@ pub mod subject {
     pub fn alerts(kind: &str) -> String {
         format!("alerts.{kind}")
     }
+
+    /// One stream's subject for each partition, spelled once: a record then
+    /// takes a reference count, where formatting its subject cost a string per event.
+    pub struct ByPartition {
+        subjects: Vec<super::Subject>,
+        spell: fn(u32) -> String,
+    }
+
+    impl ByPartition {
+        pub fn new(partitions: u32, spell: fn(u32) -> String) -> Self {
+            Self {
+                subjects: (0..partitions).map(|p| spell(p).into()).collect(),
+                spell,
+            }
+        }
+
+        /// The subject of `partition`; one beyond the pipeline's count (a
+        /// record from another configuration) is spelled on the spot.
+        pub fn get(&self, partition: u32) -> super::Subject {
+            match self.subjects.get(partition as usize) {
+                Some(subject) => subject.clone(),
+                None => (self.spell)(partition).into(),
+            }
+        }
+    }
 }
 
 /// The header JetStream deduplicates on.
@@ -96,7 +122,7 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// A message ready to publish: where, under which deduplication id, and in which trace.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub subject: String,
+    pub subject: Subject,
     /// Deterministic: the same input always yields the same id, so a replay is dropped by the server.
     pub msg_id: String,
     pub payload: Bytes,
@@ -107,13 +133,13 @@ pub struct Outgoing {
 
 impl Outgoing {
     pub fn new(
-        subject: String,
+        subject: impl Into<Subject>,
         msg_id: String,
         message: &impl prost::Message,
         trace: Context,
     ) -> Self {
         Self {
-            subject,
+            subject: subject.into(),
             msg_id,
             payload: Bytes::from(message.encode_to_vec()),
             trace,
@@ -124,7 +150,7 @@ impl Outgoing {
     /// A record for the stage's output stream. It travels in a batch whose id
     /// covers it ([`crate::batch::pack`]), so it needs no id of its own: one
     /// formatted per record was a string per event for nothing.
-    pub fn record(subject: String, payload: Bytes, trace: Context) -> Self {
+    pub fn record(subject: Subject, payload: Bytes, trace: Context) -> Self {
         Self {
             subject,
             msg_id: String::new(),
@@ -267,7 +293,7 @@ impl Bus {
             .await?
             .await
             .map_err(|e| ChassisError::Publish {
-                subject: out.subject.clone(),
+                subject: out.subject.to_string(),
                 message: e.to_string(),
             })?;
         Ok(Stored {
@@ -287,12 +313,12 @@ impl Bus {
             .map_err(|e| match e.kind() {
                 jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                     ChassisError::TooLarge {
-                        subject: out.subject.clone(),
+                        subject: out.subject.to_string(),
                         bytes: out.payload.len(),
                     }
                 }
                 _ => ChassisError::Publish {
-                    subject: out.subject.clone(),
+                    subject: out.subject.to_string(),
                     message: e.to_string(),
                 },
             })

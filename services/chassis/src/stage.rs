@@ -878,7 +878,8 @@ impl Checkpoint<'_> {
         };
         let before = outputs.len();
         outputs.retain(|out| {
-            !batch::in_stream(&out.subject, prefix) || covered.keep(&out.subject, source, sequence)
+            !batch::in_stream(out.subject.as_str(), prefix)
+                || covered.keep(out.subject.as_str(), source, sequence)
         });
         self.metrics
             .replays_skipped

@@ -52,12 +52,14 @@ pub struct Enricher {
     table_rows: IntGauge,
     /// `enriched`'s child per event type, looked up once (types are few).
     enriched_by_type: Vec<(String, IntCounter)>,
+    subjects: subject::ByPartition,
 }
 
 impl Enricher {
     pub fn new(
         mut state: EnrichState,
         settings: &EnrichSettings,
+        partitions: u32,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let filters = Filters::new(&settings.filters).map_err(|e| e.to_string())?;
@@ -92,6 +94,7 @@ impl Enricher {
                 "Rows held in the reference tables, all versions.",
             ),
             enriched_by_type: Vec::new(),
+            subjects: subject::ByPartition::new(partitions, subject::enriched),
         };
         enricher.update_rows_gauge();
         Ok(enricher)
@@ -239,7 +242,7 @@ impl Handler<Apply<EventView>> for Enricher {
                 let raw = d.message.raw();
                 match self.judge(event) {
                     Ok(joined) => Outgoing::record(
-                        subject::enriched(event.partition()),
+                        self.subjects.get(event.partition()),
                         Bytes::from(encode_enriched(event.event_id(), raw, joined, now)),
                         d.trace,
                     ),
@@ -383,6 +386,7 @@ mod tests {
         let mut e = Enricher::new(
             EnrichState::default(),
             &settings(OnMissing::Null),
+            4,
             &Metrics::new(),
         )
         .expect("valid");
@@ -462,8 +466,13 @@ mod tests {
             (OnMissing::Default, Some(Value::int(150))),
         ];
         for (policy, expected) in cases {
-            let mut e = Enricher::new(EnrichState::default(), &settings(policy), &Metrics::new())
-                .expect("valid");
+            let mut e = Enricher::new(
+                EnrichState::default(),
+                &settings(policy),
+                4,
+                &Metrics::new(),
+            )
+            .expect("valid");
             assert_eq!(
                 joined(&e.enrich(flight.clone(), 0))
                     .get("plane_seats")
@@ -475,6 +484,7 @@ mod tests {
         let mut e = Enricher::new(
             EnrichState::default(),
             &settings(OnMissing::Reject),
+            4,
             &Metrics::new(),
         )
         .expect("valid");
@@ -495,6 +505,7 @@ mod tests {
         let mut e = Enricher::new(
             EnrichState::default(),
             &settings(OnMissing::Null),
+            4,
             &Metrics::new(),
         )
         .expect("valid");

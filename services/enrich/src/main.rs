@@ -42,14 +42,19 @@ async fn run() -> anyhow::Result<()> {
         2048,
     );
     let (state, resume) = stage::load_state::<join::EnrichState>(&svc.store, &spec)?;
-    let enricher = join::Enricher::new(state, &svc.pipeline.enrich, &svc.metrics)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "enrich settings in {}: {e}",
-                svc.env.pipeline_path.display()
-            )
-        })?
-        .start();
+    let enricher = join::Enricher::new(
+        state,
+        &svc.pipeline.enrich,
+        svc.pipeline.pipeline.partitions,
+        &svc.metrics,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "enrich settings in {}: {e}",
+            svc.env.pipeline_path.display()
+        )
+    })?
+    .start();
     svc.serve_http(axum::Router::new());
     svc.run_stage(spec, enricher, resume)
         .await

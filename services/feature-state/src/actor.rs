@@ -25,13 +25,16 @@ pub struct FeatureStoreActor {
     store: FeatureStore,
     /// Size of the last vector encoded: room a buffer must have for the next.
     vector_bytes: usize,
+    subjects: subject::ByPartition,
 }
 
 impl FeatureStoreActor {
     pub fn new(store: FeatureStore) -> Self {
+        let subjects = subject::ByPartition::new(store.spec.partitions, subject::features);
         Self {
             store,
             vector_bytes: 0,
+            subjects,
         }
     }
 }
@@ -77,7 +80,7 @@ impl Handler<Apply<EnrichedView>> for FeatureStoreActor {
             let partition = d.message.event().map_or(0, |e| e.partition());
             let trace = d.trace.clone();
             Outgoing::record(
-                subject::features(partition),
+                self.subjects.get(partition),
                 buffers[buffer].slice(range),
                 trace,
             )
