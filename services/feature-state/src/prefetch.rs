@@ -18,7 +18,8 @@ pub(crate) fn prefetch<T>(value: &T) {
     }
 }
 
-/// The workspace denies `unsafe`; this is its one use. A prefetch is only a
+/// The workspace denies `unsafe` (its other use is `millrace_proto::wire`'s
+/// reading of ASCII as text). A prefetch is only a
 /// hint: it never faults, reads nothing into the program and changes no
 /// value, and the pointer comes from a live reference. There is no stable safe
 /// form (`core::hint::prefetch_read` is unstable).
