@@ -308,7 +308,7 @@ mod tests {
             event_id: event.into(),
             ..Default::default()
         };
-        Outgoing::new(subject.into(), format!("x:{event}"), &v, Context::new())
+        Outgoing::new(subject, format!("x:{event}"), &v, Context::new())
     }
 
     #[test]
@@ -359,7 +359,7 @@ mod tests {
                 event_id: format!("{i}:{}", "x".repeat(100_000)),
                 ..Default::default()
             };
-            Outgoing::new("features.0".into(), format!("x:{i}"), &v, Context::new())
+            Outgoing::new("features.0", format!("x:{i}"), &v, Context::new())
         };
         let packed = pack(
             "fs",
