@@ -526,3 +526,24 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::subject;
+
+    #[test]
+    fn partition_subjects_are_spelled_as_the_subject_functions_spell_them() {
+        let enriched = subject::ByPartition::new(4, subject::enriched);
+        for p in 0..4 {
+            assert_eq!(enriched.get(p).as_str(), subject::enriched(p));
+        }
+        // A record from a pipeline with more partitions still gets its own subject.
+        assert_eq!(enriched.get(9).as_str(), "enriched.9");
+        assert_eq!(
+            subject::ByPartition::new(0, subject::features)
+                .get(0)
+                .as_str(),
+            "features.0"
+        );
+    }
+}
