@@ -34,30 +34,6 @@ pub trait Column: Send {
     fn decode_row<'a>(&mut self, row: usize, input: &'a [u8]) -> Result<&'a [u8], postcard::Error>;
 }
 
-/// Postcard's output appended to a `Vec` as slices and bytes: its
-/// `to_extend` goes through `Extend`, one iterator per value written.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.0.push(byte);
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
 pub struct FeatureColumn<A: Aggregator, W: Window> {
     agg: A,
     window: W,
@@ -130,7 +106,7 @@ impl<A: Aggregator, W: Window> Column for FeatureColumn<A, W> {
 
     fn encode_rows(&self, rows: &[usize], out: &mut Vec<u8>) -> Result<(), postcard::Error> {
         for &row in rows {
-            postcard::serialize_with_flavor(&(self.updated[row], &self.states[row]), Append(out))?;
+            crate::snapshot::append(&(self.updated[row], &self.states[row]), out)?;
         }
         Ok(())
     }

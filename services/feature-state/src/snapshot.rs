@@ -73,6 +73,35 @@ fn magic(part: Part) -> &'static [u8; 4] {
 /// features take about 250).
 const FIRST_GUESS_BYTES_PER_ROW: usize = 512;
 
+/// Postcard's output appended to a `Vec` as slices and bytes: its
+/// `to_extend` goes through `Extend`, one iterator per value written.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serializes `value` onto the end of `out`: every part of a snapshot record is written this way.
+pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(value, Append(out))
+}
+
 /// The encoded state; empty means a fresh start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EncodedState(pub Vec<u8>);
@@ -228,7 +257,7 @@ impl FeatureStore {
                 })
                 .collect(),
         };
-        out = postcard::to_extend(&header, out).map_err(|source| SnapshotError::Encode {
+        append(&header, &mut out).map_err(|source| SnapshotError::Encode {
             what: "header".into(),
             source,
         })?;
@@ -239,22 +268,18 @@ impl FeatureStore {
                 if part == Part::Changes {
                     let block = begin_block(&mut out);
                     for key in table.removed() {
-                        out = postcard::to_extend(key, out).map_err(|source| {
-                            SnapshotError::Encode {
-                                what: format!("removed entity {key}"),
-                                source,
-                            }
+                        append(key, &mut out).map_err(|source| SnapshotError::Encode {
+                            what: format!("removed entity {key}"),
+                            source,
                         })?;
                     }
                     end_block(&mut out, block);
                 }
                 let block = begin_block(&mut out);
                 for (key, seen) in &keys {
-                    out = postcard::to_extend(&(key, seen), out).map_err(|source| {
-                        SnapshotError::Encode {
-                            what: format!("entity {key}"),
-                            source,
-                        }
+                    append(&(key, seen), &mut out).map_err(|source| SnapshotError::Encode {
+                        what: format!("entity {key}"),
+                        source,
                     })?;
                 }
                 end_block(&mut out, block);
