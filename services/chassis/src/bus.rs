@@ -4,6 +4,7 @@
 //! `traceparent`, and open durable consumers positioned right after the last
 //! sequence a snapshot covers.
 
+use std::future::IntoFuture as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ pub use async_nats::Subject;
 use bytes::Bytes;
 use opentelemetry::Context;
 
+use crate::atomic;
 use crate::config::{NatsSettings, StreamSettings};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
@@ -160,7 +162,8 @@ impl Outgoing {
         }
     }
 
-    fn headers(&self) -> async_nats::HeaderMap {
+    /// Its headers on the wire: the id, the trace context and any others.
+    pub fn headers(&self) -> async_nats::HeaderMap {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(MSG_ID_HEADER, self.msg_id.as_str());
         telemetry::inject_into_headers(&self.trace, &mut headers);
@@ -178,6 +181,10 @@ pub struct Stored {
     /// The server had this `Nats-Msg-Id` already and kept the first copy.
     pub duplicate: bool,
 }
+
+/// What became of each message of an atomic batch, in the batch's order: its
+/// place in the stream, or why JetStream did not confirm it.
+pub type BatchOutcome = Vec<Result<Stored, String>>;
 
 /// A connected client with its JetStream context and the stream names in use.
 #[derive(Clone)]
@@ -273,6 +280,8 @@ impl Bus {
                 }),
                 max_bytes: self.streams.max_bytes,
                 max_messages: self.streams.max_messages,
+                // Producers store many messages under one fsync (see [`crate::atomic`]).
+                allow_atomic_publish: true,
                 ..Default::default()
             };
             self.js
@@ -322,6 +331,108 @@ impl Bus {
                     message: e.to_string(),
                 },
             })
+    }
+
+    /// Sends `outs` (all bound for one stream, at most [`atomic::MAX_MESSAGES`])
+    /// as one atomic batch, each under its own id, and returns the task that
+    /// works out what became of each by `deadline` ([`BatchOutcome`]).
+    ///
+    /// A batch the server refuses whole (one of its ids is stored already, or
+    /// it cannot take a batch now) is stored again message by message, so each
+    /// gets its own answer: stored, or a duplicate of one stored before. The
+    /// fallback may store them behind a later batch; only a retry after a
+    /// failure comes to it.
+    pub async fn send_batch(
+        &self,
+        outs: Vec<Outgoing>,
+        deadline: tokio::time::Instant,
+    ) -> tokio::task::JoinHandle<BatchOutcome> {
+        let messages = outs
+            .iter()
+            .map(|out| (out.subject.clone(), out.headers(), out.payload.clone()))
+            .collect();
+        let batch_id = atomic::new_batch_id();
+        let sending = atomic::send(&self.js, &batch_id, messages);
+        let commit = match tokio::time::timeout_at(deadline, sending).await {
+            Ok(sent) => sent,
+            Err(_) => Err(atomic::AtomicError::Unconfirmed {
+                batch_id,
+                message: "could not be sent in time".into(),
+            }),
+        };
+        tokio::spawn(self.clone().settle_batch(commit, outs, deadline))
+    }
+
+    async fn settle_batch(
+        self,
+        commit: Result<atomic::Commit, atomic::AtomicError>,
+        outs: Vec<Outgoing>,
+        deadline: tokio::time::Instant,
+    ) -> BatchOutcome {
+        let answer = match commit {
+            Ok(commit) => match tokio::time::timeout_at(deadline, commit.wait()).await {
+                Ok(answer) => answer,
+                Err(_) => Err(atomic::AtomicError::Unconfirmed {
+                    batch_id: String::new(),
+                    message: "no acknowledgement in time".into(),
+                }),
+            },
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(committed) => (0..outs.len())
+                .map(|i| {
+                    Ok(Stored {
+                        sequence: committed.sequence_of(i),
+                        duplicate: false,
+                    })
+                })
+                .collect(),
+            Err(
+                e @ (atomic::AtomicError::Duplicate { .. } | atomic::AtomicError::Refused { .. }),
+            ) => {
+                tracing::debug!("{e}; storing its {} messages one by one", outs.len());
+                self.store_one_by_one(&outs, deadline).await
+            }
+            Err(e) => vec![Err(e.to_string()); outs.len()],
+        }
+    }
+
+    /// Each message on its own, pipelined, under its own id.
+    async fn store_one_by_one(
+        &self,
+        outs: &[Outgoing],
+        deadline: tokio::time::Instant,
+    ) -> BatchOutcome {
+        let mut acks = Vec::with_capacity(outs.len());
+        for out in outs {
+            acks.push(
+                match tokio::time::timeout_at(deadline, self.send(out)).await {
+                    Ok(Ok(ack)) => Ok(ack),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("could not be sent in time".to_string()),
+                },
+            );
+        }
+        let mut stored = Vec::with_capacity(outs.len());
+        for ack in acks {
+            let ack = match ack {
+                Ok(ack) => tokio::time::timeout_at(deadline, ack.into_future()).await,
+                Err(why) => {
+                    stored.push(Err(why));
+                    continue;
+                }
+            };
+            stored.push(match ack {
+                Ok(Ok(ack)) => Ok(Stored {
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                }),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no acknowledgement in time".to_string()),
+            });
+        }
+        stored
     }
 
     /// The durable consumer `durable` on `kind`, delivering (in order) every
@@ -396,7 +507,8 @@ impl Bus {
         Publisher {
             bus: self.clone(),
             in_flight: Vec::new(),
-            max_in_flight: 1024,
+            messages_in_flight: 0,
+            max_in_flight: 4096,
             stored: None,
         }
     }
@@ -445,18 +557,25 @@ async fn try_connect(
         .map_err(|e| e.to_string())
 }
 
-/// Pipelined publishing for a stage: messages are sent without waiting, and
-/// [`Publisher::flush`] waits for all their acks at once, so each ack's timeout
-/// runs from about when its message was sent. A message whose ack fails is
-/// sent again with the same `Nats-Msg-Id` (so the server stores it once) until
-/// it is stored. A stage flushes before each chunk's batches: nothing of a
-/// chunk is stored before everything of the chunks before it (see [`crate::batch`]).
+/// Pipelined publishing for a stage: what it publishes together goes out as
+/// atomic batches, one per stream ([`crate::atomic`]: one fsync for many
+/// messages where the server syncs every write), without waiting, and
+/// [`Publisher::flush`] waits for all their answers at once. A message not
+/// confirmed is sent again on its own with the same `Nats-Msg-Id` (so the
+/// server stores it once) until it is stored. A stage flushes before each
+/// chunk's batches: nothing of a chunk is stored before everything of the
+/// chunks before it (see [`crate::batch`]).
 pub struct Publisher {
     bus: Bus,
-    in_flight: Vec<(Outgoing, PublishAckFuture)>,
+    /// Batches sent, with their messages (to send again if not confirmed).
+    in_flight: Vec<(Vec<Outgoing>, tokio::task::JoinHandle<BatchOutcome>)>,
+    messages_in_flight: usize,
     max_in_flight: usize,
     stored: Option<prometheus::IntCounter>,
 }
+
+/// How long a batch has to be confirmed before its messages are sent again.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Publisher {
     /// Counts every message once it is stored.
@@ -466,50 +585,66 @@ impl Publisher {
     }
 
     pub async fn publish(&mut self, out: Outgoing) -> Result<(), ChassisError> {
-        if self.in_flight.len() >= self.max_in_flight {
-            self.flush().await?;
+        self.publish_all(vec![out]).await
+    }
+
+    /// Sends `outs` as atomic batches, one per stream they go to (in their
+    /// order within each stream).
+    pub async fn publish_all(&mut self, outs: Vec<Outgoing>) -> Result<(), ChassisError> {
+        let max_payload = self.bus.client.server_info().max_payload;
+        if let Some(out) = outs.iter().find(|o| o.payload.len() > max_payload) {
+            return Err(ChassisError::TooLarge {
+                subject: out.subject.to_string(),
+                bytes: out.payload.len(),
+            });
         }
-        let ack = self.send_until_sent(&out).await?;
-        self.in_flight.push((out, ack));
+        let mut by_stream: Vec<(String, Vec<Outgoing>)> = Vec::new();
+        for out in outs {
+            let token = stream_token(out.subject.as_str());
+            match by_stream.iter_mut().find(|(t, _)| t == token) {
+                Some((_, group)) => group.push(out),
+                None => by_stream.push((token.to_string(), vec![out])),
+            }
+        }
+        for (_, outs) in by_stream {
+            let mut outs = outs.into_iter().peekable();
+            while outs.peek().is_some() {
+                let chunk: Vec<Outgoing> = outs.by_ref().take(atomic::MAX_MESSAGES).collect();
+                if self.messages_in_flight + chunk.len() > self.max_in_flight {
+                    self.flush().await?;
+                }
+                let deadline = tokio::time::Instant::now() + BATCH_TIMEOUT;
+                let outcome = self.bus.send_batch(chunk.clone(), deadline).await;
+                self.messages_in_flight += chunk.len();
+                self.in_flight.push((chunk, outcome));
+            }
+        }
         Ok(())
     }
 
     /// Waits until every published message is stored.
     pub async fn flush(&mut self) -> Result<(), ChassisError> {
-        let (outs, acks): (Vec<Outgoing>, Vec<PublishAckFuture>) =
-            std::mem::take(&mut self.in_flight).into_iter().unzip();
-        let results =
-            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
-                .await;
-        for (out, result) in outs.iter().zip(results) {
-            if let Err(e) = result {
-                tracing::warn!(subject = %out.subject, msg_id = %out.msg_id, "publish not acknowledged, resending: {e}");
-                self.resend_until_stored(out).await;
-            }
-            if let Some(counter) = &self.stored {
-                counter.inc();
+        self.messages_in_flight = 0;
+        for (outs, outcome) in std::mem::take(&mut self.in_flight) {
+            let outcome = outcome
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("the batch's task failed: {e}")); outs.len()]);
+            for (out, result) in outs.iter().zip(outcome) {
+                if let Err(e) = result {
+                    tracing::warn!(subject = %out.subject, msg_id = %out.msg_id, "publish not acknowledged, resending: {e}");
+                    self.resend_until_stored(out).await;
+                }
+                if let Some(counter) = &self.stored {
+                    counter.inc();
+                }
             }
         }
         Ok(())
     }
 
+    /// Messages sent and not yet known to be stored.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    async fn send_until_sent(&self, out: &Outgoing) -> Result<PublishAckFuture, ChassisError> {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.bus.send(out).await {
-                Ok(ack) => return Ok(ack),
-                Err(e @ ChassisError::TooLarge { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!("{e}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        self.messages_in_flight
     }
 
     async fn resend_until_stored(&self, out: &Outgoing) {
@@ -525,6 +660,11 @@ impl Publisher {
             }
         }
     }
+}
+
+/// The first token of a subject: which stream of the pipeline it belongs to.
+fn stream_token(subject: &str) -> &str {
+    subject.split('.').next().unwrap_or(subject)
 }
 
 #[cfg(test)]

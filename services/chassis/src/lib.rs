@@ -4,6 +4,7 @@
 //! - [`config`]: the pipeline TOML and the environment (`NATS_URL`, `OTEL_*`, ports, data dir).
 //! - [`bus`]: the NATS connection, stream provisioning, typed publish with `Nats-Msg-Id`
 //!   and `traceparent`, and durable consumers that resume where a snapshot left off.
+//! - [`atomic`]: ADR-50 atomic batches: many messages to one stream under one fsync.
 //! - [`boot`]: the start and end every service shares (settings, NATS, snapshot store,
 //!   gRPC and HTTP servers, the stage run).
 //! - [`stage`]: the one loop every consuming service runs: consume, apply in an actor,
@@ -19,6 +20,7 @@
 //! - [`filter`]: the small expression form of filter rules and feature selections.
 //! - [`runtime`]: the actix system, on one thread or one per core.
 
+pub mod atomic;
 pub mod batch;
 pub mod boot;
 pub mod bus;

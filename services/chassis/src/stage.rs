@@ -10,7 +10,8 @@
 //!    in that order;
 //! 3. publish what the actor returns: the records for the stage's output
 //!    stream packed one batch per subject ([`crate::batch`]), after the
-//!    previous chunk's are stored; others (DLQ, alerts) one by one;
+//!    previous chunk's are stored, all of them (DLQ and alerts too) as one
+//!    atomic batch per stream ([`crate::atomic`]);
 //! 4. every `snapshot_every` records or `snapshot_interval`, but never sooner
 //!    than [`SNAPSHOT_SPACING`] times the last snapshot's cost (so a large
 //!    state spends at most about a tenth of the stage's time in snapshots),
@@ -950,10 +951,7 @@ impl Checkpoint<'_> {
             Some(stream) => batch::pack(self.spec.stage, stream, from, upto, outputs),
             None => outputs,
         };
-        for out in outputs {
-            self.publisher.publish(out).await?;
-        }
-        Ok(())
+        self.publisher.publish_all(outputs).await
     }
 
     /// Whether `at_least` has passed since the last snapshot, and enough time

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt};
 use millrace_chassis::config::IngestLimits;
 use millrace_chassis::telemetry;
 use millrace_proto::{AckStatus, EventAck, PublishBatchResponse};
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::publish::{Ingestor, Pending, Record, Tally};
+use crate::publish::{Ingestor, Pending, Record, Submission, Tally};
 use crate::registry::{to_proto, ExportSchemas, List, Register, SchemaBook, SchemaHandle};
 use crate::service::RawBatch;
 use crate::SCHEMAS_KEY;
@@ -26,7 +26,9 @@ use millrace_proto::{
 };
 
 /// Records a stream may have sent and not yet been answered for.
-const STREAM_WINDOW: usize = 1024;
+const STREAM_WINDOW: usize = 4096;
+/// Most records of a stream submitted together (one atomic batch's worth).
+const GATHER: usize = millrace_chassis::atomic::MAX_MESSAGES;
 
 /// The answers of a `PublishStream`.
 pub type AckStream = Pin<Box<dyn Stream<Item = Result<EventAck, Status>> + Send>>;
@@ -87,10 +89,16 @@ impl IngestApi {
             .into_iter()
             .chain(encoded_events)
             .map(Record::Encoded);
-        let mut pending = Vec::with_capacity(n);
-        for (index, record) in (0u32..).zip(records) {
-            pending.push(self.ingestor.submit(index, record, &parent, taken_in).await);
-        }
+        let submissions = (0u32..)
+            .zip(records)
+            .map(|(index, record)| Submission {
+                index,
+                record,
+                parent: parent.clone(),
+                taken_in,
+            })
+            .collect();
+        let pending = self.ingestor.submit(submissions).await;
         let mut response = PublishBatchResponse {
             acks: Vec::with_capacity(n),
             ..Default::default()
@@ -122,24 +130,56 @@ impl IngestApi {
         let reader = self.ingestor.clone();
         tokio::spawn(async move {
             let mut index = 0u32;
-            while let Some(item) = inbound.next().await {
-                let step = match item {
-                    Err(status) => Step::Fail(status),
-                    Ok(bytes) => match reader.reserve(1) {
-                        None => Step::Fail(full(&reader)),
-                        Some(room) => {
-                            let record = Record::Encoded(bytes);
-                            let taken_in = Instant::now();
-                            let pending = reader.submit(index, record, &parent, taken_in).await;
-                            Step::Record(Box::new(pending), room)
-                        }
-                    },
-                };
-                let stop = matches!(step, Step::Fail(_));
-                if steps.send(step).await.is_err() || stop {
-                    break;
+            while let Some(first) = inbound.next().await {
+                // What the stream has ready goes out together: one atomic batch
+                // (one fsync) for many events when the producer is fast, one
+                // event alone when it is not.
+                let mut ready = vec![first];
+                while ready.len() < GATHER {
+                    match inbound.next().now_or_never() {
+                        Some(Some(item)) => ready.push(item),
+                        _ => break,
+                    }
                 }
-                index = index.wrapping_add(1);
+                let mut submissions = Vec::with_capacity(ready.len());
+                let mut rooms = Vec::with_capacity(ready.len());
+                let mut failure = None;
+                for item in ready {
+                    let room = match item.map(|bytes| (reader.reserve(1), bytes)) {
+                        Err(status) => Err(status),
+                        Ok((None, _)) => Err(full(&reader)),
+                        Ok((Some(room), bytes)) => Ok((room, bytes)),
+                    };
+                    match room {
+                        Ok((room, bytes)) => {
+                            submissions.push(Submission {
+                                index,
+                                record: Record::Encoded(bytes),
+                                parent: parent.clone(),
+                                taken_in: Instant::now(),
+                            });
+                            rooms.push(room);
+                            index = index.wrapping_add(1);
+                        }
+                        Err(status) => {
+                            failure = Some(status);
+                            break;
+                        }
+                    }
+                }
+                for (pending, room) in reader.submit(submissions).await.into_iter().zip(rooms) {
+                    if steps
+                        .send(Step::Record(Box::new(pending), room))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if let Some(status) = failure {
+                    let _ = steps.send(Step::Fail(status)).await;
+                    return;
+                }
             }
         });
 

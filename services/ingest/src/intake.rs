@@ -5,7 +5,7 @@
 
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::telemetry;
 use millrace_proto::{AckStatus, EventAck};
@@ -13,7 +13,7 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::json;
-use crate::publish::{Ingestor, Pending, Record, Tally};
+use crate::publish::{Ingestor, Pending, Record, Submission, Tally};
 use crate::registry::SchemaHandle;
 
 /// Subject producers publish to; the last token is the event type.
@@ -21,6 +21,8 @@ pub const SUBJECT: &str = "ingest.*";
 const QUEUE_GROUP: &str = "millrace-ingest";
 /// Records read from NATS and not yet answered, per instance.
 const WINDOW: usize = 4096;
+/// Most records submitted together (one atomic batch's worth).
+const GATHER: usize = millrace_chassis::atomic::MAX_MESSAGES;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -79,39 +81,56 @@ pub async fn serve(
     });
 
     let mut index = 0u32;
-    loop {
-        let msg = tokio::select! {
+    'serving: loop {
+        let first = tokio::select! {
             _ = shutdown.recv() => break,
             msg = subscription.next() => match msg {
                 Some(msg) => msg,
                 None => break,
             },
         };
-        let encoding = Encoding::of(msg.headers.as_ref());
-        let reply = msg.reply.clone();
-        let step = match ingestor.reserve(1) {
-            None => Step::Refused(EventAck {
-                index,
-                status: AckStatus::Rejected as i32,
-                code: "resource_exhausted".into(),
-                message: format!(
-                    "ingest holds its limit of {} records waiting for JetStream; retry with backoff",
-                    ingestor.limits().max_pending_records
-                ),
-                ..Default::default()
-            }),
-            Some(room) => {
-                let record = read(&msg, encoding, &schemas);
-                let parent = telemetry::context_from_headers(msg.headers.as_ref());
-                let pending = ingestor
-                    .submit(index, record, &parent, tokio::time::Instant::now())
-                    .await;
-                Step::Record(Box::new(pending), room)
+        // What has arrived goes out together: one atomic batch for many
+        // records under load, one record alone when traffic is light.
+        let mut ready = vec![first];
+        while ready.len() < GATHER {
+            match subscription.next().now_or_never() {
+                Some(Some(msg)) => ready.push(msg),
+                _ => break,
             }
-        };
-        index = index.wrapping_add(1);
-        if steps.send((reply, encoding, step)).await.is_err() {
-            break;
+        }
+        let mut waiting = Vec::with_capacity(ready.len());
+        let mut submissions = Vec::with_capacity(ready.len());
+        let mut steps_in_order = Vec::with_capacity(ready.len());
+        for msg in ready {
+            let encoding = Encoding::of(msg.headers.as_ref());
+            let reply = msg.reply.clone();
+            match ingestor.reserve(1) {
+                None => steps_in_order.push((reply, encoding, Some(refused(index, &ingestor)))),
+                Some(room) => {
+                    submissions.push(Submission {
+                        index,
+                        record: read(&msg, encoding, &schemas),
+                        parent: telemetry::context_from_headers(msg.headers.as_ref()),
+                        taken_in: tokio::time::Instant::now(),
+                    });
+                    waiting.push(room);
+                    steps_in_order.push((reply, encoding, None));
+                }
+            }
+            index = index.wrapping_add(1);
+        }
+        let mut pending = ingestor.submit(submissions).await.into_iter().zip(waiting);
+        for (reply, encoding, refused) in steps_in_order {
+            let step = match refused {
+                Some(ack) => Step::Refused(ack),
+                None => match pending.next() {
+                    Some((pending, room)) => Step::Record(Box::new(pending), room),
+                    None => continue,
+                },
+            };
+            if steps.send((reply, encoding, step)).await.is_err() {
+                break 'serving;
+            }
         }
     }
     let _ = subscription.unsubscribe().await;
@@ -119,6 +138,20 @@ pub async fn serve(
     // Answer what was taken in before stopping.
     let _ = answering.await;
     Ok(())
+}
+
+/// The answer for a record that found ingest full.
+fn refused(index: u32, ingestor: &Ingestor) -> EventAck {
+    EventAck {
+        index,
+        status: AckStatus::Rejected as i32,
+        code: "resource_exhausted".into(),
+        message: format!(
+            "ingest holds its limit of {} records waiting for JetStream; retry with backoff",
+            ingestor.limits().max_pending_records
+        ),
+        ..Default::default()
+    }
 }
 
 enum Step {

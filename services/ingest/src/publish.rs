@@ -8,12 +8,17 @@
 //! into an `Event`, no encoding again. JSON records, label events (stored as
 //! `Label`s) and encodings the view leaves to prost take the decoded path.
 //!
-//! Records are sent without waiting for each ack (JetStream acks are
-//! pipelined, bounded by the client's in-flight limit) and answered in order.
+//! The accepted records of a call go to JetStream as atomic batches
+//! ([`millrace_chassis::atomic`]), one message per event, each still under its
+//! own `Nats-Msg-Id`: with the shipped `sync_interval: always` the server
+//! fsyncs once per batch instead of once per event. A batch the server refuses
+//! because it holds an id already stored is stored again event by event, so a
+//! producer's retry gets DUPLICATE for what was stored and ACCEPTED for the
+//! rest. Batches are sent without waiting for the one before (a connection's
+//! messages are stored in the order sent) and records are answered in order.
 //! Every record is answered within [`ACK_TIMEOUT`] of being taken in: sending
-//! and waiting for its ack are both bounded by that deadline, so a broker that
-//! dies with acks in flight costs a call at most that long, not one timeout
-//! per record awaited one after another.
+//! and waiting for its batch are both bounded by that deadline, so a broker
+//! that dies with batches in flight costs a call at most that long.
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture as _;
@@ -21,10 +26,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::{HeaderMap, Subject};
+use async_nats::Subject;
 use bytes::Bytes;
-use millrace_chassis::bus::{subject, Bus, Outgoing};
+use futures::future::{BoxFuture, Shared};
+use futures::FutureExt as _;
+use millrace_chassis::atomic;
+use millrace_chassis::bus::{self, subject, Bus, Outgoing, StreamKind};
 use millrace_chassis::config::{IngestLimits, LabelRule};
 use millrace_chassis::metrics::{latency_buckets, Metrics};
 use millrace_chassis::partition::{fnv1a64, partition_of};
@@ -56,6 +63,16 @@ pub enum Record {
     Parsed(Event, Bytes),
     /// Could not be read at all.
     Unreadable(Bytes, Rejection),
+}
+
+/// A record as [`Ingestor::submit`] takes it: where it stands in its call,
+/// the trace it came in, and when it was taken in (its answer is due
+/// [`ACK_TIMEOUT`] later).
+pub struct Submission {
+    pub index: u32,
+    pub record: Record,
+    pub parent: Context,
+    pub taken_in: Instant,
 }
 
 #[derive(Clone)]
@@ -95,11 +112,31 @@ pub struct Pending {
 
 enum Wait {
     Nothing,
-    Stored {
-        ack: PublishAckFuture,
+    /// Stored as message `position` of an atomic batch sent at `sent`.
+    InBatch {
+        outcome: BatchOutcome,
+        position: usize,
         sent: Instant,
     },
     DeadLettered(PublishAckFuture),
+}
+
+/// What became of each message of one atomic batch, shared by its records.
+type BatchOutcome = Shared<BoxFuture<'static, Arc<bus::BatchOutcome>>>;
+
+/// An accepted record, stamped and encoded, waiting to go out in a batch.
+struct ToStore {
+    stream: StreamKind,
+    slot: Slot,
+    ack: EventAck,
+    event_type: Arc<str>,
+    out: Outgoing,
+}
+
+/// A record after validation: answered already (refused), or to be stored.
+enum Staged {
+    Answered(Pending),
+    Store(ToStore),
 }
 
 /// Where a record stands in its call: its index and when it must be answered.
@@ -245,19 +282,93 @@ impl Ingestor {
         self.capacity.clone().try_acquire_many_owned(n).ok()
     }
 
-    /// Validates and sends one record taken in at `taken_in`; the answer comes
-    /// from [`Ingestor::settle`], at the latest [`ACK_TIMEOUT`] after `taken_in`.
-    pub async fn submit(
-        &self,
-        index: u32,
-        record: Record,
-        parent: &Context,
-        taken_in: Instant,
-    ) -> Pending {
+    /// Validates and sends the records of one call (or of what a stream had
+    /// ready): the accepted ones go to JetStream as atomic batches, one per
+    /// stream and [`atomic::MAX_MESSAGES`], in the order given. One answer per
+    /// record, in order, comes from [`Ingestor::settle`], at the latest
+    /// [`ACK_TIMEOUT`] after the record was taken in.
+    pub async fn submit(&self, records: Vec<Submission>) -> Vec<Pending> {
+        let mut answers: Vec<Option<Pending>> = Vec::with_capacity(records.len());
+        let mut to_events = Vec::new();
+        let mut to_labels = Vec::new();
+        for submission in records {
+            match self.stage(submission).await {
+                Staged::Answered(pending) => answers.push(Some(pending)),
+                Staged::Store(store) => {
+                    let at = answers.len();
+                    answers.push(None);
+                    match store.stream {
+                        StreamKind::Labels => to_labels.push((at, store)),
+                        _ => to_events.push((at, store)),
+                    }
+                }
+            }
+        }
+        for group in [to_events, to_labels] {
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                let chunk: Vec<_> = group.by_ref().take(atomic::MAX_MESSAGES).collect();
+                for (at, pending) in self.store_atomically(chunk).await {
+                    answers[at] = Some(pending);
+                }
+            }
+        }
+        answers.into_iter().flatten().collect()
+    }
+
+    /// Sends `chunk` (one stream's) as an atomic batch; its outcome is worked
+    /// out on a task of its own, so the next batch goes out meanwhile.
+    async fn store_atomically(&self, chunk: Vec<(usize, ToStore)>) -> Vec<(usize, Pending)> {
+        let Some(deadline) = chunk.iter().map(|(_, s)| s.slot.deadline).min() else {
+            return Vec::new();
+        };
+        let (places, stores): (Vec<usize>, Vec<ToStore>) = chunk.into_iter().unzip();
+        let outs: Vec<Outgoing> = stores.iter().map(|s| s.out.clone()).collect();
+        let n = outs.len();
+        let resolving = self.bus.send_batch(outs, deadline).await;
+        let sent = Instant::now();
+        let outcome: BatchOutcome = async move {
+            let outcome = resolving
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("the batch's task failed: {e}")); n]);
+            Arc::new(outcome)
+        }
+        .boxed()
+        .shared();
+        places
+            .into_iter()
+            .zip(stores)
+            .enumerate()
+            .map(|(position, (at, store))| {
+                let pending = Pending {
+                    ack: store.ack,
+                    event_type: store.event_type,
+                    wait: Wait::InBatch {
+                        outcome: outcome.clone(),
+                        position,
+                        sent,
+                    },
+                    deadline: store.slot.deadline,
+                    _span: store.out.trace,
+                };
+                (at, pending)
+            })
+            .collect()
+    }
+
+    /// Validates and stamps one record: refused (and dead-lettered), or ready to store.
+    async fn stage(&self, submission: Submission) -> Staged {
+        let Submission {
+            index,
+            record,
+            parent,
+            taken_in,
+        } = submission;
         let slot = Slot {
             index,
             deadline: taken_in + ACK_TIMEOUT,
         };
+        let parent = &parent;
         self.metrics.pending.inc();
         match record {
             Record::Encoded(bytes) => self.submit_encoded(slot, bytes, None, parent).await,
@@ -279,7 +390,7 @@ impl Ingestor {
         bytes: Bytes,
         subject_type: Option<&str>,
         parent: &Context,
-    ) -> Pending {
+    ) -> Staged {
         let max = self.limits.max_record_bytes;
         let view = EventView::parse(&bytes);
         if bytes.len() > max {
@@ -403,7 +514,8 @@ impl Ingestor {
             ..Default::default()
         };
         drop(view);
-        self.send_stored(
+        Self::to_store(
+            StreamKind::Events,
             slot,
             ack,
             subjects.name.clone(),
@@ -411,7 +523,6 @@ impl Ingestor {
             payload,
             span,
         )
-        .await
     }
 
     /// A decoded record: validated, stamped and encoded.
@@ -421,7 +532,7 @@ impl Ingestor {
         mut event: Event,
         original: Bytes,
         parent: &Context,
-    ) -> Pending {
+    ) -> Staged {
         let span = self.span(parent, &event.event_id);
         let too_big = original.len() > self.limits.max_record_bytes;
         let checked = if too_big {
@@ -453,12 +564,17 @@ impl Ingestor {
         let label = accepted
             .is_label
             .then(|| self.label_rule.as_ref().and_then(|r| r.label_of(&event)));
-        let (subject, payload) = match label {
+        let (stream, subject, payload) = match label {
             None => (
+                StreamKind::Events,
                 subjects.events(event.partition),
                 Bytes::from(event.encode_to_vec()),
             ),
-            Some(Some(label)) => (subjects.labels.clone(), Bytes::from(label.encode_to_vec())),
+            Some(Some(label)) => (
+                StreamKind::Labels,
+                subjects.labels.clone(),
+                Bytes::from(label.encode_to_vec()),
+            ),
             Some(None) => {
                 // Validation requires the rule's fields, so only a pipeline
                 // whose rule disagrees with its schema gets here.
@@ -479,44 +595,41 @@ impl Ingestor {
             event_id: event.event_id,
             ..Default::default()
         };
-        self.send_stored(slot, ack, subjects.name.clone(), subject, payload, span)
-            .await
+        Self::to_store(
+            stream,
+            slot,
+            ack,
+            subjects.name.clone(),
+            subject,
+            payload,
+            span,
+        )
     }
 
-    /// Publishes an accepted record under `Nats-Msg-Id` = its event id.
-    async fn send_stored(
-        &self,
+    /// An accepted record, to be stored under `Nats-Msg-Id` = its event id.
+    fn to_store(
+        stream: StreamKind,
         slot: Slot,
         ack: EventAck,
         event_type: Arc<str>,
         subject: Subject,
         payload: Bytes,
         span: Context,
-    ) -> Pending {
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, ack.event_id.as_str());
-        telemetry::inject_into_headers(&span, &mut headers);
-        let publish = PublishMessage::build().payload(payload).headers(headers);
-        let sending = self.bus.jetstream().send_publish(subject, publish);
-        // Bounded: with the broker gone the client's queue and ack permits run out.
-        let (ack, wait) = match tokio::time::timeout_at(slot.deadline, sending).await {
-            Ok(Ok(fut)) => (
-                ack,
-                Wait::Stored {
-                    ack: fut,
-                    sent: Instant::now(),
-                },
-            ),
-            Ok(Err(e)) => (unavailable(ack, &e.to_string()), Wait::Nothing),
-            Err(_) => (unavailable(ack, &not_sent_in_time()), Wait::Nothing),
+    ) -> Staged {
+        let out = Outgoing {
+            subject,
+            msg_id: ack.event_id.clone(),
+            payload,
+            trace: span,
+            headers: Vec::new(),
         };
-        Pending {
+        Staged::Store(ToStore {
+            stream,
+            slot,
             ack,
             event_type,
-            wait,
-            deadline: slot.deadline,
-            _span: span,
-        }
+            out,
+        })
     }
 
     /// The record's span, when spans are exported; its caller's context otherwise.
@@ -535,7 +648,7 @@ impl Ingestor {
         bytes: Bytes,
         rejection: Rejection,
         parent: &Context,
-    ) -> Pending {
+    ) -> Staged {
         let id = format!("malformed-{:016x}", fnv1a64(&bytes));
         self.reject(slot, &id, "", rejection, bytes.to_vec(), parent.clone())
             .await
@@ -550,7 +663,7 @@ impl Ingestor {
         rejection: Rejection,
         payload: Vec<u8>,
         span: Context,
-    ) -> Pending {
+    ) -> Staged {
         tracing::debug!(
             event_id,
             code = rejection.code,
@@ -591,13 +704,13 @@ impl Ingestor {
             message: rejection.message,
             stream_sequence: 0,
         };
-        Pending {
+        Staged::Answered(Pending {
             ack,
             event_type: event_type.into(),
             wait,
             deadline: slot.deadline,
             _span: span,
-        }
+        })
     }
 
     /// Waits for JetStream (until the record's deadline) and gives the
@@ -623,14 +736,20 @@ impl Ingestor {
                     }
                 }
             }
-            Wait::Stored { ack: fut, sent } => {
-                match tokio::time::timeout_at(deadline, fut.into_future()).await {
+            Wait::InBatch {
+                outcome,
+                position,
+                sent,
+            } => {
+                let outcome = tokio::time::timeout_at(deadline, outcome).await;
+                match outcome.as_deref().map(|all| all.get(position)) {
                     Err(_) => {
                         let why = format!("no acknowledgement within {ACK_TIMEOUT:?}");
                         ack = unavailable(ack, &why);
                     }
-                    Ok(Err(e)) => ack = unavailable(ack, &e.to_string()),
-                    Ok(Ok(stored)) => {
+                    Ok(None) => ack = unavailable(ack, "its batch has no answer for it"),
+                    Ok(Some(Err(why))) => ack = unavailable(ack, why),
+                    Ok(Some(Ok(stored))) => {
                         self.metrics
                             .ack_seconds
                             .observe(sent.elapsed().as_secs_f64());
