@@ -21,11 +21,9 @@
 //! that dies with batches in flight costs a call at most that long.
 
 use std::collections::BTreeMap;
-use std::future::IntoFuture as _;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
@@ -100,43 +98,30 @@ impl IngestMetrics {
     }
 }
 
-/// A record on its way: already answered, or waiting for JetStream.
+/// A record on its way: its answer so far, and the batch that stores it (or,
+/// for a refused record, its dead letter) as message `position`.
 pub struct Pending {
     ack: EventAck,
     event_type: Arc<str>,
-    wait: Wait,
+    outcome: BatchOutcome,
+    position: usize,
+    sent: Instant,
     /// When the record is answered `unavailable` if JetStream has not confirmed it.
     deadline: Instant,
     _span: Context,
 }
 
-enum Wait {
-    Nothing,
-    /// Stored as message `position` of an atomic batch sent at `sent`.
-    InBatch {
-        outcome: BatchOutcome,
-        position: usize,
-        sent: Instant,
-    },
-    DeadLettered(PublishAckFuture),
-}
-
 /// What became of each message of one atomic batch, shared by its records.
 type BatchOutcome = Shared<BoxFuture<'static, Arc<bus::BatchOutcome>>>;
 
-/// An accepted record, stamped and encoded, waiting to go out in a batch.
+/// A record to store: accepted, stamped and encoded for its stream, or
+/// refused and put in a dead letter; it goes out in a batch.
 struct ToStore {
     stream: StreamKind,
     slot: Slot,
     ack: EventAck,
     event_type: Arc<str>,
     out: Outgoing,
-}
-
-/// A record after validation: answered already (refused), or to be stored.
-enum Staged {
-    Answered(Pending),
-    Store(ToStore),
 }
 
 /// Where a record stands in its call: its index and when it must be answered.
@@ -291,20 +276,18 @@ impl Ingestor {
         let mut answers: Vec<Option<Pending>> = Vec::with_capacity(records.len());
         let mut to_events = Vec::new();
         let mut to_labels = Vec::new();
+        let mut to_dlq = Vec::new();
         for submission in records {
-            match self.stage(submission).await {
-                Staged::Answered(pending) => answers.push(Some(pending)),
-                Staged::Store(store) => {
-                    let at = answers.len();
-                    answers.push(None);
-                    match store.stream {
-                        StreamKind::Labels => to_labels.push((at, store)),
-                        _ => to_events.push((at, store)),
-                    }
-                }
+            let store = self.stage(submission);
+            let at = answers.len();
+            answers.push(None);
+            match store.stream {
+                StreamKind::Labels => to_labels.push((at, store)),
+                StreamKind::Dlq => to_dlq.push((at, store)),
+                _ => to_events.push((at, store)),
             }
         }
-        for group in [to_events, to_labels] {
+        for group in [to_events, to_labels, to_dlq] {
             let mut group = group.into_iter().peekable();
             while group.peek().is_some() {
                 let chunk: Vec<_> = group.by_ref().take(atomic::MAX_MESSAGES).collect();
@@ -343,11 +326,9 @@ impl Ingestor {
                 let pending = Pending {
                     ack: store.ack,
                     event_type: store.event_type,
-                    wait: Wait::InBatch {
-                        outcome: outcome.clone(),
-                        position,
-                        sent,
-                    },
+                    outcome: outcome.clone(),
+                    position,
+                    sent,
                     deadline: store.slot.deadline,
                     _span: store.out.trace,
                 };
@@ -357,7 +338,7 @@ impl Ingestor {
     }
 
     /// Validates and stamps one record: refused (and dead-lettered), or ready to store.
-    async fn stage(&self, submission: Submission) -> Staged {
+    fn stage(&self, submission: Submission) -> ToStore {
         let Submission {
             index,
             record,
@@ -371,26 +352,25 @@ impl Ingestor {
         let parent = &parent;
         self.metrics.pending.inc();
         match record {
-            Record::Encoded(bytes) => self.submit_encoded(slot, bytes, None, parent).await,
+            Record::Encoded(bytes) => self.submit_encoded(slot, bytes, None, parent),
             Record::EncodedAs(bytes, event_type) => {
                 self.submit_encoded(slot, bytes, Some(&event_type), parent)
-                    .await
             }
-            Record::Parsed(event, bytes) => self.submit_event(slot, event, bytes, parent).await,
+            Record::Parsed(event, bytes) => self.submit_event(slot, event, bytes, parent),
             Record::Unreadable(bytes, rejection) => {
-                self.reject_unreadable(slot, bytes, rejection, parent).await
+                self.reject_unreadable(slot, bytes, rejection, parent)
             }
         }
     }
 
     /// A protobuf record: read in place and stored as sent, plus ingest's fields.
-    async fn submit_encoded(
+    fn submit_encoded(
         &self,
         slot: Slot,
         bytes: Bytes,
         subject_type: Option<&str>,
         parent: &Context,
-    ) -> Staged {
+    ) -> ToStore {
         let max = self.limits.max_record_bytes;
         let view = EventView::parse(&bytes);
         if bytes.len() > max {
@@ -410,9 +390,8 @@ impl Ingestor {
                 Some((id, ty)) if !id.is_empty() => {
                     let span = self.span(parent, &id);
                     self.reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
-                        .await
                 }
-                _ => self.reject_unreadable(slot, bytes, rejection, parent).await,
+                _ => self.reject_unreadable(slot, bytes, rejection, parent),
             };
         }
         let Some(mut view) = view else {
@@ -426,12 +405,10 @@ impl Ingestor {
                             let rejection = type_mismatch(&event.event_id, &event.r#type, expected);
                             let span = self.span(parent, &event.event_id);
                             let (id, ty) = (event.event_id, event.r#type);
-                            return self
-                                .reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
-                                .await;
+                            return self.reject(slot, &id, &ty, rejection, bytes.to_vec(), span);
                         }
                     }
-                    self.submit_event(slot, event, bytes, parent).await
+                    self.submit_event(slot, event, bytes, parent)
                 }
                 Err(e) => {
                     let rejection = Rejection {
@@ -441,7 +418,7 @@ impl Ingestor {
                             slot.index
                         ),
                     };
-                    self.reject_unreadable(slot, bytes, rejection, parent).await
+                    self.reject_unreadable(slot, bytes, rejection, parent)
                 }
             };
         };
@@ -454,9 +431,7 @@ impl Ingestor {
                 let rejection = type_mismatch(view.event_id, view.r#type, expected);
                 let (id, ty) = (view.event_id.to_string(), view.r#type.to_string());
                 let span = self.span(parent, &id);
-                return self
-                    .reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
-                    .await;
+                return self.reject(slot, &id, &ty, rejection, bytes.to_vec(), span);
             }
         }
         let registry = self.schemas.current();
@@ -465,9 +440,7 @@ impl Ingestor {
             Err(rejection) => {
                 let (id, ty) = (view.event_id.to_string(), view.r#type.to_string());
                 let span = self.span(parent, &id);
-                return self
-                    .reject(slot, &id, &ty, rejection, bytes.to_vec(), span)
-                    .await;
+                return self.reject(slot, &id, &ty, rejection, bytes.to_vec(), span);
             }
         };
         if checked.is_label {
@@ -479,7 +452,7 @@ impl Ingestor {
                     if let Some(t) = type_stamp {
                         event.r#type = t.to_string();
                     }
-                    self.submit_event(slot, event, bytes, parent).await
+                    self.submit_event(slot, event, bytes, parent)
                 }
                 Err(e) => {
                     let rejection = Rejection {
@@ -489,7 +462,7 @@ impl Ingestor {
                             slot.index
                         ),
                     };
-                    self.reject_unreadable(slot, bytes, rejection, parent).await
+                    self.reject_unreadable(slot, bytes, rejection, parent)
                 }
             };
         }
@@ -526,13 +499,13 @@ impl Ingestor {
     }
 
     /// A decoded record: validated, stamped and encoded.
-    async fn submit_event(
+    fn submit_event(
         &self,
         slot: Slot,
         mut event: Event,
         original: Bytes,
         parent: &Context,
-    ) -> Staged {
+    ) -> ToStore {
         let span = self.span(parent, &event.event_id);
         let too_big = original.len() > self.limits.max_record_bytes;
         let checked = if too_big {
@@ -550,9 +523,7 @@ impl Ingestor {
             Ok(accepted) => accepted,
             Err(rejection) => {
                 let (id, ty) = (event.event_id, event.r#type);
-                return self
-                    .reject(slot, &id, &ty, rejection, original.to_vec(), span)
-                    .await;
+                return self.reject(slot, &id, &ty, rejection, original.to_vec(), span);
             }
         };
         event.ingest_time_us = millrace_chassis::time::now_us();
@@ -587,7 +558,7 @@ impl Ingestor {
                 };
                 let payload = event.encode_to_vec();
                 let (id, ty) = (event.event_id, event.r#type);
-                return self.reject(slot, &id, &ty, rejection, payload, span).await;
+                return self.reject(slot, &id, &ty, rejection, payload, span);
             }
         };
         let ack = EventAck {
@@ -615,7 +586,7 @@ impl Ingestor {
         subject: Subject,
         payload: Bytes,
         span: Context,
-    ) -> Staged {
+    ) -> ToStore {
         let out = Outgoing {
             subject,
             msg_id: ack.event_id.clone(),
@@ -623,13 +594,13 @@ impl Ingestor {
             trace: span,
             headers: Vec::new(),
         };
-        Staged::Store(ToStore {
+        ToStore {
             stream,
             slot,
             ack,
             event_type,
             out,
-        })
+        }
     }
 
     /// The record's span, when spans are exported; its caller's context otherwise.
@@ -642,20 +613,19 @@ impl Ingestor {
     }
 
     /// A record with no event id to name it by: the content's hash stands in.
-    async fn reject_unreadable(
+    fn reject_unreadable(
         &self,
         slot: Slot,
         bytes: Bytes,
         rejection: Rejection,
         parent: &Context,
-    ) -> Staged {
+    ) -> ToStore {
         let id = format!("malformed-{:016x}", fnv1a64(&bytes));
         self.reject(slot, &id, "", rejection, bytes.to_vec(), parent.clone())
-            .await
     }
 
     /// Answers the record REJECTED, after sending it to the DLQ.
-    async fn reject(
+    fn reject(
         &self,
         slot: Slot,
         event_id: &str,
@@ -663,7 +633,7 @@ impl Ingestor {
         rejection: Rejection,
         payload: Vec<u8>,
         span: Context,
-    ) -> Staged {
+    ) -> ToStore {
         tracing::debug!(
             event_id,
             code = rejection.code,
@@ -680,22 +650,7 @@ impl Ingestor {
             time_us: millrace_chassis::time::now_us(),
         };
         let id = format!("dlq:ingest:{}:{event_id}", rejection.code);
-        let out = Outgoing::new(subject::dlq("ingest"), id, &letter, span.clone());
-        let wait = match tokio::time::timeout_at(slot.deadline, self.bus.send(&out)).await {
-            Ok(Ok(ack)) => Wait::DeadLettered(ack),
-            Ok(Err(e)) => {
-                tracing::error!(event_id, "could not send a rejected record to the DLQ: {e}");
-                Wait::Nothing
-            }
-            Err(_) => {
-                tracing::error!(
-                    event_id,
-                    "could not send a rejected record to the DLQ: {}",
-                    not_sent_in_time()
-                );
-                Wait::Nothing
-            }
-        };
+        let out = Outgoing::new(subject::dlq("ingest"), id, &letter, span);
         let ack = EventAck {
             index: slot.index,
             event_id: event_id.into(),
@@ -704,13 +659,13 @@ impl Ingestor {
             message: rejection.message,
             stream_sequence: 0,
         };
-        Staged::Answered(Pending {
+        ToStore {
+            stream: StreamKind::Dlq,
+            slot,
             ack,
             event_type: event_type.into(),
-            wait,
-            deadline: slot.deadline,
-            _span: span,
-        })
+            out,
+        }
     }
 
     /// Waits for JetStream (until the record's deadline) and gives the
@@ -719,47 +674,37 @@ impl Ingestor {
         let Pending {
             mut ack,
             event_type,
-            wait,
+            outcome,
+            position,
+            sent,
             deadline,
             _span,
         } = pending;
-        match wait {
-            Wait::Nothing => {}
-            Wait::DeadLettered(fut) => {
-                match tokio::time::timeout_at(deadline, fut.into_future()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(event_id = %ack.event_id, "DLQ did not store a rejected record: {e}");
-                    }
-                    Err(_) => {
-                        tracing::error!(event_id = %ack.event_id, "DLQ did not confirm a rejected record within {ACK_TIMEOUT:?}");
-                    }
-                }
+        let outcome = tokio::time::timeout_at(deadline, outcome).await;
+        let outcome = outcome.as_deref().map(|all| all.get(position));
+        if ack.status == AckStatus::Rejected as i32 {
+            // A dead letter: the record's answer stands, whatever became of the letter.
+            if !matches!(outcome, Ok(Some(Ok(_)))) {
+                tracing::error!(event_id = %ack.event_id, "the DLQ did not confirm a rejected record within {ACK_TIMEOUT:?}: {outcome:?}");
             }
-            Wait::InBatch {
-                outcome,
-                position,
-                sent,
-            } => {
-                let outcome = tokio::time::timeout_at(deadline, outcome).await;
-                match outcome.as_deref().map(|all| all.get(position)) {
-                    Err(_) => {
-                        let why = format!("no acknowledgement within {ACK_TIMEOUT:?}");
-                        ack = unavailable(ack, &why);
-                    }
-                    Ok(None) => ack = unavailable(ack, "its batch has no answer for it"),
-                    Ok(Some(Err(why))) => ack = unavailable(ack, why),
-                    Ok(Some(Ok(stored))) => {
-                        self.metrics
-                            .ack_seconds
-                            .observe(sent.elapsed().as_secs_f64());
-                        ack.stream_sequence = stored.sequence;
-                        ack.status = if stored.duplicate {
-                            AckStatus::Duplicate
-                        } else {
-                            AckStatus::Accepted
-                        } as i32;
-                    }
+        } else {
+            match outcome {
+                Err(_) => {
+                    let why = format!("no acknowledgement within {ACK_TIMEOUT:?}");
+                    ack = unavailable(ack, &why);
+                }
+                Ok(None) => ack = unavailable(ack, "its batch has no answer for it"),
+                Ok(Some(Err(why))) => ack = unavailable(ack, why),
+                Ok(Some(Ok(stored))) => {
+                    self.metrics
+                        .ack_seconds
+                        .observe(sent.elapsed().as_secs_f64());
+                    ack.stream_sequence = stored.sequence;
+                    ack.status = if stored.duplicate {
+                        AckStatus::Duplicate
+                    } else {
+                        AckStatus::Accepted
+                    } as i32;
                 }
             }
         }
@@ -813,8 +758,4 @@ fn unavailable(mut ack: EventAck, why: &str) -> EventAck {
         ack.event_id
     );
     ack
-}
-
-fn not_sent_in_time() -> String {
-    format!("could not be sent to JetStream within {ACK_TIMEOUT:?}")
 }
