@@ -14,6 +14,9 @@
 //! and how many messages it stored. The server stores a batch's messages at
 //! consecutive sequences, so message `i` is at `last - count + 1 + i`.
 //!
+//! The server stages a batch before it commits it, at a cost per batch: a
+//! batch pays off from [`WORTH_IT`] messages on.
+//!
 //! Because a connection's messages reach the server in the order they were
 //! sent, batches sent one after another over one client are committed in that
 //! order; waiting for one batch's ack does not have to hold back the next.
@@ -27,6 +30,12 @@ use bytes::Bytes;
 
 /// The server's limit on messages per atomic batch.
 pub const MAX_MESSAGES: usize = 1000;
+
+/// The fewest messages worth an atomic batch. On a file stream with one
+/// replica the server stages each batch in a store of its own (created,
+/// described and synced per batch), a setup that costs more than the fsyncs
+/// of a few messages stored one by one (BENCHMARKS.md, "The year").
+pub const WORTH_IT: usize = 16;
 
 const BATCH_ID: &str = "Nats-Batch-Id";
 const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";

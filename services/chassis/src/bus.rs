@@ -333,20 +333,26 @@ impl Bus {
             })
     }
 
-    /// Sends `outs` (all bound for one stream, at most [`atomic::MAX_MESSAGES`])
-    /// as one atomic batch, each under its own id, and returns the task that
-    /// works out what became of each by `deadline` ([`BatchOutcome`]).
+    /// Sends `outs` (all bound for one stream, at most [`atomic::MAX_MESSAGES`]),
+    /// each under its own id, and returns the task that works out what became
+    /// of each by `deadline` ([`BatchOutcome`]).
     ///
-    /// A batch the server refuses whole (one of its ids is stored already, or
-    /// it cannot take a batch now) is stored again message by message, so each
-    /// gets its own answer: stored, or a duplicate of one stored before. The
-    /// fallback may store them behind a later batch; only a retry after a
-    /// failure comes to it.
+    /// From [`atomic::WORTH_IT`] messages on they go as one atomic batch (one
+    /// fsync for all); fewer go one by one, pipelined, since a batch's setup
+    /// on the server costs more than their fsyncs. A batch the server refuses
+    /// whole (one of its ids is stored already, or it cannot take a batch now)
+    /// is stored again message by message, so each gets its own answer:
+    /// stored, or a duplicate of one stored before. That fallback may store
+    /// them behind a later batch; only a retry after a failure comes to it.
     pub async fn send_batch(
         &self,
         outs: Vec<Outgoing>,
         deadline: tokio::time::Instant,
     ) -> tokio::task::JoinHandle<BatchOutcome> {
+        if outs.len() < atomic::WORTH_IT {
+            let acks = self.send_one_by_one(&outs, deadline).await;
+            return tokio::spawn(settle_one_by_one(acks, deadline));
+        }
         let messages = outs
             .iter()
             .map(|out| (out.subject.clone(), out.headers(), out.payload.clone()))
@@ -392,18 +398,19 @@ impl Bus {
                 e @ (atomic::AtomicError::Duplicate { .. } | atomic::AtomicError::Refused { .. }),
             ) => {
                 tracing::debug!("{e}; storing its {} messages one by one", outs.len());
-                self.store_one_by_one(&outs, deadline).await
+                let acks = self.send_one_by_one(&outs, deadline).await;
+                settle_one_by_one(acks, deadline).await
             }
             Err(e) => vec![Err(e.to_string()); outs.len()],
         }
     }
 
-    /// Each message on its own, pipelined, under its own id.
-    async fn store_one_by_one(
+    /// Sends each message on its own, without waiting for its ack.
+    async fn send_one_by_one(
         &self,
         outs: &[Outgoing],
         deadline: tokio::time::Instant,
-    ) -> BatchOutcome {
+    ) -> Vec<Result<PublishAckFuture, String>> {
         let mut acks = Vec::with_capacity(outs.len());
         for out in outs {
             acks.push(
@@ -414,25 +421,7 @@ impl Bus {
                 },
             );
         }
-        let mut stored = Vec::with_capacity(outs.len());
-        for ack in acks {
-            let ack = match ack {
-                Ok(ack) => tokio::time::timeout_at(deadline, ack.into_future()).await,
-                Err(why) => {
-                    stored.push(Err(why));
-                    continue;
-                }
-            };
-            stored.push(match ack {
-                Ok(Ok(ack)) => Ok(Stored {
-                    sequence: ack.sequence,
-                    duplicate: ack.duplicate,
-                }),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("no acknowledgement in time".to_string()),
-            });
-        }
-        stored
+        acks
     }
 
     /// The durable consumer `durable` on `kind`, delivering (in order) every
@@ -660,6 +649,32 @@ impl Publisher {
             }
         }
     }
+}
+
+/// The answers to messages sent one by one, each awaited until `deadline`.
+async fn settle_one_by_one(
+    acks: Vec<Result<PublishAckFuture, String>>,
+    deadline: tokio::time::Instant,
+) -> BatchOutcome {
+    let mut stored = Vec::with_capacity(acks.len());
+    for ack in acks {
+        let ack = match ack {
+            Ok(ack) => tokio::time::timeout_at(deadline, ack.into_future()).await,
+            Err(why) => {
+                stored.push(Err(why));
+                continue;
+            }
+        };
+        stored.push(match ack {
+            Ok(Ok(ack)) => Ok(Stored {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no acknowledgement in time".to_string()),
+        });
+    }
+    stored
 }
 
 /// The first token of a subject: which stream of the pipeline it belongs to.

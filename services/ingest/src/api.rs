@@ -27,8 +27,9 @@ use millrace_proto::{
 
 /// Records a stream may have sent and not yet been answered for.
 const STREAM_WINDOW: usize = 4096;
-/// Most records of a stream submitted together (one atomic batch's worth).
-const GATHER: usize = millrace_chassis::atomic::MAX_MESSAGES;
+/// Most records of a stream submitted together: about a full atomic batch for
+/// each of EVENTS and LABELS.
+const GATHER: usize = 2 * millrace_chassis::atomic::MAX_MESSAGES;
 
 /// The answers of a `PublishStream`.
 pub type AckStream = Pin<Box<dyn Stream<Item = Result<EventAck, Status>> + Send>>;

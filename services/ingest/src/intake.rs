@@ -21,8 +21,9 @@ pub const SUBJECT: &str = "ingest.*";
 const QUEUE_GROUP: &str = "millrace-ingest";
 /// Records read from NATS and not yet answered, per instance.
 const WINDOW: usize = 4096;
-/// Most records submitted together (one atomic batch's worth).
-const GATHER: usize = millrace_chassis::atomic::MAX_MESSAGES;
+/// Most records submitted together: about a full atomic batch for each of
+/// EVENTS and LABELS.
+const GATHER: usize = 2 * millrace_chassis::atomic::MAX_MESSAGES;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Encoding {
