@@ -3,26 +3,14 @@
 //! watermark is late; the others advance it.
 //!
 //! Two times derive from them: the *floor*, the lowest watermark of the
-//! active partitions, below which no event will ever be applied (so window
-//! state before it can go); and the *clock*, the newest event time applied
-//! anywhere, at which online lookups evaluate windows.
-//!
-//! A partition that never sees an event does not hold the floor back, and
-//! neither does one that has been silent for [`IDLE_AFTER_US`] of event time
-//! while others moved on: a key that hashes to a quiet partition (the
-//! flights' reference data, stamped before the year, lands in one no flight
-//! uses) would otherwise pin the floor for ever, and no window would ever
-//! shed a bucket. An event more than that behind the clock is judged against
-//! the floor as well as its partition's watermark.
+//! partitions seen so far, below which no event will ever be applied (so
+//! window state before it can go); and the *clock*, the newest event time
+//! applied anywhere, at which online lookups evaluate windows. A partition
+//! that never sees an event does not hold the floor back.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-/// How long a partition may stay silent, in event time, while others move on,
-/// before it stops holding the floor back: longer than any gap a live
-/// partition has between events (the flights' hourly weather per airport).
-pub const IDLE_AFTER_US: i64 = 6 * 3600 * 1_000_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Watermarks {
@@ -57,22 +45,18 @@ impl Watermarks {
 
     /// Judges an event of `partition` at `time_us` and, when on time, advances the partition.
     pub fn observe(&mut self, partition: u32, time_us: i64) -> Verdict {
-        let own = self
-            .newest
-            .get(&partition)
-            .map_or(i64::MIN, |n| n.saturating_sub(self.lateness_us));
-        // Partitions are judged on their own, except for an event so far
-        // behind the clock that an idle partition could have it: state below
-        // the floor may be gone.
-        let behind = self
-            .clock()
-            .is_some_and(|clock| time_us < clock.saturating_sub(IDLE_AFTER_US));
-        let watermark_us = if behind { own.max(self.floor()) } else { own };
-        if time_us < watermark_us {
-            return Verdict::Late { watermark_us };
+        match self.newest.get_mut(&partition) {
+            Some(newest) => {
+                let watermark_us = newest.saturating_sub(self.lateness_us);
+                if time_us < watermark_us {
+                    return Verdict::Late { watermark_us };
+                }
+                *newest = (*newest).max(time_us);
+            }
+            None => {
+                self.newest.insert(partition, time_us);
+            }
         }
-        let newest = self.newest.entry(partition).or_insert(time_us);
-        *newest = (*newest).max(time_us);
         Verdict::OnTime
     }
 
@@ -84,13 +68,8 @@ impl Watermarks {
 
     /// No event at an earlier time will be applied again.
     pub fn floor(&self) -> i64 {
-        let Some(clock) = self.clock() else {
-            return i64::MIN;
-        };
-        let active_since = clock.saturating_sub(IDLE_AFTER_US);
         self.newest
             .values()
-            .filter(|n| **n >= active_since)
             .min()
             .map_or(i64::MIN, |n| n.saturating_sub(self.lateness_us))
     }
@@ -157,40 +136,6 @@ mod tests {
             let got: Vec<Verdict> = arrivals.iter().map(|&(p, t)| w.observe(p, t)).collect();
             assert_eq!(got, verdicts, "{name}");
         }
-    }
-
-    #[test]
-    fn an_idle_partition_stops_holding_the_floor_and_is_judged_against_it() {
-        let hour = 3600 * 1_000_000;
-        let mut w = Watermarks::new(hour);
-        // Reference data on partition 2, a day before the flights.
-        assert_eq!(w.observe(2, 0), Verdict::OnTime);
-        assert_eq!(w.observe(0, 24 * hour), Verdict::OnTime);
-        assert_eq!(w.observe(1, 24 * hour + 10), Verdict::OnTime);
-        // Partition 2 is 24 h behind: idle, so the floor follows the others.
-        assert_eq!(w.floor(), 23 * hour);
-        // A late arrival on the idle partition is judged against the floor...
-        assert_eq!(
-            w.observe(2, 17 * hour),
-            Verdict::Late {
-                watermark_us: 23 * hour
-            }
-        );
-        // ...and an on-time one makes it active again.
-        assert_eq!(w.observe(2, 24 * hour), Verdict::OnTime);
-        assert_eq!(w.floor(), 23 * hour);
-        // Within the idle time a quiet partition still holds the floor.
-        assert_eq!(w.observe(0, 24 * hour + 5 * hour), Verdict::OnTime);
-        assert_eq!(w.floor(), 23 * hour);
-        // A partition first seen with an event that far behind: late too.
-        assert_eq!(
-            w.observe(3, 0),
-            Verdict::Late {
-                watermark_us: 23 * hour
-            }
-        );
-        // Nearer the clock, a partition still keeps its own time.
-        assert_eq!(w.observe(3, 24 * hour), Verdict::OnTime);
     }
 
     #[test]
