@@ -413,6 +413,14 @@ impl FeatureStore {
             return Err(NotApplied::Empty);
         };
         let t = event.event_time_us();
+        // An event that feeds no feature and asks for no vector (reference
+        // data on its way to enrich's tables) moves no clock: the flights'
+        // plane records, stamped before the year, would otherwise hold one
+        // partition's watermark there, the floor with it, and no window would
+        // ever shed a bucket.
+        if !self.routes.contains_key(event.r#type()) && !self.is_scored(event.r#type()) {
+            return Ok(event);
+        }
         if let Verdict::Late { watermark_us } = self.watermarks.observe(event.partition(), t) {
             self.metrics.late.inc();
             return Err(NotApplied::Late { watermark_us });
@@ -1134,6 +1142,33 @@ mod tests {
         assert_eq!(v(0, 2).status, FeatureStatus::UnknownFeature as i32);
         assert_eq!(v(1, 0).status, FeatureStatus::NotFound as i32);
         assert_eq!(v(1, 2).status, FeatureStatus::UnknownFeature as i32);
+    }
+
+    #[test]
+    fn reference_events_that_feed_nothing_hold_no_watermark_back() {
+        let mut s = store(vec![feature(
+            "origin_flights",
+            &["origin"],
+            Aggregation::Count,
+            None,
+            WindowDef::Lifetime,
+        )]);
+        // A plane record a day before the flights, alone on partition 3.
+        let mut plane = flight("p", "JFK", "LAX", 1.0, 0, 3);
+        if let Some(event) = plane.event.as_mut() {
+            event.r#type = "plane_registered".into();
+        }
+        assert!(matches!(s.apply(&plane, 0), Applied::OnTime(None)));
+        s.apply(&flight("a", "JFK", "LAX", 1.0, 24 * 60, 1), 0);
+        assert_eq!(
+            s.watermarks
+                .partitions()
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>(),
+            vec![1],
+            "only the partition that fed a feature has a clock"
+        );
+        assert!(s.watermarks.floor() > 0, "the floor follows the flights");
     }
 
     #[test]
