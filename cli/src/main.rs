@@ -55,8 +55,21 @@ enum Command {
         /// Only the first LIMIT flights by scheduled time (and the weather up to then).
         #[arg(long)]
         limit: Option<usize>,
+        /// Events sent and not yet answered, at most (all on one stream, so
+        /// ingest stores them in event-time order).
+        #[arg(long, default_value_t = 8192)]
+        window: usize,
+        /// Events handed to the stream at a time (at most WINDOW). Before the
+        /// stream, the size of each PublishBatch.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Read and encode the events, print how many and how fast; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: write the encoded events to FILE, each after its
+        /// length (protobuf length-delimited), the bytes a replay would send.
+        #[arg(long, value_name = "FILE", requires = "dry_run")]
+        write_events: Option<std::path::PathBuf>,
     },
     /// Send COUNT sample flight_scheduled events to ingest.
     Send {
@@ -158,7 +171,10 @@ async fn main() -> anyhow::Result<()> {
             data,
             until,
             limit,
+            window,
             batch,
+            dry_run,
+            write_events,
         } => {
             let until_us = match until {
                 Some(t) => Some(flights::parse_utc(&t).with_context(|| {
@@ -170,7 +186,12 @@ async fn main() -> anyhow::Result<()> {
                 &ingest,
                 &data,
                 flights::Selection { until_us, limit },
-                batch,
+                replay::Options {
+                    window,
+                    batch,
+                    dry_run,
+                },
+                write_events,
             )
             .await
         }
