@@ -28,7 +28,7 @@
 //! the machine's cores, as they do in DESIGN.md's figures.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,19 +75,11 @@ const TARGET_RATIO: f64 = 0.70;
 const TARGET_RSS_MB: f64 = 100.0;
 
 fn main() -> Result<()> {
-    // The harness spawns services from MILLRACE_BIN_DIR; set before any thread starts.
-    std::env::set_var("MILLRACE_BIN_DIR", release_bin_dir());
-    // `cargo bench` passes `--bench`; a filter or other flags mean nothing here.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?
-        .block_on(run())
+    millrace_integration_tests::bench::main(run)
 }
 
 async fn run() -> Result<()> {
-    let bin_dir = release_bin_dir();
+    let bin_dir = millrace_integration_tests::bench::release_bin_dir();
     let events = Arc::new(FlightEvents::new(256)?);
     eprintln!(
         "ingest bench: binaries from {}, flight_scheduled events of {:.0} B",
@@ -112,14 +104,6 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// `MILLRACE_BIN_DIR`, else the workspace's `target/release`.
-fn release_bin_dir() -> PathBuf {
-    match std::env::var_os("MILLRACE_BIN_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

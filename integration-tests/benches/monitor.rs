@@ -26,7 +26,6 @@
 //! machine's cores. Monitor snapshots at the production cadence (every second, and never
 //! sooner than nine times the last snapshot's cost), not the tests' 200 ms.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -52,22 +51,7 @@ const STREAMS: [(&str, &str); 3] = [
 ];
 
 fn main() -> Result<()> {
-    // The harness spawns services from MILLRACE_BIN_DIR; set before any thread starts.
-    std::env::set_var("MILLRACE_BIN_DIR", release_bin_dir());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?
-        .block_on(run())
-}
-
-/// `MILLRACE_BIN_DIR`, else the workspace's `target/release`.
-fn release_bin_dir() -> PathBuf {
-    match std::env::var_os("MILLRACE_BIN_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
-    }
+    millrace_integration_tests::bench::main(run)
 }
 
 fn pipeline_toml() -> String {
@@ -354,7 +338,7 @@ async fn run() -> Result<()> {
         VERSIONS.len(),
         packing.batch,
         if packing.traces { " with traceparents" } else { " without traceparents" },
-        release_bin_dir().display()
+        millrace_integration_tests::bench::release_bin_dir().display()
     );
     let nats = NatsServer::start().await?;
     let js = nats.jetstream().await?;

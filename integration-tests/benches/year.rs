@@ -88,23 +88,7 @@ const TARGET_SECS: f64 = 10.0;
 const TARGET_RATE: f64 = 70_000.0;
 
 fn main() -> Result<()> {
-    // The harness spawns services from MILLRACE_BIN_DIR; set before any thread starts.
-    std::env::set_var("MILLRACE_BIN_DIR", release_bin_dir());
-    // `cargo bench` passes `--bench`; a filter or other flags mean nothing here.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?
-        .block_on(run())
-}
-
-/// `MILLRACE_BIN_DIR`, else the workspace's `target/release`.
-fn release_bin_dir() -> PathBuf {
-    match std::env::var_os("MILLRACE_BIN_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
-    }
+    millrace_integration_tests::bench::main(run)
 }
 
 fn workspace_file(path: &str) -> PathBuf {
@@ -172,7 +156,7 @@ impl Settings {
                 .with_context(|| format!("YEAR_BENCH_ATOMIC_IN_FLIGHT={v}: not a count"))?,
             Err(_) => ATOMIC_IN_FLIGHT,
         };
-        let bin_dir = release_bin_dir();
+        let bin_dir = millrace_integration_tests::bench::release_bin_dir();
         let mut binaries = Vec::new();
         if has("ingest") || has("pipeline") {
             binaries.push("millrace".to_string());

@@ -10,6 +10,7 @@
 //! - [`pipeline`]: [`Pipeline`], the five services started in dataflow order against one
 //!   broker, the test pipeline file, gRPC clients, and the exactly-once check most tests
 //!   end with.
+//! - [`bench`]: the start every benchmark binary shares (release binaries, two workers).
 //! - [`http`]: a tiny HTTP/1.1 GET, `/metrics` scraping and a Prometheus text parser.
 //! - [`monitor`]: raw publishes to a stream, monitor's JSON health, `promtool`, SIGSTOP,
 //!   seeded normal values and process memory, for monitor's tests and benchmark.
@@ -20,6 +21,7 @@
 //! the workspace's `target/debug`; build them first with `cargo build --workspace --bins`.
 //! Set `MILLRACE_KEEP_TEST_DIRS=1` to keep every test's directory (logs, data, stores).
 
+pub mod bench;
 pub mod http;
 pub mod monitor;
 pub mod nats;
