@@ -11,7 +11,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
 pub use async_nats::Subject;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use opentelemetry::Context;
 
 use crate::atomic;
@@ -335,10 +334,8 @@ impl Bus {
     }
 
     /// Sends `outs` (all bound for one stream, at most [`atomic::MAX_MESSAGES`]),
-    /// each under its own id, and returns the future that works out what
-    /// became of each by `deadline` ([`BatchOutcome`]). It runs where it is
-    /// awaited: a task of its own cost a single-event call a wake-up across
-    /// threads, half its rate.
+    /// each under its own id, and returns the task that works out what became
+    /// of each by `deadline` ([`BatchOutcome`]).
     ///
     /// From [`atomic::WORTH_IT`] messages on they go as one atomic batch (one
     /// fsync for all); fewer go one by one, pipelined, since a batch's setup
@@ -351,10 +348,10 @@ impl Bus {
         &self,
         outs: Vec<Outgoing>,
         deadline: tokio::time::Instant,
-    ) -> BoxFuture<'static, BatchOutcome> {
+    ) -> tokio::task::JoinHandle<BatchOutcome> {
         if outs.len() < atomic::WORTH_IT {
             let acks = self.send_one_by_one(&outs, deadline).await;
-            return Box::pin(settle_one_by_one(acks, deadline));
+            return tokio::spawn(settle_one_by_one(acks, deadline));
         }
         let messages = outs
             .iter()
@@ -369,7 +366,7 @@ impl Bus {
                 message: "could not be sent in time".into(),
             }),
         };
-        Box::pin(self.clone().settle_batch(commit, outs, deadline))
+        tokio::spawn(self.clone().settle_batch(commit, outs, deadline))
     }
 
     async fn settle_batch(
@@ -560,7 +557,7 @@ async fn try_connect(
 pub struct Publisher {
     bus: Bus,
     /// Batches sent, with their messages (to send again if not confirmed).
-    in_flight: Vec<(Vec<Outgoing>, BoxFuture<'static, BatchOutcome>)>,
+    in_flight: Vec<(Vec<Outgoing>, tokio::task::JoinHandle<BatchOutcome>)>,
     messages_in_flight: usize,
     max_in_flight: usize,
     stored: Option<prometheus::IntCounter>,
@@ -618,7 +615,9 @@ impl Publisher {
     pub async fn flush(&mut self) -> Result<(), ChassisError> {
         self.messages_in_flight = 0;
         for (outs, outcome) in std::mem::take(&mut self.in_flight) {
-            let outcome = outcome.await;
+            let outcome = outcome
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("the batch's task failed: {e}")); outs.len()]);
             for (out, result) in outs.iter().zip(outcome) {
                 if let Err(e) = result {
                     tracing::warn!(subject = %out.subject, msg_id = %out.msg_id, "publish not acknowledged, resending: {e}");

@@ -299,17 +299,25 @@ impl Ingestor {
         answers.into_iter().flatten().collect()
     }
 
-    /// Sends `chunk` (one stream's) as a batch; its records share the future of
-    /// its outcome, which the first of them to be settled drives.
+    /// Sends `chunk` (one stream's) as an atomic batch; its outcome is worked
+    /// out on a task of its own, so the next batch goes out meanwhile.
     async fn store_atomically(&self, chunk: Vec<(usize, ToStore)>) -> Vec<(usize, Pending)> {
         let Some(deadline) = chunk.iter().map(|(_, s)| s.slot.deadline).min() else {
             return Vec::new();
         };
         let (places, stores): (Vec<usize>, Vec<ToStore>) = chunk.into_iter().unzip();
         let outs: Vec<Outgoing> = stores.iter().map(|s| s.out.clone()).collect();
+        let n = outs.len();
         let resolving = self.bus.send_batch(outs, deadline).await;
         let sent = Instant::now();
-        let outcome: BatchOutcome = resolving.map(Arc::new).boxed().shared();
+        let outcome: BatchOutcome = async move {
+            let outcome = resolving
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("the batch's task failed: {e}")); n]);
+            Arc::new(outcome)
+        }
+        .boxed()
+        .shared();
         places
             .into_iter()
             .zip(stores)
