@@ -86,7 +86,7 @@ async fn run() -> Result<()> {
         bin_dir.display(),
         events.mean_len()
     );
-    let load_before = load_average();
+    let load_before = millrace_integration_tests::bench::load_average();
     let mut columns = Vec::new();
     for durability in [Durability::Default, Durability::Always] {
         columns.push(measure(durability, &events).await?);
@@ -94,16 +94,9 @@ async fn run() -> Result<()> {
     print_report(&events, &columns);
     println!(
         "load average (1, 5, 15 min) before: {load_before}; after: {}",
-        load_average()
+        millrace_integration_tests::bench::load_average()
     );
     Ok(())
-}
-
-/// `/proc/loadavg`'s first three fields: whether others shared the machine meanwhile.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

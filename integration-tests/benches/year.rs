@@ -50,7 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -216,7 +216,7 @@ fn shipped_nats_config() -> Result<String> {
 
 async fn run() -> Result<()> {
     let settings = Settings::from_env()?;
-    let load_before = load_average();
+    let load_before = millrace_integration_tests::bench::load_average();
     let started = Instant::now();
     let mut year = Year::read(&settings)?;
     eprintln!(
@@ -260,16 +260,9 @@ async fn run() -> Result<()> {
     report.print(&settings);
     println!(
         "load average (1, 5, 15 min) before: {load_before}; after: {}",
-        load_average()
+        millrace_integration_tests::bench::load_average()
     );
     Ok(())
-}
-
-/// `/proc/loadavg`'s first three fields: whether others shared the machine meanwhile.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Prints what the server says about its durability and payload limit.
@@ -482,24 +475,6 @@ async fn raw_part(settings: &Settings, year: &Year) -> Result<RawPart> {
     })
 }
 
-/// A stream like EVENTS (see the chassis' `Bus::provision`) on `<prefix>.>`.
-async fn create_raw_stream(js: &jetstream::Context, name: &str, prefix: &str) -> Result<()> {
-    js.create_stream(stream::Config {
-        name: name.to_string(),
-        subjects: vec![format!("{prefix}.>")],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::New,
-        duplicate_window: Duration::from_secs(600),
-        compression: Some(stream::Compression::S2),
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| format!("creating stream {name}"))?;
-    Ok(())
-}
-
 fn msg_id_headers(id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id);
@@ -515,7 +490,7 @@ async fn raw_one_by_one(nats: &NatsServer, year: &Year) -> Result<Rate> {
         .max_ack_inflight(RAW_ACKS_IN_FLIGHT)
         .backpressure_on_inflight(true)
         .build(nats.client().await?);
-    create_raw_stream(&js, "RAWONE", "rawone").await?;
+    millrace_integration_tests::monitor::create_stream(&js, "RAWONE", "rawone").await?;
     let subjects: Vec<Subject> = year
         .subjects
         .iter()
@@ -567,7 +542,7 @@ async fn raw_atomic(nats: &NatsServer, year: &Year, in_flight_limit: usize) -> R
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(10))
         .build(nats.client().await?);
-    create_raw_stream(&js, "RAWATOMIC", "rawatomic").await?;
+    millrace_integration_tests::monitor::create_stream(&js, "RAWATOMIC", "rawatomic").await?;
     let subjects: Vec<Subject> = year
         .subjects
         .iter()

@@ -26,3 +26,10 @@ pub fn main<F: Future<Output = Result<()>>>(run: impl FnOnce() -> F) -> Result<(
         .context("building the tokio runtime")?
         .block_on(run())
 }
+
+/// `/proc/loadavg`'s first three fields: whether others shared the machine meanwhile.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -118,7 +118,7 @@ pub async fn publish_raw(
 }
 
 /// Creates `name` over `<prefix>.>` the way the services provision their streams (file
-/// storage, S2, 10-minute dedup window), so a test or bench can fill it before any
+/// storage, S2, 10-minute dedup window, atomic batches), so a test or bench can fill it before any
 /// service runs; a service provisioning it later finds it as it wants it.
 pub async fn create_stream(js: &jetstream::Context, name: &str, prefix: &str) -> Result<()> {
     js.create_or_update_stream(stream::Config {
@@ -133,6 +133,7 @@ pub async fn create_stream(js: &jetstream::Context, name: &str, prefix: &str) ->
             "enriched" | "features" => stream::Compression::None,
             _ => stream::Compression::S2,
         }),
+        allow_atomic_publish: true,
         ..Default::default()
     })
     .await
