@@ -4,9 +4,13 @@
 //!
 //! Bounded twice: at most `capacity` entries (the oldest by event time go
 //! first, counted as evicted) and at most `ttl` of event time behind the
-//! newest event seen (older entries expire, counted by what they were
-//! waiting for). Time is event time, never the wall clock, so replaying the
-//! same messages after a crash expires exactly the same entries.
+//! join's clock (older entries expire, counted by what they were waiting
+//! for). The clock is the older of the two sides' newest event times: an
+//! entry expires only once both streams have moved past it, so a stream that
+//! runs ahead of the other (LABELS skips the stages FEATURES crosses, and on
+//! a fast replay leads it by days of event time) expires nothing early. Time
+//! is event time, never the wall clock, so replaying the same messages after
+//! a crash expires exactly the same entries.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,7 +55,9 @@ pub struct LabelJoin<V> {
     entries: HashMap<String, Entry<V>>,
     /// (event time, serial) → key, oldest first.
     by_time: BTreeMap<(i64, u64), String>,
-    newest_us: i64,
+    /// The newest event time of each side: vectors, labels.
+    newest_vector_us: i64,
+    newest_label_us: i64,
     serial: u64,
     /// How many entries are labels (kept, not counted per call: the store can be large).
     labels_waiting: usize,
@@ -65,7 +71,8 @@ impl<V> LabelJoin<V> {
             ttl_us: ttl_us.max(0),
             entries: HashMap::new(),
             by_time: BTreeMap::new(),
-            newest_us: i64::MIN,
+            newest_vector_us: i64::MIN,
+            newest_label_us: i64::MIN,
             serial: 0,
             labels_waiting: 0,
             counts: JoinCounts::default(),
@@ -117,7 +124,7 @@ impl<V> LabelJoin<V> {
         if let Some(Waiting::Vector(_)) = self.entries.get(key).map(|e| &e.waiting) {
             if let Some(Waiting::Vector(vector)) = self.remove(key) {
                 self.counts.joined += 1;
-                self.advance(time_us);
+                self.advance(true, time_us);
                 return Some(vector);
             }
         }
@@ -135,7 +142,8 @@ impl<V> LabelJoin<V> {
         if self.remove(key).is_some() {
             self.counts.replaced += 1;
         }
-        if matches!(waiting, Waiting::Label(_)) {
+        let is_label = matches!(waiting, Waiting::Label(_));
+        if is_label {
             self.labels_waiting += 1;
         }
         self.serial += 1;
@@ -154,13 +162,19 @@ impl<V> LabelJoin<V> {
             }
             self.counts.evicted += 1;
         }
-        self.advance(time_us);
+        self.advance(is_label, time_us);
     }
 
-    /// Moves event time forward and expires what fell behind the TTL.
-    fn advance(&mut self, time_us: i64) {
-        self.newest_us = self.newest_us.max(time_us);
-        let horizon = self.newest_us.saturating_sub(self.ttl_us);
+    /// Moves one side's event time forward and expires what fell behind the
+    /// TTL of the join's clock, the older side's newest time.
+    fn advance(&mut self, label: bool, time_us: i64) {
+        let newest = match label {
+            true => &mut self.newest_label_us,
+            false => &mut self.newest_vector_us,
+        };
+        *newest = (*newest).max(time_us);
+        let clock = self.newest_vector_us.min(self.newest_label_us);
+        let horizon = clock.saturating_sub(self.ttl_us);
         while let Some((&(t, _), _)) = self.by_time.first_key_value() {
             if t >= horizon {
                 break;
@@ -207,25 +221,28 @@ mod tests {
     }
 
     #[test]
-    fn entries_beyond_the_ttl_expire_by_event_time_and_are_counted() {
+    fn entries_expire_once_both_sides_have_moved_past_the_ttl() {
         let mut j = LabelJoin::new(10, 60 * S);
         j.offer_vector("old-vector", "v", 0);
         j.offer_label("old-label", 1.0, 10 * S);
         j.offer_vector("recent", "v", 50 * S);
-        // Event time 65 s: the vector at 0 s is older than 60 s; the label at 10 s is not.
-        j.offer_vector("new", "v", 65 * S);
-        assert_eq!(j.counts.expired_vectors, 1);
-        assert_eq!(j.counts.expired_labels, 0);
-        // 71 s: now the label expires, unmatched.
-        j.offer_vector("newer", "v", 71 * S);
+        // Vectors run ahead to 200 s while labels stand at 10 s: a label may
+        // still come for the vector at 0 s, so nothing expires.
+        j.offer_vector("ahead", "v", 200 * S);
+        assert_eq!((j.counts.expired_vectors, j.counts.expired_labels), (0, 0));
+        // Labels reach 65 s: the vector at 0 s is older than 60 s; the label at 10 s is not.
+        j.offer_label("other", 1.0, 65 * S);
+        assert_eq!((j.counts.expired_vectors, j.counts.expired_labels), (1, 0));
+        // 71 s: now the label at 10 s expires, unmatched.
+        j.offer_label("later", 1.0, 71 * S);
         assert_eq!(j.counts.expired_labels, 1);
         assert_eq!(
             j.offer_label("old-vector", 1.0, 71 * S),
             None,
             "expired, so no join"
         );
-        assert_eq!(j.len(), 4, "recent, new, newer and the late label");
-        assert_eq!(j.waiting_labels(), 1);
+        assert_eq!(j.len(), 5, "recent, ahead and three labels");
+        assert_eq!(j.waiting_labels(), 3);
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //!   [`JOINED_ON_ARRIVAL_KEPT`]: PREDICTIONS and LABELS are consumed side by side,
 //!   so a label can land between two model versions' predictions of one event
 //!   (a shadow's, a challenger's), and the later ones still need it.
-//! - Time is event time: the join's clock is the newest event time seen on
-//!   either side, and anything older than the clock minus the TTL expires.
-//!   Event time (not the wall clock) keeps a replay after a crash identical.
+//! - Time is event time: each side's clock is the newest event time it has
+//!   seen, the join's clock is the older of the two, and anything older than
+//!   the join's clock minus the TTL expires. So nothing expires before both
+//!   streams have moved past it: LABELS skips the stages PREDICTIONS crosses,
+//!   and on a fast replay leads it by days of event time. Event time (not the
+//!   wall clock) keeps a replay after a crash identical.
 //! - Each side is bounded; past the bound the oldest (by event time) is evicted.
 //!
 //! Expired and evicted predictions are unmatched; labels count as unmatched only
@@ -239,7 +242,9 @@ pub struct LabelJoin {
     predictions: KeyMap<Vec<WaitingPrediction>>,
     labels: KeyMap<KeptLabel>,
     next_seq: u64,
-    clock_us: i64,
+    /// The newest event time of each side.
+    prediction_clock_us: i64,
+    label_clock_us: i64,
     pub counts: JoinCounts,
     /// (event time, seq) → label key: the expiry and eviction order.
     #[serde(skip_serializing)]
@@ -260,7 +265,8 @@ struct JoinData {
     predictions: KeyMap<Vec<WaitingPrediction>>,
     labels: KeyMap<KeptLabel>,
     next_seq: u64,
-    clock_us: i64,
+    prediction_clock_us: i64,
+    label_clock_us: i64,
     counts: JoinCounts,
 }
 
@@ -293,7 +299,8 @@ impl From<JoinData> for LabelJoin {
             predictions: d.predictions,
             labels: d.labels,
             next_seq: d.next_seq,
-            clock_us: d.clock_us,
+            prediction_clock_us: d.prediction_clock_us,
+            label_clock_us: d.label_clock_us,
             counts: d.counts,
             prediction_order,
             label_order,
@@ -349,7 +356,7 @@ impl LabelJoin {
         p: &PredictionRecord,
         limits: JoinLimits,
     ) -> Option<Joined> {
-        self.clock_us = self.clock_us.max(p.event_time_us);
+        self.prediction_clock_us = self.prediction_clock_us.max(p.event_time_us);
         let label_key = p.label_key();
         if label_key.is_empty() {
             return None;
@@ -416,7 +423,7 @@ impl LabelJoin {
     /// Applies a label; adds the pairs it formed to `out`.
     pub fn on_label_into(&mut self, l: &LabelRecord, limits: JoinLimits, out: &mut Vec<Joined>) {
         self.counts.labels += 1;
-        self.clock_us = self.clock_us.max(l.event_time_us);
+        self.label_clock_us = self.label_clock_us.max(l.event_time_us);
         let probe = Probe::of(l.label_key());
         let positive = l.value >= 0.5;
         let mut joined_versions = Vec::new();
@@ -478,9 +485,10 @@ impl LabelJoin {
         }
     }
 
-    /// Expires everything older than the clock minus the TTL.
+    /// Expires everything older than the join's clock minus the TTL.
     pub fn expire(&mut self, limits: JoinLimits) {
-        let horizon = self.clock_us.saturating_sub(limits.ttl_us);
+        let clock = self.prediction_clock_us.min(self.label_clock_us);
+        let horizon = clock.saturating_sub(limits.ttl_us);
         while self
             .prediction_order
             .first_key_value()
@@ -656,7 +664,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_counts_unmatched_on_both_sides_in_event_time() {
+    fn expiry_waits_for_both_sides_and_counts_unmatched_in_event_time() {
         let mut j = LabelJoin::default();
         j.on_prediction(&prediction("a", "1", 0.5, 10), LIMITS);
         j.on_label(&label("b", 1.0, 20), LIMITS);
@@ -665,23 +673,36 @@ mod tests {
         j.expire(LIMITS);
         assert_eq!(
             j.counts.predictions_expired, 0,
-            "clock 35, nothing older than -65"
+            "clock 30: nothing older than -70"
         );
-        j.on_prediction(&prediction("d", "1", 0.5, 125), LIMITS); // clock 125: horizon 25
+        j.on_prediction(&prediction("d", "1", 0.5, 125), LIMITS);
+        j.expire(LIMITS);
+        assert_eq!(
+            (j.counts.predictions_expired, j.counts.labels_expired),
+            (0, 0),
+            "predictions ran ahead, labels stand at 35: a label may still come for a"
+        );
+        j.on_label(&label("y", 1.0, 126), LIMITS); // clock 125: horizon 25
         j.expire(LIMITS);
         assert_eq!(
             (j.counts.predictions_expired, j.counts.labels_expired),
             (1, 1),
             "a (10) and b (20) expired"
         );
-        j.on_label(&label("z", 1.0, 500), LIMITS); // horizon 400: c's label and d go
+        j.on_label(&label("z", 1.0, 500), LIMITS); // labels ahead now: clock still 125
         j.expire(LIMITS);
         assert_eq!(
             (j.counts.predictions_expired, j.counts.labels_expired),
-            (2, 1),
-            "c's label had joined: dropped without counting"
+            (1, 1)
         );
-        assert_eq!((j.waiting_predictions(), j.waiting_labels()), (0, 1));
+        j.on_prediction(&prediction("e", "1", 0.5, 500), LIMITS); // clock 500: horizon 400
+        j.expire(LIMITS);
+        assert_eq!(
+            (j.counts.predictions_expired, j.counts.labels_expired),
+            (2, 2),
+            "d and y expired; c's label had joined: dropped without counting"
+        );
+        assert_eq!((j.waiting_predictions(), j.waiting_labels()), (1, 1));
     }
 
     #[test]
@@ -754,7 +775,8 @@ mod tests {
             predictions: HashMap<String, Vec<WaitingPrediction>>,
             labels: HashMap<String, KeptLabel>,
             next_seq: u64,
-            clock_us: i64,
+            prediction_clock_us: i64,
+            label_clock_us: i64,
             counts: JoinCounts,
         }
         let mut j = LabelJoin::default();
