@@ -49,8 +49,8 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::TryStreamExt;
