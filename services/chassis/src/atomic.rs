@@ -21,12 +21,11 @@
 //! sent, batches sent one after another over one client are committed in that
 //! order; waiting for one batch's ack does not have to hold back the next.
 
-use std::time::Duration;
-
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
+use tokio::time::Instant;
 
 /// The server's limit on messages per atomic batch.
 pub const MAX_MESSAGES: usize = 1000;
@@ -58,13 +57,6 @@ pub enum AtomicError {
     /// Nothing to send, or more than [`MAX_MESSAGES`].
     #[error("atomic batch {batch_id}: {count} messages, a batch holds 1 to {MAX_MESSAGES}")]
     Size { batch_id: String, count: usize },
-}
-
-impl AtomicError {
-    /// The batch held a stored id; the others may well be new.
-    pub fn is_duplicate(&self) -> bool {
-        matches!(self, Self::Duplicate { .. })
-    }
 }
 
 /// What the server stored for a committed batch.
@@ -154,10 +146,6 @@ pub async fn send(
 }
 
 impl Commit {
-    pub fn batch_id(&self) -> &str {
-        &self.batch_id
-    }
-
     /// The server's answer to the commit.
     pub async fn wait(self) -> Result<Committed, AtomicError> {
         let Self {
@@ -183,15 +171,15 @@ impl Commit {
         }
     }
 
-    /// [`Commit::wait`], giving up after `limit`.
-    pub async fn wait_for(self, limit: Duration) -> Result<Committed, AtomicError> {
+    /// [`Commit::wait`], giving up at `deadline`.
+    pub async fn wait_until(self, deadline: Instant) -> Result<Committed, AtomicError> {
         let batch_id = self.batch_id.clone();
-        tokio::time::timeout(limit, self.wait())
+        tokio::time::timeout_at(deadline, self.wait())
             .await
             .unwrap_or_else(|_| {
                 Err(AtomicError::Unconfirmed {
                     batch_id,
-                    message: format!("no answer within {limit:?}"),
+                    message: "no answer in time".into(),
                 })
             })
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
 pub use async_nats::Subject;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use opentelemetry::Context;
 
 use crate::atomic;
@@ -334,8 +335,8 @@ impl Bus {
     }
 
     /// Sends `outs` (all bound for one stream, at most [`atomic::MAX_MESSAGES`]),
-    /// each under its own id, and returns the task that works out what became
-    /// of each by `deadline` ([`BatchOutcome`]).
+    /// each under its own id, and returns what became of each by `deadline`
+    /// ([`BatchOutcome`]), worked out on a task of its own meanwhile.
     ///
     /// From [`atomic::WORTH_IT`] messages on they go as one atomic batch (one
     /// fsync for all); fewer go one by one, pipelined, since a batch's setup
@@ -348,25 +349,32 @@ impl Bus {
         &self,
         outs: Vec<Outgoing>,
         deadline: tokio::time::Instant,
-    ) -> tokio::task::JoinHandle<BatchOutcome> {
-        if outs.len() < atomic::WORTH_IT {
+    ) -> BoxFuture<'static, BatchOutcome> {
+        let n = outs.len();
+        let settling = if n < atomic::WORTH_IT {
             let acks = self.send_one_by_one(&outs, deadline).await;
-            return tokio::spawn(settle_one_by_one(acks, deadline));
-        }
-        let messages = outs
-            .iter()
-            .map(|out| (out.subject.clone(), out.headers(), out.payload.clone()))
-            .collect();
-        let batch_id = atomic::new_batch_id();
-        let sending = atomic::send(&self.js, &batch_id, messages);
-        let commit = match tokio::time::timeout_at(deadline, sending).await {
-            Ok(sent) => sent,
-            Err(_) => Err(atomic::AtomicError::Unconfirmed {
-                batch_id,
-                message: "could not be sent in time".into(),
-            }),
+            tokio::spawn(settle_one_by_one(acks, deadline))
+        } else {
+            let messages = outs
+                .iter()
+                .map(|out| (out.subject.clone(), out.headers(), out.payload.clone()))
+                .collect();
+            let batch_id = atomic::new_batch_id();
+            let sending = atomic::send(&self.js, &batch_id, messages);
+            let commit = match tokio::time::timeout_at(deadline, sending).await {
+                Ok(sent) => sent,
+                Err(_) => Err(atomic::AtomicError::Unconfirmed {
+                    batch_id,
+                    message: "could not be sent in time".into(),
+                }),
+            };
+            tokio::spawn(self.clone().settle_batch(commit, outs, deadline))
         };
-        tokio::spawn(self.clone().settle_batch(commit, outs, deadline))
+        Box::pin(async move {
+            settling
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("the batch's task failed: {e}")); n])
+        })
     }
 
     async fn settle_batch(
@@ -376,13 +384,7 @@ impl Bus {
         deadline: tokio::time::Instant,
     ) -> BatchOutcome {
         let answer = match commit {
-            Ok(commit) => match tokio::time::timeout_at(deadline, commit.wait()).await {
-                Ok(answer) => answer,
-                Err(_) => Err(atomic::AtomicError::Unconfirmed {
-                    batch_id: String::new(),
-                    message: "no acknowledgement in time".into(),
-                }),
-            },
+            Ok(commit) => commit.wait_until(deadline).await,
             Err(e) => Err(e),
         };
         match answer {
@@ -546,9 +548,10 @@ async fn try_connect(
         .map_err(|e| e.to_string())
 }
 
-/// Pipelined publishing for a stage: what it publishes together goes out as
-/// atomic batches, one per stream ([`crate::atomic`]: one fsync for many
-/// messages where the server syncs every write), without waiting, and
+/// Pipelined publishing for a stage: what it publishes together goes out
+/// grouped by stream through [`Bus::send_batch`] (an atomic batch where a
+/// stream has enough: one fsync for many messages where the server syncs
+/// every write), without waiting, and
 /// [`Publisher::flush`] waits for all their answers at once. A message not
 /// confirmed is sent again on its own with the same `Nats-Msg-Id` (so the
 /// server stores it once) until it is stored. A stage flushes before each
@@ -557,7 +560,7 @@ async fn try_connect(
 pub struct Publisher {
     bus: Bus,
     /// Batches sent, with their messages (to send again if not confirmed).
-    in_flight: Vec<(Vec<Outgoing>, tokio::task::JoinHandle<BatchOutcome>)>,
+    in_flight: Vec<(Vec<Outgoing>, BoxFuture<'static, BatchOutcome>)>,
     messages_in_flight: usize,
     max_in_flight: usize,
     stored: Option<prometheus::IntCounter>,
@@ -577,8 +580,7 @@ impl Publisher {
         self.publish_all(vec![out]).await
     }
 
-    /// Sends `outs` as atomic batches, one per stream they go to (in their
-    /// order within each stream).
+    /// Sends `outs` grouped by the stream they go to ([`batches_by_stream`]).
     pub async fn publish_all(&mut self, outs: Vec<Outgoing>) -> Result<(), ChassisError> {
         let max_payload = self.bus.client.server_info().max_payload;
         if let Some(out) = outs.iter().find(|o| o.payload.len() > max_payload) {
@@ -587,26 +589,14 @@ impl Publisher {
                 bytes: out.payload.len(),
             });
         }
-        let mut by_stream: Vec<(String, Vec<Outgoing>)> = Vec::new();
-        for out in outs {
-            let token = stream_token(out.subject.as_str());
-            match by_stream.iter_mut().find(|(t, _)| t == token) {
-                Some((_, group)) => group.push(out),
-                None => by_stream.push((token.to_string(), vec![out])),
+        for chunk in batches_by_stream(outs, |out| out.subject.as_str()) {
+            if self.messages_in_flight + chunk.len() > self.max_in_flight {
+                self.flush().await?;
             }
-        }
-        for (_, outs) in by_stream {
-            let mut outs = outs.into_iter().peekable();
-            while outs.peek().is_some() {
-                let chunk: Vec<Outgoing> = outs.by_ref().take(atomic::MAX_MESSAGES).collect();
-                if self.messages_in_flight + chunk.len() > self.max_in_flight {
-                    self.flush().await?;
-                }
-                let deadline = tokio::time::Instant::now() + BATCH_TIMEOUT;
-                let outcome = self.bus.send_batch(chunk.clone(), deadline).await;
-                self.messages_in_flight += chunk.len();
-                self.in_flight.push((chunk, outcome));
-            }
+            let deadline = tokio::time::Instant::now() + BATCH_TIMEOUT;
+            let outcome = self.bus.send_batch(chunk.clone(), deadline).await;
+            self.messages_in_flight += chunk.len();
+            self.in_flight.push((chunk, outcome));
         }
         Ok(())
     }
@@ -615,9 +605,7 @@ impl Publisher {
     pub async fn flush(&mut self) -> Result<(), ChassisError> {
         self.messages_in_flight = 0;
         for (outs, outcome) in std::mem::take(&mut self.in_flight) {
-            let outcome = outcome
-                .await
-                .unwrap_or_else(|e| vec![Err(format!("the batch's task failed: {e}")); outs.len()]);
+            let outcome = outcome.await;
             for (out, result) in outs.iter().zip(outcome) {
                 if let Err(e) = result {
                     tracing::warn!(subject = %out.subject, msg_id = %out.msg_id, "publish not acknowledged, resending: {e}");
@@ -677,14 +665,68 @@ async fn settle_one_by_one(
     stored
 }
 
-/// The first token of a subject: which stream of the pipeline it belongs to.
-fn stream_token(subject: &str) -> &str {
-    subject.split('.').next().unwrap_or(subject)
+/// `items` grouped by the stream their subject names (its first token; the
+/// streams in order of first appearance, the items in their order within
+/// each) and cut into batches of at most [`atomic::MAX_MESSAGES`]: what
+/// [`Bus::send_batch`] takes.
+pub fn batches_by_stream<T>(
+    items: impl IntoIterator<Item = T>,
+    subject: impl Fn(&T) -> &str,
+) -> Vec<Vec<T>> {
+    let mut by_stream: Vec<(String, Vec<T>)> = Vec::new();
+    for item in items {
+        let token = subject(&item).split('.').next().unwrap_or_default();
+        match by_stream.iter_mut().find(|(t, _)| t == token) {
+            Some((_, group)) => group.push(item),
+            None => by_stream.push((token.to_string(), vec![item])),
+        }
+    }
+    let mut batches = Vec::new();
+    for (_, group) in by_stream {
+        let mut group = group.into_iter().peekable();
+        while group.peek().is_some() {
+            batches.push(group.by_ref().take(atomic::MAX_MESSAGES).collect());
+        }
+    }
+    batches
 }
 
 #[cfg(test)]
 mod tests {
     use super::subject;
+
+    #[test]
+    fn batches_group_by_stream_in_order_and_hold_at_most_the_servers_limit() {
+        let subjects: Vec<String> = (0..2_500)
+            .map(|i| match i % 3 {
+                0 => format!("events.t.{i}"),
+                1 => "labels.t".to_string(),
+                _ => "dlq.ingest".to_string(),
+            })
+            .collect();
+        let batches = super::batches_by_stream(subjects.iter().enumerate(), |(_, s)| s.as_str());
+        let shape: Vec<(&str, usize)> = batches
+            .iter()
+            .map(|b| (b[0].1.split('.').next().unwrap_or_default(), b.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![("events", 834), ("labels", 833), ("dlq", 833)],
+            "first appearance order, under 1,000 each"
+        );
+        let big = super::batches_by_stream(0..2_500, |_| "events.t.0");
+        assert_eq!(
+            big.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1_000, 1_000, 500]
+        );
+        assert_eq!(big.concat(), (0..2_500).collect::<Vec<_>>(), "order kept");
+        for batch in &batches {
+            assert!(
+                batch.windows(2).all(|w| w[0].0 < w[1].0),
+                "order within a stream"
+            );
+        }
+    }
 
     #[test]
     fn partition_subjects_are_spelled_as_the_subject_functions_spell_them() {

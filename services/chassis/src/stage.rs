@@ -10,8 +10,8 @@
 //!    in that order;
 //! 3. publish what the actor returns: the records for the stage's output
 //!    stream packed one batch per subject ([`crate::batch`]), after the
-//!    previous chunk's are stored, all of them (DLQ and alerts too) as one
-//!    atomic batch per stream ([`crate::atomic`]);
+//!    previous chunk's are stored, all of them (DLQ and alerts too) grouped
+//!    by stream, an atomic batch where a stream has enough ([`crate::atomic`]);
 //! 4. every `snapshot_every` records or `snapshot_interval`, but never sooner
 //!    than [`SNAPSHOT_SPACING`] times the last snapshot's cost (so a large
 //!    state spends at most about a tenth of the stage's time in snapshots),

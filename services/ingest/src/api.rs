@@ -5,7 +5,7 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::{FutureExt as _, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use millrace_chassis::config::IngestLimits;
 use millrace_chassis::telemetry;
 use millrace_proto::{AckStatus, EventAck, PublishBatchResponse};
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::publish::{Ingestor, Pending, Record, Submission, Tally};
+use crate::publish::{Ingestor, Pending, Record, Submission, Tally, GATHER};
 use crate::registry::{to_proto, ExportSchemas, List, Register, SchemaBook, SchemaHandle};
 use crate::service::RawBatch;
 use crate::SCHEMAS_KEY;
@@ -27,9 +27,6 @@ use millrace_proto::{
 
 /// Records a stream may have sent and not yet been answered for.
 const STREAM_WINDOW: usize = 4096;
-/// Most records of a stream submitted together: about a full atomic batch for
-/// each of EVENTS and LABELS.
-const GATHER: usize = 2 * millrace_chassis::atomic::MAX_MESSAGES;
 
 /// The answers of a `PublishStream`.
 pub type AckStream = Pin<Box<dyn Stream<Item = Result<EventAck, Status>> + Send>>;
@@ -39,10 +36,7 @@ pub struct IngestApi {
 }
 
 fn full(ingestor: &Ingestor) -> Status {
-    Status::resource_exhausted(format!(
-        "ingest holds its limit of {} records waiting for JetStream; retry with backoff",
-        ingestor.limits().max_pending_records
-    ))
+    Status::resource_exhausted(ingestor.full_message())
 }
 
 /// Why a batch of `n` records can never be taken in, if it cannot: over
@@ -124,24 +118,17 @@ impl IngestApi {
         request: Request<Streaming<Bytes>>,
     ) -> Result<Response<AckStream>, Status> {
         let parent = telemetry::context_from_grpc(request.metadata());
-        let mut inbound = request.into_inner();
+        // What the stream has ready goes out together: one atomic batch (one
+        // fsync) for many events when the producer is fast, one event alone
+        // when it is not.
+        let mut inbound = request.into_inner().ready_chunks(GATHER);
         let (steps, mut steps_rx) = mpsc::channel::<Step>(STREAM_WINDOW);
         let (answers, answers_rx) = mpsc::channel(STREAM_WINDOW);
 
         let reader = self.ingestor.clone();
         tokio::spawn(async move {
             let mut index = 0u32;
-            while let Some(first) = inbound.next().await {
-                // What the stream has ready goes out together: one atomic batch
-                // (one fsync) for many events when the producer is fast, one
-                // event alone when it is not.
-                let mut ready = vec![first];
-                while ready.len() < GATHER {
-                    match inbound.next().now_or_never() {
-                        Some(Some(item)) => ready.push(item),
-                        _ => break,
-                    }
-                }
+            while let Some(ready) = inbound.next().await {
                 let mut submissions = Vec::with_capacity(ready.len());
                 let mut rooms = Vec::with_capacity(ready.len());
                 let mut failure = None;

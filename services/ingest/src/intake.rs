@@ -5,7 +5,7 @@
 
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
-use futures::{FutureExt as _, StreamExt};
+use futures::StreamExt;
 use millrace_chassis::shutdown::Shutdown;
 use millrace_chassis::telemetry;
 use millrace_proto::{AckStatus, EventAck};
@@ -13,7 +13,7 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::json;
-use crate::publish::{Ingestor, Pending, Record, Submission, Tally};
+use crate::publish::{Ingestor, Pending, Record, Submission, Tally, GATHER};
 use crate::registry::SchemaHandle;
 
 /// Subject producers publish to; the last token is the event type.
@@ -21,9 +21,6 @@ pub const SUBJECT: &str = "ingest.*";
 const QUEUE_GROUP: &str = "millrace-ingest";
 /// Records read from NATS and not yet answered, per instance.
 const WINDOW: usize = 4096;
-/// Most records submitted together: about a full atomic batch for each of
-/// EVENTS and LABELS.
-const GATHER: usize = 2 * millrace_chassis::atomic::MAX_MESSAGES;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -51,7 +48,7 @@ pub async fn serve(
     schemas: SchemaHandle,
     mut shutdown: Shutdown,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut subscription = client.queue_subscribe(SUBJECT, QUEUE_GROUP.into()).await?;
+    let subscription = client.queue_subscribe(SUBJECT, QUEUE_GROUP.into()).await?;
     tracing::info!(subject = SUBJECT, "NATS ingest path listening");
     let (steps, mut steps_rx) =
         mpsc::channel::<(Option<async_nats::Subject>, Encoding, Step)>(WINDOW);
@@ -82,23 +79,17 @@ pub async fn serve(
     });
 
     let mut index = 0u32;
+    // What has arrived goes out together: one atomic batch for many records
+    // under load, one record alone when traffic is light.
+    let mut arrivals = subscription.ready_chunks(GATHER);
     'serving: loop {
-        let first = tokio::select! {
+        let ready = tokio::select! {
             _ = shutdown.recv() => break,
-            msg = subscription.next() => match msg {
-                Some(msg) => msg,
+            ready = arrivals.next() => match ready {
+                Some(ready) => ready,
                 None => break,
             },
         };
-        // What has arrived goes out together: one atomic batch for many
-        // records under load, one record alone when traffic is light.
-        let mut ready = vec![first];
-        while ready.len() < GATHER {
-            match subscription.next().now_or_never() {
-                Some(Some(msg)) => ready.push(msg),
-                _ => break,
-            }
-        }
         let mut waiting = Vec::with_capacity(ready.len());
         let mut submissions = Vec::with_capacity(ready.len());
         let mut steps_in_order = Vec::with_capacity(ready.len());
@@ -134,7 +125,7 @@ pub async fn serve(
             }
         }
     }
-    let _ = subscription.unsubscribe().await;
+    let _ = arrivals.into_inner().unsubscribe().await;
     drop(steps);
     // Answer what was taken in before stopping.
     let _ = answering.await;
@@ -147,10 +138,7 @@ fn refused(index: u32, ingestor: &Ingestor) -> EventAck {
         index,
         status: AckStatus::Rejected as i32,
         code: "resource_exhausted".into(),
-        message: format!(
-            "ingest holds its limit of {} records waiting for JetStream; retry with backoff",
-            ingestor.limits().max_pending_records
-        ),
+        message: ingestor.full_message(),
         ..Default::default()
     }
 }

@@ -28,8 +28,7 @@ use async_nats::Subject;
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::FutureExt as _;
-use millrace_chassis::atomic;
-use millrace_chassis::bus::{self, subject, Bus, Outgoing, StreamKind};
+use millrace_chassis::bus::{self, subject, Bus, Outgoing};
 use millrace_chassis::config::{IngestLimits, LabelRule};
 use millrace_chassis::metrics::{latency_buckets, Metrics};
 use millrace_chassis::partition::{fnv1a64, partition_of};
@@ -45,6 +44,10 @@ use tokio::time::Instant;
 use crate::registry::SchemaHandle;
 use crate::schema::{Rejection, SchemaRegistry};
 use crate::wire::{EventView, Stamps};
+
+/// Most records of a stream or of `ingest.*` submitted together: about a full
+/// atomic batch for each of EVENTS and LABELS.
+pub const GATHER: usize = 2 * millrace_chassis::atomic::MAX_MESSAGES;
 
 /// How long JetStream has to confirm a record after ingest took it in (the
 /// chassis `Bus` gives its JetStream context the same publish-ack timeout).
@@ -117,7 +120,6 @@ type BatchOutcome = Shared<BoxFuture<'static, Arc<bus::BatchOutcome>>>;
 /// A record to store: accepted, stamped and encoded for its stream, or
 /// refused and put in a dead letter; it goes out in a batch.
 struct ToStore {
-    stream: StreamKind,
     slot: Slot,
     ack: EventAck,
     event_type: Arc<str>,
@@ -261,6 +263,14 @@ impl Ingestor {
         &self.limits
     }
 
+    /// Why a record found ingest full, for the producer.
+    pub fn full_message(&self) -> String {
+        format!(
+            "ingest holds its limit of {} records waiting for JetStream; retry with backoff",
+            self.limits.max_pending_records
+        )
+    }
+
     /// Reserves room for `n` records, or says the pipeline is full.
     pub fn reserve(&self, n: usize) -> Option<OwnedSemaphorePermit> {
         let n = u32::try_from(n).ok()?;
@@ -268,69 +278,61 @@ impl Ingestor {
     }
 
     /// Validates and sends the records of one call (or of what a stream had
-    /// ready): the accepted ones go to JetStream as atomic batches, one per
-    /// stream and [`atomic::MAX_MESSAGES`], in the order given. One answer per
+    /// ready, at most [`GATHER`]): the accepted ones and the refused ones'
+    /// dead letters go to JetStream grouped by stream, in the order given
+    /// ([`bus::batches_by_stream`], [`Bus::send_batch`]). One answer per
     /// record, in order, comes from [`Ingestor::settle`], at the latest
     /// [`ACK_TIMEOUT`] after the record was taken in.
     pub async fn submit(&self, records: Vec<Submission>) -> Vec<Pending> {
         let mut answers: Vec<Option<Pending>> = Vec::with_capacity(records.len());
-        let mut to_events = Vec::new();
-        let mut to_labels = Vec::new();
-        let mut to_dlq = Vec::new();
-        for submission in records {
-            let store = self.stage(submission);
-            let at = answers.len();
-            answers.push(None);
-            match store.stream {
-                StreamKind::Labels => to_labels.push((at, store)),
-                StreamKind::Dlq => to_dlq.push((at, store)),
-                _ => to_events.push((at, store)),
-            }
-        }
-        for group in [to_events, to_labels, to_dlq] {
-            let mut group = group.into_iter().peekable();
-            while group.peek().is_some() {
-                let chunk: Vec<_> = group.by_ref().take(atomic::MAX_MESSAGES).collect();
-                for (at, pending) in self.store_atomically(chunk).await {
-                    answers[at] = Some(pending);
-                }
+        answers.resize_with(records.len(), || None);
+        let staged = records.into_iter().map(|r| self.stage(r)).enumerate();
+        for batch in bus::batches_by_stream(staged, |(_, store)| store.out.subject.as_str()) {
+            for (at, pending) in self.store_atomically(batch).await {
+                answers[at] = Some(pending);
             }
         }
         answers.into_iter().flatten().collect()
     }
 
-    /// Sends `chunk` (one stream's) as an atomic batch; its outcome is worked
-    /// out on a task of its own, so the next batch goes out meanwhile.
-    async fn store_atomically(&self, chunk: Vec<(usize, ToStore)>) -> Vec<(usize, Pending)> {
-        let Some(deadline) = chunk.iter().map(|(_, s)| s.slot.deadline).min() else {
+    /// Sends `batch` (one stream's) through [`Bus::send_batch`]; its records
+    /// share the future of its outcome.
+    async fn store_atomically(&self, batch: Vec<(usize, ToStore)>) -> Vec<(usize, Pending)> {
+        let Some(deadline) = batch.iter().map(|(_, s)| s.slot.deadline).min() else {
             return Vec::new();
         };
-        let (places, stores): (Vec<usize>, Vec<ToStore>) = chunk.into_iter().unzip();
-        let outs: Vec<Outgoing> = stores.iter().map(|s| s.out.clone()).collect();
-        let n = outs.len();
-        let resolving = self.bus.send_batch(outs, deadline).await;
-        let sent = Instant::now();
-        let outcome: BatchOutcome = async move {
-            let outcome = resolving
-                .await
-                .unwrap_or_else(|e| vec![Err(format!("the batch's task failed: {e}")); n]);
-            Arc::new(outcome)
+        let mut outs = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for (at, store) in batch {
+            waiting.push((
+                at,
+                store.slot,
+                store.ack,
+                store.event_type,
+                store.out.trace.clone(),
+            ));
+            outs.push(store.out);
         }
-        .boxed()
-        .shared();
-        places
+        let outcome: BatchOutcome = self
+            .bus
+            .send_batch(outs, deadline)
+            .await
+            .map(Arc::new)
+            .boxed()
+            .shared();
+        let sent = Instant::now();
+        waiting
             .into_iter()
-            .zip(stores)
             .enumerate()
-            .map(|(position, (at, store))| {
+            .map(|(position, (at, slot, ack, event_type, span))| {
                 let pending = Pending {
-                    ack: store.ack,
-                    event_type: store.event_type,
+                    ack,
+                    event_type,
                     outcome: outcome.clone(),
                     position,
                     sent,
-                    deadline: store.slot.deadline,
-                    _span: store.out.trace,
+                    deadline: slot.deadline,
+                    _span: span,
                 };
                 (at, pending)
             })
@@ -488,7 +490,6 @@ impl Ingestor {
         };
         drop(view);
         Self::to_store(
-            StreamKind::Events,
             slot,
             ack,
             subjects.name.clone(),
@@ -535,17 +536,12 @@ impl Ingestor {
         let label = accepted
             .is_label
             .then(|| self.label_rule.as_ref().and_then(|r| r.label_of(&event)));
-        let (stream, subject, payload) = match label {
+        let (subject, payload) = match label {
             None => (
-                StreamKind::Events,
                 subjects.events(event.partition),
                 Bytes::from(event.encode_to_vec()),
             ),
-            Some(Some(label)) => (
-                StreamKind::Labels,
-                subjects.labels.clone(),
-                Bytes::from(label.encode_to_vec()),
-            ),
+            Some(Some(label)) => (subjects.labels.clone(), Bytes::from(label.encode_to_vec())),
             Some(None) => {
                 // Validation requires the rule's fields, so only a pipeline
                 // whose rule disagrees with its schema gets here.
@@ -566,20 +562,11 @@ impl Ingestor {
             event_id: event.event_id,
             ..Default::default()
         };
-        Self::to_store(
-            stream,
-            slot,
-            ack,
-            subjects.name.clone(),
-            subject,
-            payload,
-            span,
-        )
+        Self::to_store(slot, ack, subjects.name.clone(), subject, payload, span)
     }
 
     /// An accepted record, to be stored under `Nats-Msg-Id` = its event id.
     fn to_store(
-        stream: StreamKind,
         slot: Slot,
         ack: EventAck,
         event_type: Arc<str>,
@@ -595,7 +582,6 @@ impl Ingestor {
             headers: Vec::new(),
         };
         ToStore {
-            stream,
             slot,
             ack,
             event_type,
@@ -660,7 +646,6 @@ impl Ingestor {
             stream_sequence: 0,
         };
         ToStore {
-            stream: StreamKind::Dlq,
             slot,
             ack,
             event_type: event_type.into(),
