@@ -1040,15 +1040,23 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
         println!("{name:<52}{cells}");
     };
     row("(a) raw JetStream publish, 512 acks in flight", &|c| {
-        format!("{} ev/s", thousands(c.raw.rate))
+        format!(
+            "{} ev/s",
+            millrace_integration_tests::bench::thousands(c.raw.rate)
+        )
     });
     println!(
         "    (DESIGN.md baseline for this machine: ~{} msg/s with Nats-Msg-Id, 256 B)",
-        thousands(DESIGN_RAW_WITH_MSG_ID)
+        millrace_integration_tests::bench::thousands(DESIGN_RAW_WITH_MSG_ID)
     );
     row(
         &format!("    raw, {INGEST_ACKS_IN_FLIGHT} acks in flight (ingest's own limit)"),
-        &|c| format!("{} ev/s", thousands(c.raw_deep.rate)),
+        &|c| {
+            format!(
+                "{} ev/s",
+                millrace_integration_tests::bench::thousands(c.raw_deep.rate)
+            )
+        },
     );
     for (i, (batch, producers)) in BATCH_SIZES
         .iter()
@@ -1060,7 +1068,12 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
             if i == 0 { "(b)" } else { "   " },
             if producers == 1 { "" } else { "s" }
         );
-        row(&name, &|c| format!("{} ev/s", thousands(c.ingest[i].rate)));
+        row(&name, &|c| {
+            format!(
+                "{} ev/s",
+                millrace_integration_tests::bench::thousands(c.ingest[i].rate)
+            )
+        });
     }
     println!("    CPU per event: client / ingest / nats-server");
     row("    (a) raw JetStream publish, 512 acks in flight", &|c| {
@@ -1104,8 +1117,8 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
     row("(d) half of ingest's peak rate (target / achieved)", &|c| {
         format!(
             "{} / {} ev/s",
-            thousands(c.batch_latency.target),
-            thousands(c.batch_latency.achieved)
+            millrace_integration_tests::bench::thousands(c.batch_latency.target),
+            millrace_integration_tests::bench::thousands(c.batch_latency.achieved)
         )
     });
     row(
@@ -1119,18 +1132,23 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
         &|c| latencies(&c.stream_latency),
     );
     row("    PublishStream achieved rate", &|c| {
-        format!("{} ev/s", thousands(c.stream_latency.achieved))
+        format!(
+            "{} ev/s",
+            millrace_integration_tests::bench::thousands(c.stream_latency.achieved)
+        )
     });
     row("    records answered `unavailable` (ack timeout)", &|c| {
-        thousands(c.unavailable as f64)
+        millrace_integration_tests::bench::thousands(c.unavailable as f64)
     });
     row(
         &format!("    calls abandoned unanswered {GRACE:?} after sending stopped"),
-        &|c| thousands(c.abandoned as f64),
+        &|c| millrace_integration_tests::bench::thousands(c.abandoned as f64),
     );
     row("    raw publishes not acked within 10 s", &|c| {
         let plain = c.raw_uncompressed.map_or(0, |(run, _)| run.timed_out);
-        thousands((c.raw.timed_out + c.raw_deep.timed_out + plain) as f64)
+        millrace_integration_tests::bench::thousands(
+            (c.raw.timed_out + c.raw_deep.timed_out + plain) as f64,
+        )
     });
     row("(e) ingest peak RSS, VmHWM (target < 100 MB)", &|c| {
         let mb = c.ingest_hwm_kb as f64 / 1024.0;
@@ -1174,26 +1192,16 @@ fn print_report(events: &FlightEvents, columns: &[Column]) {
     row(
         "    raw publish into the uncompressed stream",
         &|c| match &c.raw_uncompressed {
-            Some((run, _)) => format!("{} ev/s", thousands(run.rate)),
+            Some((run, _)) => format!(
+                "{} ev/s",
+                millrace_integration_tests::bench::thousands(run.rate)
+            ),
             None => "-".into(),
         },
     );
     row("    messages in EVENTS at the end", &|c| {
-        thousands(c.events_bytes.messages as f64)
+        millrace_integration_tests::bench::thousands(c.events_bytes.messages as f64)
     });
-}
-
-fn thousands(v: f64) -> String {
-    let n = v.round() as u64;
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 fn latencies(run: &LatencyRun) -> String {

@@ -222,17 +222,17 @@ async fn run() -> Result<()> {
     eprintln!(
         "year bench: {} events from {} ({}; {} flights scheduled, {} with a tail number, \
          {} departed, {} weather reports, {} planes{}) read in {:.1?}; binaries from {}",
-        thousands(year.events.len() as f64),
+        millrace_integration_tests::bench::thousands(year.events.len() as f64),
         settings.flights_dir.display(),
         settings
             .until
             .as_deref()
             .map_or("the whole year".into(), |u| format!("flights before {u}")),
-        thousands(year.scheduled as f64),
-        thousands(year.scored as f64),
-        thousands(year.departed as f64),
-        thousands(year.weather as f64),
-        thousands(year.planes as f64),
+        millrace_integration_tests::bench::thousands(year.scheduled as f64),
+        millrace_integration_tests::bench::thousands(year.scored as f64),
+        millrace_integration_tests::bench::thousands(year.departed as f64),
+        millrace_integration_tests::bench::thousands(year.weather as f64),
+        millrace_integration_tests::bench::thousands(year.planes as f64),
         if year.repeated_ids > 0 {
             format!("; {} ids repeated, sent once", year.repeated_ids)
         } else {
@@ -429,8 +429,8 @@ impl Rate {
     fn show(&self) -> String {
         format!(
             "{} ev/s ({} in {:.1} s)",
-            thousands(self.per_second()),
-            thousands(self.events as f64),
+            millrace_integration_tests::bench::thousands(self.per_second()),
+            millrace_integration_tests::bench::thousands(self.events as f64),
             self.seconds
         )
     }
@@ -767,7 +767,7 @@ async fn ingest_part(settings: &Settings) -> Result<IngestPart> {
                 .unwrap_or_default();
             eprintln!(
                 "  {secs:>5.0} s: {} stored",
-                thousands((events + labels) as f64)
+                millrace_integration_tests::bench::thousands((events + labels) as f64)
             );
         }
     })
@@ -783,10 +783,10 @@ async fn ingest_part(settings: &Settings) -> Result<IngestPart> {
     eprintln!(
         "(b) ingest alone: {} events in {:.1} s (spawn to exit): {} ev/s; {} stored; \
          ingest peak RSS {ingest_hwm_mib:.0} MiB",
-        thousands(replay.events as f64),
+        millrace_integration_tests::bench::thousands(replay.events as f64),
         replay.seconds,
-        thousands(replay.events as f64 / replay.seconds),
-        thousands(stored as f64)
+        millrace_integration_tests::bench::thousands(replay.events as f64 / replay.seconds),
+        millrace_integration_tests::bench::thousands(stored as f64)
     );
     ingest.terminate().await?;
     Ok(IngestPart {
@@ -882,8 +882,8 @@ async fn pipeline_part(settings: &Settings) -> Result<PipelinePart> {
                 .unwrap_or_default();
             eprintln!(
                 "  {secs:>5.0} s: {} in EVENTS, {} messages in PREDICTIONS",
-                thousands(events as f64),
-                thousands(predictions as f64)
+                millrace_integration_tests::bench::thousands(events as f64),
+                millrace_integration_tests::bench::thousands(predictions as f64)
             );
         }
     })
@@ -945,7 +945,10 @@ async fn pipeline_part(settings: &Settings) -> Result<PipelinePart> {
         "  records once settled: {}",
         records
             .iter()
-            .map(|(name, n)| format!("{name} {}", thousands(*n as f64)))
+            .map(|(name, n)| format!(
+                "{name} {}",
+                millrace_integration_tests::bench::thousands(*n as f64)
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -969,9 +972,9 @@ async fn pipeline_part(settings: &Settings) -> Result<PipelinePart> {
     eprintln!(
         "(c) whole pipeline: {} events, replay spawned to last prediction {seconds:.1} s: {} ev/s; \
          {} predictions",
-        thousands(replay.events as f64),
-        thousands(replay.events as f64 / seconds),
-        thousands(predictions as f64)
+        millrace_integration_tests::bench::thousands(replay.events as f64),
+        millrace_integration_tests::bench::thousands(replay.events as f64 / seconds),
+        millrace_integration_tests::bench::thousands(predictions as f64)
     );
     Ok(PipelinePart {
         replay,
@@ -1005,7 +1008,7 @@ impl Report {
                 .until
                 .as_deref()
                 .map_or("2013".into(), |u| format!("flights before {u}")),
-            thousands(self.year_events as f64)
+            millrace_integration_tests::bench::thousands(self.year_events as f64)
         );
         println!(
             "{:<50}{:>34}   {:<34}{:>8}",
@@ -1014,7 +1017,10 @@ impl Report {
         let row = |name: &str, value: String, baseline: Option<(&str, f64)>, rate: Option<f64>| {
             let (base, ratio) = match (baseline, rate) {
                 (Some((what, b)), Some(r)) if b > 0.0 => (
-                    format!("{what} {} ev/s", thousands(b)),
+                    format!(
+                        "{what} {} ev/s",
+                        millrace_integration_tests::bench::thousands(b)
+                    ),
                     format!("{:.0}%", r / b * 100.0),
                 ),
                 _ => (String::new(), String::new()),
@@ -1059,8 +1065,8 @@ impl Report {
                 "(b) ingest alone: replay spawn to exit",
                 format!(
                     "{} ev/s ({} in {:.1} s)",
-                    thousands(ingest_rate.unwrap_or_default()),
-                    thousands(r.events as f64),
+                    millrace_integration_tests::bench::thousands(ingest_rate.unwrap_or_default()),
+                    millrace_integration_tests::bench::thousands(r.events as f64),
                     r.seconds
                 ),
                 atomic_rate.map(|b| ("raw atomic", b)),
@@ -1070,7 +1076,7 @@ impl Report {
             println!(
                 "    events counted from {}; {} stored in EVENTS + LABELS",
                 r.events_from,
-                thousands(ingest.stored as f64)
+                millrace_integration_tests::bench::thousands(ingest.stored as f64)
             );
         }
         if let Some(p) = &self.pipeline {
@@ -1079,8 +1085,8 @@ impl Report {
                 "(c) whole pipeline: replay spawn to last prediction",
                 format!(
                     "{} ev/s ({} in {:.1} s)",
-                    thousands(rate),
-                    thousands(p.replay.events as f64),
+                    millrace_integration_tests::bench::thousands(rate),
+                    millrace_integration_tests::bench::thousands(p.replay.events as f64),
                     p.seconds
                 ),
                 atomic_rate.map(|b| ("raw atomic", b)),
@@ -1092,7 +1098,7 @@ impl Report {
             let met = p.seconds <= TARGET_SECS && rate >= TARGET_RATE;
             println!(
                 "    target: the year in <= {TARGET_SECS:.0} s, >= {} ev/s: {}{}",
-                thousands(TARGET_RATE),
+                millrace_integration_tests::bench::thousands(TARGET_RATE),
                 if met { "met" } else { "MISSED" },
                 if settings.until.is_some() {
                     " (on a part of the year: YEAR_BENCH_UNTIL)"
@@ -1106,12 +1112,14 @@ impl Report {
             );
             println!(
                 "    predictions: {} for {} scheduled flights with a tail number{}",
-                thousands(p.predictions as f64),
-                thousands(self.scored as f64),
+                millrace_integration_tests::bench::thousands(p.predictions as f64),
+                millrace_integration_tests::bench::thousands(self.scored as f64),
                 if p.predictions < self.scored {
                     format!(
                         " ({} MISSING: the pipeline dropped flights, see the DLQ)",
-                        thousands((self.scored - p.predictions) as f64)
+                        millrace_integration_tests::bench::thousands(
+                            (self.scored - p.predictions) as f64
+                        )
                     )
                 } else {
                     String::new()
@@ -1120,7 +1128,12 @@ impl Report {
             let letters: Vec<String> = p
                 .dead_letters
                 .iter()
-                .map(|((stage, reason), n)| format!("{stage} {reason} {}", thousands(*n as f64)))
+                .map(|((stage, reason), n)| {
+                    format!(
+                        "{stage} {reason} {}",
+                        millrace_integration_tests::bench::thousands(*n as f64)
+                    )
+                })
                 .collect();
             println!("    DLQ by stage and reason: {}", letters.join(", "));
         }
@@ -1148,17 +1161,4 @@ impl Report {
             println!("    (a) nats-server {:.0} MiB", raw.nats_hwm_mib);
         }
     }
-}
-
-fn thousands(v: f64) -> String {
-    let n = v.round() as u64;
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
