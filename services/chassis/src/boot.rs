@@ -108,6 +108,7 @@ impl Running {
             snapshot_interval: self.env.snapshot_interval,
             snapshot_every: self.env.snapshot_every,
             span_name: stage,
+            heartbeat: None,
         }
     }
 

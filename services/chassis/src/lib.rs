@@ -5,6 +5,7 @@
 //! - [`bus`]: the NATS connection, stream provisioning, typed publish with `Nats-Msg-Id`
 //!   and `traceparent`, and durable consumers that resume where a snapshot left off.
 //! - [`atomic`]: ADR-50 atomic batches: many messages to one stream under one fsync.
+//! - [`event_order`]: several streams' records put in event-time order before a stage applies them.
 //! - [`boot`]: the start and end every service shares (settings, NATS, snapshot store,
 //!   gRPC and HTTP servers, the stage run).
 //! - [`stage`]: the one loop every consuming service runs: consume, apply in an actor,
@@ -26,6 +27,7 @@ pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod event_order;
 pub mod filter;
 pub mod grpc;
 pub mod http;

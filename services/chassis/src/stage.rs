@@ -127,6 +127,9 @@ pub struct Delivered<T> {
     /// Index of the stream it came from in [`StageSpec::sources`].
     pub source: usize,
     pub sequence: u64,
+    /// Messages the server still had for the consumer after this one's:
+    /// 0 when the stage has caught up with the stream ([`crate::event_order`]).
+    pub pending: u64,
     pub message: T,
     /// Context of this stage's span; attach it to every output derived from the message.
     pub trace: Context,
@@ -230,9 +233,19 @@ pub struct StageSpec {
     pub snapshot_every: u64,
     /// Name of this stage's per-event span.
     pub span_name: &'static str,
+    /// When set, an actor that holds records back ([`crate::event_order`])
+    /// is handed an empty batch after this long without input, so that what
+    /// waited on a silence can go.
+    pub heartbeat: Option<Duration>,
 }
 
 impl StageSpec {
+    /// Hands the actor an empty batch after `every` without input.
+    pub fn with_heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
+        self
+    }
+
     fn pull_size(&self, source: &Source) -> usize {
         source.pull.unwrap_or(self.batch_size)
     }
@@ -365,6 +378,9 @@ where
     checkpoint.report_sequence(&checkpoint.applied);
     let mut tick = tokio::time::interval(spec.snapshot_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(spec.heartbeat.unwrap_or(Duration::from_secs(3600)));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = false;
 
     loop {
         tokio::select! {
@@ -376,7 +392,15 @@ where
                     checkpoint.snapshot(&actor).await?;
                 }
             }
+            _ = heartbeat.tick(), if spec.heartbeat.is_some() => {
+                if !std::mem::take(&mut heard) {
+                    let outputs = checkpoint.apply(&actor, Vec::new()).await?;
+                    let position = checkpoint.applied.clone();
+                    checkpoint.send(outputs, &position, &position).await?;
+                }
+            }
             chunk = chunks.next() => {
+                heard = true;
                 let Some(chunk) = chunk else {
                     let first = &spec.sources[0];
                     return Err(consume_error(&bus, first, "the consumers' message streams ended".into()));
@@ -782,6 +806,7 @@ impl Checkpoint<'_> {
                     continue;
                 }
             };
+            let pending = msg.reply.as_deref().and_then(pending_after).unwrap_or(0);
             if sequence <= self.applied[source] {
                 self.metrics.replays_skipped.inc();
                 continue;
@@ -832,6 +857,7 @@ impl Checkpoint<'_> {
                         piece.items.push(Delivered {
                             source,
                             sequence,
+                            pending,
                             message,
                             trace,
                         });

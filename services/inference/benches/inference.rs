@@ -237,6 +237,7 @@ fn streaming_figures(catalog: Arc<Catalog>) {
                 .map(|k| Delivered {
                     source: 0,
                     sequence: base + k,
+                    pending: 0,
                     message: InferenceInput::Vector(FeatureVector {
                         event_id: format!("e{}", base + k),
                         entity_key: "k".into(),
@@ -264,6 +265,7 @@ fn streaming_figures(catalog: Arc<Catalog>) {
                     .map(|d| Delivered {
                         source: d.source,
                         sequence: d.sequence + round,
+                        pending: 0,
                         message: d.message.clone(),
                         trace: d.trace.clone(),
                     })

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use millrace_chassis::boot::Boot;
 use millrace_chassis::bus::StreamKind;
 use millrace_chassis::config::Service;
+use millrace_chassis::event_order;
 use millrace_chassis::runtime;
 use millrace_chassis::stage::{self, Source};
 use millrace_inference::catalog::Catalog;
@@ -47,15 +48,17 @@ async fn run() -> anyhow::Result<()> {
         .await?;
 
     // One stage over both streams: the snapshot holds the state and both sequences.
-    let spec = svc.stage_spec(
-        "inference",
-        vec![
-            Source::new(StreamKind::Features, "inference"),
-            Source::new(StreamKind::Labels, "inference-labels").of_single_records(),
-        ],
-        Some(StreamKind::Predictions),
-        512,
-    );
+    let spec = svc
+        .stage_spec(
+            "inference",
+            vec![
+                Source::new(StreamKind::Features, "inference"),
+                Source::new(StreamKind::Labels, "inference-labels").of_single_records(),
+            ],
+            Some(StreamKind::Predictions),
+            512,
+        )
+        .with_heartbeat(event_order::IDLE / 5);
     let (mut state, resume) = stage::load_state::<serving::ServingState>(&svc.store, &spec)?;
     let pipeline = &svc.pipeline;
     let online = &pipeline.model.online;
@@ -67,7 +70,7 @@ async fn run() -> anyhow::Result<()> {
         };
         state = state.with_online(online, inputs, pipeline.model.threshold);
     } else {
-        state.online = None;
+        state = state.without_online();
     }
     let registry = Registry::open(&svc.env.data_dir)?;
     let catalog = Arc::new(

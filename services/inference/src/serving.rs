@@ -9,11 +9,18 @@
 //!   join until its label arrives (or takes the label that came first), then
 //!   lets the online learner predict (progressive validation) and learn.
 //!
-//! Everything it must not lose or count twice is in [`ServingState`], which
-//! the stage loop snapshots with both sequences; nothing here touches NATS or
-//! sled. After a crash the two streams may interleave differently on replay:
-//! every vector is still scored once (its prediction id depends only on the
-//! model and the event, so a re-publish is dropped) and every label learned once.
+//! Vectors and labels are applied in event-time order ([`EventOrder`]), not
+//! as they arrive: on a fast replay labels run hours ahead of the vectors of
+//! their flights, and a learner fed in arrival order would have learned from
+//! flights that departed after the one it predicts. So a vector is scored by
+//! the models as they stood at its event time (the online learner included,
+//! and its progressive score is taken then), and a label is learned once every
+//! vector before it has been scored; a replay at any speed gives the figures a
+//! live run would.
+//!
+//! Everything it must not lose or count twice is in [`ServingState`] (the
+//! records held for the order too), which the stage loop snapshots with both
+//! sequences; nothing here touches NATS or sled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use std::sync::Arc;
 use actix::{Actor, Context, Handler, MessageResult};
 use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::OnlineSettings;
+use millrace_chassis::event_order::{Arrival, EventOrder};
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot, Taken};
 use millrace_proto::{FeatureVector, Label, Prediction};
@@ -60,6 +68,66 @@ impl StageInput for InferenceInput {
     }
 }
 
+impl InferenceInput {
+    /// The source it came from, as [`StageInput::decode`] numbers them.
+    fn source(&self) -> usize {
+        match self {
+            Self::Vector(_) => 0,
+            Self::Label(_) => 1,
+        }
+    }
+
+    /// The scoring event's time for a vector, the label event's for a label.
+    fn event_time_us(&self) -> i64 {
+        match self {
+            Self::Vector(v) => v.event_time_us,
+            Self::Label(l) => l.event_time_us,
+        }
+    }
+}
+
+/// A record held for the event-time order, with the span it was delivered
+/// under. Snapshotted as its source and wire bytes; the span does not survive
+/// a restart.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub input: InferenceInput,
+    pub trace: opentelemetry::Context,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.input == other.input
+    }
+}
+
+impl Serialize for Waiting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use prost::Message as _;
+        let bytes = match &self.input {
+            InferenceInput::Vector(v) => v.encode_to_vec(),
+            InferenceInput::Label(l) => l.encode_to_vec(),
+        };
+        (self.input.source() as u8, bytes).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Waiting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (source, bytes) = <(u8, Vec<u8>)>::deserialize(d)?;
+        let input = InferenceInput::decode(usize::from(source), bytes.into())
+            .map_err(serde::de::Error::custom)?;
+        Ok(Self {
+            input,
+            trace: opentelemetry::Context::new(),
+        })
+    }
+}
+
+/// How FEATURES and LABELS arrive (see [`Arrival`]): vectors come through
+/// enrich and feature-state, labels straight from ingest.
+pub const ARRIVALS: [Arrival; 2] = [Arrival::Derived, Arrival::Direct];
+
 /// Predictions made by one model version.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionTally {
@@ -80,6 +148,9 @@ pub struct ShadowTally {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
     pub row: Vec<f64>,
+    /// The online learner's score at the vector's event time: what its
+    /// progressive validation records once the label comes.
+    pub online: f64,
     pub served: (String, f64),
     pub shadow: Option<(String, f64)>,
 }
@@ -102,11 +173,14 @@ pub struct ServingState {
     /// Version → its shadow record.
     pub shadow: BTreeMap<String, ShadowTally>,
     pub online: Option<OnlineState>,
+    /// Vectors and labels delivered but not yet applied, in event-time order.
+    pub order: EventOrder<Waiting>,
 }
 
 impl ServingState {
     /// Adds the online learner when the pipeline asks for one and the state
-    /// has none yet; applies the configured bounds to a restored join.
+    /// has none yet; applies the configured bounds to a restored join. With a
+    /// learner, vectors and labels are applied in event-time order.
     pub fn with_online(
         mut self,
         settings: &OnlineSettings,
@@ -129,6 +203,15 @@ impl ServingState {
                 })
             }
         }
+        self.order = std::mem::take(&mut self.order).with_arrivals(ARRIVALS.to_vec());
+        self
+    }
+
+    /// Without a learner nothing depends on the order of the two streams.
+    pub fn without_online(mut self) -> Self {
+        self.online = None;
+        self.order = std::mem::take(&mut self.order)
+            .with_arrivals(vec![Arrival::Unordered, Arrival::Unordered]);
         self
     }
 }
@@ -149,6 +232,7 @@ struct ServingMetrics {
     join: IntCounterVec,
     join_waiting: IntGauge,
     labels_waiting: IntGauge,
+    held: IntGauge,
     progressive_auc: GaugeVec,
     progressive_log_loss: GaugeVec,
     progressive_brier: GaugeVec,
@@ -217,6 +301,10 @@ impl ServingMetrics {
             labels_waiting: metrics.gauge(
                 "inference_label_join_waiting_labels",
                 "Labels waiting in the label join for their feature vector.",
+            ),
+            held: metrics.gauge(
+                "inference_event_order_held",
+                "Vectors and labels delivered but held until the other stream passes their event time.",
             ),
             progressive_auc: gauge(
                 "inference_progressive_roc_auc",
@@ -414,6 +502,7 @@ impl ModelServer {
             }
         }
         let scored = Scored {
+            online: online.learner.predict(&row),
             row,
             served,
             shadow,
@@ -442,15 +531,15 @@ impl ModelServer {
         }
     }
 
-    /// Progressive validation first (the learner's score before it sees the
-    /// label, and what the served versions said), then the SGD step.
+    /// Progressive validation first (what the learner and the served versions
+    /// said at the vector's event time), then the SGD step.
     fn learn(online: &mut OnlineState, scored: &Scored, label: f64) {
-        let before = online.learner.learn(&scored.row, label);
+        online.learner.learn(&scored.row, label);
         online
             .progressive
             .entry(ONLINE_VERSION.into())
             .or_default()
-            .record(before, label);
+            .record(scored.online, label);
         let (version, score) = &scored.served;
         if version != ONLINE_VERSION {
             online
@@ -542,24 +631,54 @@ impl Handler<Apply<InferenceInput>> for ModelServer {
         _: &mut Self::Context,
     ) -> Self::Result {
         let now = millrace_chassis::time::now_us();
-        // One view of the models for the whole batch.
-        let served = self.catalog.load();
-        let updates_before = self.state.online.as_ref().map(|o| o.learner.updates());
+        let clock = std::time::Instant::now();
+        let mut served = self.catalog.load();
+        let serves_online = |s: &Served| {
+            s.active.version() == ONLINE_VERSION
+                || s.shadow
+                    .as_ref()
+                    .is_some_and(|m| m.version() == ONLINE_VERSION)
+        };
+        let updates = |s: &ServingState| s.online.as_ref().map(|o| o.learner.updates());
+        // The learner's updates when the catalog last had it.
+        let mut published = updates(&self.state);
         let mut out = Vec::with_capacity(batch.len());
+        let mut ready = Vec::with_capacity(batch.len());
         for d in batch {
-            match d.message {
+            let time = d.message.event_time_us();
+            let waiting = Waiting {
+                input: d.message,
+                trace: d.trace,
+            };
+            let order = &mut self.state.order;
+            ready.extend(order.push(d.source, time, d.pending, waiting, clock));
+            ready.extend(std::iter::from_fn(|| order.pop(clock)));
+        }
+        for Waiting { input, trace } in ready {
+            match input {
                 InferenceInput::Vector(v) => {
+                    // A served learner scores as it stands at this vector's time.
+                    if updates(&self.state) != published && serves_online(&served) {
+                        if let Some(online) = &self.state.online {
+                            self.catalog.publish_online(&online.learner);
+                            served = self.catalog.load();
+                        }
+                        published = updates(&self.state);
+                    }
                     let prediction = self.predict(&served, &v, now);
-                    out.push(Self::outgoing(&prediction, d.trace));
+                    out.push(Self::outgoing(&prediction, trace));
                 }
                 InferenceInput::Label(l) => self.label(&l),
             }
         }
-        if let Some(online) = &self.state.online {
-            if Some(online.learner.updates()) != updates_before {
+        if updates(&self.state) != published {
+            if let Some(online) = &self.state.online {
                 self.catalog.publish_online(&online.learner);
             }
         }
+        self.metrics
+            .held
+            .set(i64::try_from(self.state.order.held()).unwrap_or(i64::MAX));
         self.report_progress();
         out
     }
@@ -727,6 +846,7 @@ mod tests {
         Delivered {
             source,
             sequence: seq,
+            pending: 0,
             message,
             trace: opentelemetry::Context::new(),
         }
@@ -788,6 +908,105 @@ mod tests {
         assert_eq!(decoded, InferenceInput::Label(l));
     }
 
+    /// Flights as a replay sees them: (vector, label) with the label's time
+    /// 40 minutes of event time after its vector's; a vector every 10.
+    fn flights(n: u32) -> Vec<(FeatureVector, Label)> {
+        (0..n)
+            .map(|i| {
+                let amount = f64::from((i * 37) % 100);
+                let mut v = vector(&format!("e{i}"), f64::from(i % 5), Some(amount));
+                v.event_time_us = i64::from(i) * 600_000_000;
+                let y = f64::from(u8::from(amount < 50.0 || i % 7 == 0));
+                let l = label(&v.label_key, y, v.event_time_us + 2_400_000_000);
+                (v, l)
+            })
+            .collect()
+    }
+
+    /// Runs `deliveries` (source, input), `chunk` at a time, through a fresh
+    /// server with the learner; answers its progressive metrics by version.
+    async fn progressive_after(
+        deliveries: Vec<InferenceInput>,
+        chunk: usize,
+    ) -> BTreeMap<String, (u64, u64, u64)> {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ServingState::default().with_online(
+            &OnlineSettings::default(),
+            vec!["count".into(), "amount".into()],
+            0.5,
+        );
+        let learner = state.online.as_ref().map(|o| o.learner.clone());
+        let server = ModelServer::new(
+            catalog(dir.path(), learner.as_ref()),
+            state,
+            &Metrics::new(),
+        )
+        .start();
+        let mut seq = [0u64; 2];
+        let mut all = deliveries.into_iter().peekable();
+        while all.peek().is_some() {
+            let batch = all
+                .by_ref()
+                .take(chunk)
+                .map(|input| {
+                    let source = input.source();
+                    seq[source] += 1;
+                    // Nothing more pending only once the stream's last record is in.
+                    delivered(source, seq[source], input)
+                })
+                .collect();
+            server.send(Apply(batch)).await.unwrap();
+        }
+        let state = server
+            .send(TakeSnapshot::<ServingState>::default())
+            .await
+            .unwrap()
+            .state;
+        state
+            .online
+            .unwrap()
+            .progressive
+            .iter()
+            .map(|(v, p)| {
+                let (auc, loss) = (p.roc_auc().to_bits(), p.log_loss().to_bits());
+                (v.clone(), (p.examples, auc, loss))
+            })
+            .collect()
+    }
+
+    #[actix::test]
+    async fn labels_far_ahead_or_in_step_give_the_same_progressive_metrics() {
+        let flights = flights(3000);
+        // In step, as a live run delivers them: every record at its event time.
+        let mut live: Vec<(i64, usize, InferenceInput)> = flights
+            .iter()
+            .flat_map(|(v, l)| {
+                [
+                    (v.event_time_us, 0, InferenceInput::Vector(v.clone())),
+                    (l.event_time_us, 1, InferenceInput::Label(l.clone())),
+                ]
+            })
+            .collect();
+        live.sort_by_key(|(t, source, _)| (*t, *source));
+        let live: Vec<InferenceInput> = live.into_iter().map(|(_, _, i)| i).collect();
+        // A fast replay: every label delivered before any vector.
+        let ahead: Vec<InferenceInput> = flights
+            .iter()
+            .map(|(_, l)| InferenceInput::Label(l.clone()))
+            .chain(
+                flights
+                    .iter()
+                    .map(|(v, _)| InferenceInput::Vector(v.clone())),
+            )
+            .collect();
+        let in_step = progressive_after(live, 7).await;
+        let far_ahead = progressive_after(ahead.clone(), 512).await;
+        let other_chunks = progressive_after(ahead, 33).await;
+        assert!(in_step[ONLINE_VERSION].0 > 2900, "{in_step:?}");
+        assert_eq!(in_step, far_ahead);
+        assert_eq!(in_step, other_chunks);
+    }
+
     fn label(key: &str, value: f64, time: i64) -> Label {
         Label {
             event_id: format!("label-{key}"),
@@ -800,6 +1019,7 @@ mod tests {
 
     /// The true rule is "amount below 50 is fraud", which the fixed model (a
     /// positive weight on amount) gets backwards; the learner must beat it.
+    /// Labels delivered before their vectors wait for them (event-time order).
     #[actix::test]
     async fn labels_join_in_either_order_and_the_learner_beats_a_wrong_fixed_model() {
         let dir = tempfile::tempdir().unwrap();
@@ -845,13 +1065,15 @@ mod tests {
             };
             server.send(Apply(batch)).await.unwrap();
         }
-        // A label nobody scored waits (and would expire after the TTL).
+        // A label nobody scored waits (and would expire after the TTL); a
+        // later vector lets every label up to its time go.
+        let mut later = vector("later", 1.0, Some(1.0));
+        later.event_time_us = 3000;
         server
-            .send(Apply(vec![delivered(
-                1,
-                next(),
-                InferenceInput::Label(label("nobody", 1.0, 2000)),
-            )]))
+            .send(Apply(vec![
+                delivered(1, next(), InferenceInput::Label(label("nobody", 1.0, 2000))),
+                delivered(0, next(), InferenceInput::Vector(later)),
+            ]))
             .await
             .unwrap();
         let state = server
@@ -861,8 +1083,12 @@ mod tests {
             .state;
         let online = state.online.as_ref().unwrap();
         assert_eq!(online.join.counts.joined, 2000);
-        assert_eq!(online.join.counts.label_first, 667);
+        assert_eq!(
+            online.join.counts.label_first, 0,
+            "a label delivered first is applied after its vector"
+        );
         assert_eq!(online.join.waiting_labels(), 1);
+        assert_eq!(state.order.held(), 0);
         let learned = online.progressive[ONLINE_VERSION].roc_auc();
         let fixed = online.progressive["v1"].roc_auc();
         assert!(fixed < 0.5, "the fixed model is wrong-way round: {fixed}");

@@ -21,8 +21,8 @@
 //! or a count of messages, never the wall clock. Drift, score drift and latency
 //! each depend on one stream's order only, so a replay re-derives their alerts
 //! with the same ids, which JetStream then drops. Quality depends on how labels
-//! and predictions interleaved; the pairs joined are the same, but a window's
-//! content at a given moment, and so an alert on it, can differ on a replay.
+//! and predictions interleave, so the two are applied in event-time order
+//! ([`EventOrder`], held records in the state), whatever the replay's speed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +33,7 @@ use millrace_chassis::bus::{subject, Outgoing};
 use millrace_chassis::config::{
     DriftReference, FeatureKind, MonitorMetric, MonitorSettings, QualityWindow,
 };
+use millrace_chassis::event_order::EventOrder;
 use millrace_chassis::stage::{Apply, TakeSnapshot, Taken};
 use millrace_proto::{FeatureVector, Label, Prediction};
 use opentelemetry::Context as TraceContext;
@@ -40,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertBook, Family, Reading, Rule, Scope};
 use crate::drift::{DriftBook, DriftFigures, DriftSpec, DriftTracker, ReferenceSource};
-use crate::input::{LabelRecord, MonitorInput, PredictionRecord, VectorRecord};
+use crate::input::{self, LabelRecord, MonitorInput, PredictionRecord, VectorRecord, Waiting};
 use crate::join::{JoinLimits, Joined, LabelJoin};
 use crate::latency::{lag_seconds, quantile_of_sorted, LatencyBook, VersionLatency};
 use crate::metrics::{MonitorMetrics, RecordMetrics, VersionMetrics, LATENCY_QUANTILES};
@@ -59,6 +60,8 @@ pub struct MonitorState {
     pub latency: LatencyBook,
     pub alerts: AlertBook,
     pub feature_vectors: u64,
+    /// Predictions and labels delivered but not yet applied, in event-time order.
+    pub order: EventOrder<Waiting>,
 }
 
 /// The state as the stage stores it: the board's own, not a copy. It
@@ -199,6 +202,7 @@ impl HealthBoard {
         metrics: MonitorMetrics,
     ) -> Self {
         state.alerts.retain_rules(&rules);
+        state.order = std::mem::take(&mut state.order).with_arrivals(input::ARRIVALS.to_vec());
         let mut hot = Hot::default();
         for rule in &rules {
             hot.families[family_index(rule.family)] = true;
@@ -1158,7 +1162,19 @@ impl Handler<Apply<MonitorInput>> for HealthBoard {
     type Result = Vec<Outgoing>;
 
     fn handle(&mut self, Apply(batch): Apply<MonitorInput>, _: &mut Self::Context) -> Self::Result {
-        self.apply_all(batch.iter().map(|d| (&d.message, &d.trace)))
+        let clock = std::time::Instant::now();
+        let order = &mut Arc::make_mut(&mut self.state).order;
+        let mut ready = Vec::with_capacity(batch.len());
+        for d in batch {
+            let time = d.message.event_time_us();
+            let waiting = Waiting {
+                input: d.message,
+                trace: d.trace,
+            };
+            ready.extend(order.push(d.source, time, d.pending, waiting, clock));
+            ready.extend(std::iter::from_fn(|| order.pop(clock)));
+        }
+        self.apply_all(ready.iter().map(|w| (&w.input, &w.trace)))
     }
 }
 
@@ -1372,6 +1388,7 @@ mod tests {
         let delivered = |source: usize, sequence: u64, message: MonitorInput| Delivered {
             source,
             sequence,
+            pending: 0,
             message,
             trace: no_trace(),
         };

@@ -25,6 +25,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use millrace_chassis::bus::StreamKind;
+use millrace_chassis::event_order::Arrival;
 use millrace_chassis::stage::{Source, StageInput};
 use millrace_proto::wire::{decode_in_place, is_text, put_varint, Span, Value, Wire};
 use millrace_proto::{FeatureVector, Label, Prediction};
@@ -42,6 +43,10 @@ pub fn sources() -> Vec<Source> {
         Source::new(StreamKind::Features, "monitor-features"),
     ]
 }
+
+/// How the three arrive ([`Arrival`]): quality pairs predictions with labels
+/// in event-time order; drift reads the vectors in their own order.
+pub const ARRIVALS: [Arrival; 3] = [Arrival::Derived, Arrival::Direct, Arrival::Unordered];
 
 /// One record from any of the three streams.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +71,58 @@ impl StageInput for MonitorInput {
             Self::Label(l) => l.event_id(),
             Self::Features(v) => v.event_id(),
         }
+    }
+}
+
+impl MonitorInput {
+    /// The time [`ARRIVALS`] orders it by: the scoring event's for a
+    /// prediction or vector, the label event's for a label.
+    pub fn event_time_us(&self) -> i64 {
+        match self {
+            Self::Prediction(p) => p.event_time_us,
+            Self::Label(l) => l.event_time_us,
+            Self::Features(v) => v.event_time_us,
+        }
+    }
+}
+
+/// A prediction or label held for the event-time order, with the span it was
+/// delivered under. Snapshotted as its source and the proto it reads as; the
+/// span does not survive a restart.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub input: MonitorInput,
+    pub trace: opentelemetry::Context,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.input == other.input
+    }
+}
+
+impl serde::Serialize for Waiting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use prost::Message as _;
+        let (source, bytes) = match &self.input {
+            MonitorInput::Prediction(p) => (0u8, p.to_proto().encode_to_vec()),
+            MonitorInput::Label(l) => (1, l.to_proto().encode_to_vec()),
+            // Never held (see ARRIVALS); kept as the vector's wire bytes all the same.
+            MonitorInput::Features(v) => (2, v.buf.to_vec()),
+        };
+        (source, bytes).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Waiting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (source, bytes) = <(u8, Vec<u8>)>::deserialize(d)?;
+        let input = MonitorInput::decode(usize::from(source), Bytes::from(bytes))
+            .map_err(serde::de::Error::custom)?;
+        Ok(Self {
+            input,
+            trace: opentelemetry::Context::new(),
+        })
     }
 }
 
@@ -125,6 +182,22 @@ impl PredictionRecord {
 
     pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
         decode_in_place::<_, Prediction>(payload, Self::read, |r, buf| r.buf = buf)
+    }
+
+    /// The fields monitor reads, as a proto again.
+    pub fn to_proto(&self) -> Prediction {
+        Prediction {
+            event_id: self.event_id().into(),
+            model: self.model().into(),
+            model_version: self.model_version().into(),
+            score: self.score,
+            predicted_positive: self.predicted_positive,
+            event_time_us: self.event_time_us,
+            ingest_time_us: self.ingest_time_us,
+            predict_time_us: self.predict_time_us,
+            label_key: self.label_key().into(),
+            ..Default::default()
+        }
     }
 
     /// The canonical fast path (the buffer is set by the caller); `None` for
@@ -243,6 +316,18 @@ impl LabelRecord {
 
     pub fn decode(payload: Bytes) -> Result<Self, prost::DecodeError> {
         decode_in_place::<_, Label>(payload, Self::read, |r, buf| r.buf = buf)
+    }
+
+    /// The fields monitor reads, as a proto again.
+    pub fn to_proto(&self) -> Label {
+        Label {
+            event_id: self.event_id().into(),
+            label_key: self.label_key().into(),
+            value: self.value,
+            event_time_us: self.event_time_us,
+            ingest_time_us: self.ingest_time_us,
+            ..Default::default()
+        }
     }
 
     fn read(payload: &[u8]) -> Option<Self> {

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use millrace_chassis::boot::Boot;
 use millrace_chassis::bus::StreamKind;
 use millrace_chassis::config::Service;
+use millrace_chassis::event_order;
 use millrace_chassis::runtime;
 use millrace_chassis::stage;
 use millrace_proto::monitor_server::MonitorServer;
@@ -44,7 +45,9 @@ async fn run() -> anyhow::Result<()> {
     // batches of at most 512 KiB, so 64 of them bounds what is decoded at once;
     // 512 held about 35 MiB more at the peak for no gain in rate (measured with
     // batches of 128 records).
-    let spec = svc.stage_spec(input::SNAPSHOT_KEY, input::sources(), None, 64);
+    let spec = svc
+        .stage_spec(input::SNAPSHOT_KEY, input::sources(), None, 64)
+        .with_heartbeat(event_order::IDLE / 5);
     let (state, resume) = stage::load_state::<MonitorState>(&svc.store, &spec)?;
     tracing::info!(resume = ?resume.0, rules = rules.len(), "monitor state loaded");
     let board = HealthBoard::new(

@@ -1,0 +1,316 @@
+//! Puts the records of several streams in event-time order before a stage
+//! applies them, so that what a stage computes from two streams (a join, a
+//! learner, a metric) is what a live run would compute, whatever the speed of
+//! the replay.
+//!
+//! Streams do not keep pace with each other: LABELS is written by ingest as
+//! the events come, FEATURES only after enrich and feature-state have turned
+//! the same events into vectors, so on a fast replay labels arrive hours of
+//! event time ahead of the flights they label. [`EventOrder`] holds each
+//! stream's records in a queue and lets the earliest go only once no other
+//! stream can still bring something earlier: that stream has a record
+//! waiting, or has shown a later event time, or is known to have nothing more
+//! ([`Arrival`] says how that is known). Each stream is taken in its own
+//! order, so a record that is late within its stream goes when it reaches the
+//! head of its queue.
+//!
+//! The queues are state: the stage's snapshot records a stream as applied up
+//! to the last message delivered, so whatever is still held must be in the
+//! snapshot for a restart to lose nothing. Wall-clock time enters only through
+//! [`Arrival`]'s silences, which on a replay happen only at its end.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How a stream's silence is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Written straight by ingest in event-time order (LABELS): once its
+    /// consumer has caught up, nothing earlier than what is waiting elsewhere
+    /// can still come.
+    Direct,
+    /// Derived by upstream stages that lag behind ingest (FEATURES,
+    /// PREDICTIONS): caught up only means the stages before are slow, so only
+    /// its event times say how far it has got, or a silence of [`IDLE`].
+    Derived,
+    /// Not ordered against the others: its records go as they come.
+    Unordered,
+}
+
+/// A silence after which a stream is taken to have nothing earlier to bring:
+/// what lets the last records of a replay go, and a live pipeline's records go
+/// through a night without traffic on the other stream. Far longer than any
+/// pause of a running stage.
+pub const IDLE: Duration = Duration::from_secs(5);
+
+/// Records held at most, over all queues; past it the earliest goes anyway
+/// (counted in [`EventOrder::forced`]), so a stream that stopped cannot make
+/// the others grow without bound.
+pub const MAX_HELD: usize = 1 << 20;
+
+/// A record waiting, with its event time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Held<T> {
+    time_us: i64,
+    item: T,
+}
+
+/// What is known of a stream between two deliveries; rebuilt after a restart.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// When its last message was delivered (the order's creation before any).
+    at: Instant,
+    /// The server had nothing more for the consumer after its last message.
+    caught_up: bool,
+}
+
+/// The event-time order of a stage's sources (see the module doc).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "T: Serialize", deserialize = "T: Deserialize<'de>"))]
+pub struct EventOrder<T> {
+    queues: Vec<VecDeque<Held<T>>>,
+    /// Per source: the latest event time delivered.
+    newest_us: Vec<i64>,
+    /// Records let go early by [`MAX_HELD`].
+    pub forced: u64,
+    #[serde(skip)]
+    arrivals: Vec<Arrival>,
+    #[serde(skip)]
+    heard: Vec<Option<Heard>>,
+    #[serde(skip)]
+    since: Option<Instant>,
+}
+
+impl<T> Default for EventOrder<T> {
+    fn default() -> Self {
+        Self {
+            queues: Vec::new(),
+            newest_us: Vec::new(),
+            forced: 0,
+            arrivals: Vec::new(),
+            heard: Vec::new(),
+            since: None,
+        }
+    }
+}
+
+impl<T: PartialEq> PartialEq for EventOrder<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.queues == other.queues
+            && self.newest_us == other.newest_us
+            && self.forced == other.forced
+    }
+}
+
+impl<T> EventOrder<T> {
+    /// An order over these sources (by index, as the stage reads them).
+    pub fn new(arrivals: Vec<Arrival>) -> Self {
+        Self::default().with_arrivals(arrivals)
+    }
+
+    /// Sets how each source arrives: for a new order, or one restored from a
+    /// snapshot (which keeps only the queues and event times).
+    pub fn with_arrivals(mut self, arrivals: Vec<Arrival>) -> Self {
+        let n = arrivals.len();
+        self.queues.resize_with(n, VecDeque::new);
+        self.newest_us.resize(n, i64::MIN);
+        self.heard = vec![None; n];
+        self.arrivals = arrivals;
+        self
+    }
+
+    /// Records held, over all sources.
+    pub fn held(&self) -> usize {
+        self.queues.iter().map(VecDeque::len).sum()
+    }
+
+    /// Records held from one source.
+    pub fn held_from(&self, source: usize) -> usize {
+        self.queues.get(source).map_or(0, VecDeque::len)
+    }
+
+    /// Takes a delivered record; `pending` is what the server still had for
+    /// the consumer after its message. An unordered source's record comes
+    /// straight back.
+    pub fn push(
+        &mut self,
+        source: usize,
+        time_us: i64,
+        pending: u64,
+        item: T,
+        now: Instant,
+    ) -> Option<T> {
+        self.since.get_or_insert(now);
+        let Some(queue) = self.queues.get_mut(source) else {
+            return Some(item);
+        };
+        self.heard[source] = Some(Heard {
+            at: now,
+            caught_up: pending == 0,
+        });
+        self.newest_us[source] = self.newest_us[source].max(time_us);
+        if self.arrivals[source] == Arrival::Unordered {
+            return Some(item);
+        }
+        queue.push_back(Held { time_us, item });
+        None
+    }
+
+    /// The next record in event-time order, if no source can still bring an
+    /// earlier one. Equal times go in source order.
+    pub fn pop(&mut self, now: Instant) -> Option<T> {
+        let (source, time_us) = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.front().map(|h| (i, h.time_us)))
+            .min_by_key(|&(i, t)| (t, i))?;
+        let force = self.held() > MAX_HELD;
+        if !force && !(0..self.queues.len()).all(|b| b == source || self.passed(b, time_us, now)) {
+            return None;
+        }
+        self.forced += u64::from(force);
+        self.queues[source].pop_front().map(|h| h.item)
+    }
+
+    /// Whether source `b` can no longer bring a record earlier than `time_us`.
+    fn passed(&self, b: usize, time_us: i64, now: Instant) -> bool {
+        if !self.queues[b].is_empty() || self.newest_us[b] >= time_us {
+            return true;
+        }
+        let quiet = |since: Instant| now.saturating_duration_since(since) >= IDLE;
+        match (self.arrivals[b], self.heard[b]) {
+            (Arrival::Unordered, _) => true,
+            (Arrival::Direct, Some(h)) => h.caught_up || quiet(h.at),
+            (Arrival::Derived, Some(h)) => quiet(h.at),
+            (_, None) => self.since.is_some_and(quiet),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FEATURES: usize = 0;
+    const LABELS: usize = 1;
+
+    fn order() -> EventOrder<&'static str> {
+        EventOrder::new(vec![Arrival::Derived, Arrival::Direct])
+    }
+
+    fn drain(o: &mut EventOrder<&'static str>, now: Instant) -> Vec<&'static str> {
+        std::iter::from_fn(|| o.pop(now)).collect()
+    }
+
+    #[test]
+    fn labels_ahead_of_their_vectors_wait_for_the_vectors_event_time() {
+        let now = Instant::now();
+        let mut o = order();
+        // The labels of a fast replay, hours ahead.
+        assert_eq!(o.push(LABELS, 100, 5, "label@100", now), None);
+        assert_eq!(o.push(LABELS, 300, 0, "label@300", now), None);
+        assert!(drain(&mut o, now).is_empty(), "no vector seen yet");
+        o.push(FEATURES, 50, 9, "vector@50", now);
+        o.push(FEATURES, 200, 9, "vector@200", now);
+        assert_eq!(
+            drain(&mut o, now),
+            ["vector@50", "label@100", "vector@200"],
+            "label@300 waits: FEATURES may still bring something before it"
+        );
+        o.push(FEATURES, 300, 9, "vector@300", now);
+        assert_eq!(
+            drain(&mut o, now),
+            ["vector@300", "label@300"],
+            "equal times go in source order: scored before learned"
+        );
+    }
+
+    #[test]
+    fn a_vector_goes_at_once_when_labels_are_caught_up_but_not_while_they_lag() {
+        let now = Instant::now();
+        let mut o = order();
+        o.push(LABELS, 10, 0, "label@10", now);
+        o.push(FEATURES, 5, 0, "vector@5", now);
+        assert_eq!(drain(&mut o, now), ["vector@5"]);
+        o.push(FEATURES, 20, 0, "vector@20", now);
+        assert_eq!(
+            drain(&mut o, now),
+            ["label@10", "vector@20"],
+            "LABELS has nothing more"
+        );
+        o.push(LABELS, 21, 3, "label@21", now);
+        o.push(FEATURES, 30, 0, "vector@30", now);
+        assert_eq!(
+            drain(&mut o, now),
+            ["label@21"],
+            "three more labels are stored: one may come before 30"
+        );
+        o.push(LABELS, 25, 0, "label@25", now);
+        assert_eq!(drain(&mut o, now), ["label@25", "vector@30"]);
+    }
+
+    #[test]
+    fn a_derived_stream_gone_quiet_lets_the_others_go_after_the_idle_time() {
+        let start = Instant::now();
+        let mut o = order();
+        o.push(FEATURES, 10, 0, "vector@10", start);
+        o.push(LABELS, 50, 0, "label@50", start);
+        assert_eq!(drain(&mut o, start), ["vector@10"]);
+        let soon = start + IDLE / 2;
+        assert!(drain(&mut o, soon).is_empty(), "FEATURES merely caught up");
+        assert_eq!(drain(&mut o, start + IDLE), ["label@50"]);
+    }
+
+    #[test]
+    fn a_source_never_heard_from_holds_the_others_for_the_idle_time() {
+        let start = Instant::now();
+        let mut o = order();
+        o.push(FEATURES, 10, 0, "vector@10", start);
+        assert!(drain(&mut o, start).is_empty());
+        assert_eq!(drain(&mut o, start + IDLE), ["vector@10"]);
+    }
+
+    #[test]
+    fn an_unordered_source_passes_straight_through() {
+        let now = Instant::now();
+        let mut o = EventOrder::new(vec![Arrival::Derived, Arrival::Direct, Arrival::Unordered]);
+        assert_eq!(o.push(2, 999, 7, "drift", now), Some("drift"));
+        o.push(0, 1, 0, "prediction@1", now);
+        o.push(1, 2, 0, "label@2", now);
+        assert_eq!(
+            drain(&mut o, now),
+            ["prediction@1"],
+            "the unordered source is not waited for; the derived one is"
+        );
+    }
+
+    #[test]
+    fn the_queues_survive_a_snapshot_and_restart() {
+        let now = Instant::now();
+        let mut o = order();
+        o.push(LABELS, 100, 0, "label@100", now);
+        o.push(FEATURES, 10, 4, "vector@10", now);
+        assert_eq!(drain(&mut o, now), ["vector@10"]);
+        let bytes = postcard::to_allocvec(&o).expect("encode");
+        let restored: EventOrder<String> = postcard::from_bytes(&bytes).expect("decode");
+        let mut restored = restored.with_arrivals(vec![Arrival::Derived, Arrival::Direct]);
+        assert_eq!(restored.held_from(LABELS), 1);
+        restored.push(FEATURES, 150, 4, "vector@150".into(), now);
+        assert_eq!(restored.pop(now).as_deref(), Some("label@100"));
+    }
+
+    #[test]
+    fn past_the_bound_the_earliest_goes_anyway() {
+        let now = Instant::now();
+        let mut o: EventOrder<u32> = EventOrder::new(vec![Arrival::Derived, Arrival::Direct]);
+        for i in 0..=MAX_HELD as u32 {
+            o.push(LABELS, i64::from(i), 1, i, now);
+        }
+        assert_eq!(o.pop(now), Some(0));
+        assert_eq!(o.forced, 1);
+        assert_eq!(o.pop(now), None, "back within the bound");
+    }
+}
