@@ -3,8 +3,12 @@
 //! - `plane_registered` for every plane (before everything else: reference data),
 //! - `weather_observed` every hour per airport, at the observation time,
 //! - `flight_scheduled` at the scheduled departure minus 30 minutes (when we score),
-//! - `flight_departed` at the actual departure, carrying `dep_delay` (the label);
-//!   cancelled flights (no departure) have none.
+//!   with `origin_hour_departures`, the flights the timetable has leaving the
+//!   same airport in the same local hour (known in advance, so fair to score with),
+//! - `flight_departed` at the actual departure, carrying what a departure
+//!   message carries (the flight, its plane, route and schedule) and
+//!   `dep_delay` (the label, and what the delay features read); cancelled
+//!   flights (no departure) have none.
 //!
 //! Times in the CSVs' `time_hour` are UTC; the scheduled departure is that hour
 //! plus the scheduled minute. "NA" cells become absent fields, so the
@@ -14,7 +18,8 @@
 //! (small files, read whole) and a day or so of flights.
 //! - [`Timeline::open`] plans the replay in one pass over flights.csv ([`Plan`]):
 //!   where each date's rows lie, which flights the [`Selection`] keeps, how many
-//!   events that makes. The file groups its rows by local date, but the groups
+//!   events that makes, and the timetable's departures per airport and local
+//!   hour ([`Timetable`]). The file groups its rows by local date, but the groups
 //!   are not in date order (January, then October to December, then February
 //!   to September), so the plan lists the groups' byte ranges sorted by date.
 //! - [`Timeline`] then reads the groups in date order, row by row, encodes each
@@ -294,6 +299,8 @@ struct FlightColumns {
     dep_delay: Option<usize>,
     /// `flight_scheduled` fields copied from the row.
     scheduled: Vec<CellField>,
+    /// `flight_departed` fields copied from the row.
+    departed: Vec<CellField>,
 }
 
 /// A flights.csv row with everything its events need.
@@ -332,6 +339,38 @@ impl Flight<'_> {
         let delay = self.delay_min?;
         Some((self.sched_us + (delay * MINUTE_US as f64) as i64, delay))
     }
+
+    /// Its airport and local hour in the timetable: the local date (as UTC
+    /// midnight) plus the scheduled hour; `None` when the date or the
+    /// scheduled time does not read as numbers.
+    fn timetable_hour(&self) -> Option<(&str, i64)> {
+        let n = |text: &str| text.parse::<i64>().ok();
+        let date = days_from_civil(n(self.year)?, n(self.month)?, n(self.day)?) * DAY_US;
+        Some((self.origin, date + n(self.sched)? / 100 * HOUR_US))
+    }
+}
+
+/// The timetable's departures per (airport, local date and hour), counted
+/// over the whole file in the plan's pass: what an airport's schedule says in
+/// advance, whatever part of the year is replayed. Bounded by airports × hours
+/// of the year (three airports: about 26k entries).
+#[derive(Debug, Default)]
+struct Timetable {
+    departures: HashMap<(Box<str>, i64), u32>,
+}
+
+impl Timetable {
+    fn count(&mut self, flight: &Flight<'_>) {
+        if let Some((origin, hour)) = flight.timetable_hour() {
+            *self.departures.entry((origin.into(), hour)).or_default() += 1;
+        }
+    }
+
+    /// Flights scheduled out of `flight`'s airport in its local hour, itself included.
+    fn departures_with(&self, flight: &Flight<'_>) -> Option<u32> {
+        let (origin, hour) = flight.timetable_hour()?;
+        self.departures.get(&(Box::from(origin), hour)).copied()
+    }
 }
 
 impl FlightColumns {
@@ -360,6 +399,16 @@ impl FlightColumns {
                     ("distance", Double),
                     ("month", Int),
                     ("hour", Int),
+                ],
+            ),
+            departed: cell_fields(
+                csv,
+                &[
+                    ("carrier", Text),
+                    ("flight", Int),
+                    ("tailnum", Text),
+                    ("origin", Text),
+                    ("dest", Text),
                 ],
             ),
         })
@@ -395,14 +444,23 @@ impl FlightColumns {
         Some(days_from_civil(n(self.year)?, n(self.month)?, n(self.day)?) * DAY_US)
     }
 
-    fn scheduled_event(&self, cells: &[&str], flight: &Flight<'_>, id: &str) -> Bytes {
-        let mut fields = HashMap::with_capacity(self.scheduled.len() + 2);
+    fn scheduled_event(
+        &self,
+        cells: &[&str],
+        flight: &Flight<'_>,
+        id: &str,
+        timetable: &Timetable,
+    ) -> Bytes {
+        let mut fields = HashMap::with_capacity(self.scheduled.len() + 3);
         put(&mut fields, "flight_id", FieldType::Text, Some(id));
         put_cells(&mut fields, cells, &self.scheduled);
         fields.insert(
             "sched_dep_time".into(),
             Value::timestamp_us(flight.sched_us),
         );
+        if let Some(n) = timetable.departures_with(flight) {
+            fields.insert("origin_hour_departures".into(), Value::int(i64::from(n)));
+        }
         encode(
             format!("sched:{id}"),
             "flight_scheduled",
@@ -411,9 +469,23 @@ impl FlightColumns {
         )
     }
 
-    fn departed_event(id: &str, at_us: i64, delay_min: f64) -> Bytes {
-        let mut fields = HashMap::with_capacity(2);
+    /// The departure at `at_us`, `delay_min` late: the flight (number, carrier,
+    /// plane when the row names one), its route and schedule, and the delay.
+    fn departed_event(
+        &self,
+        cells: &[&str],
+        flight: &Flight<'_>,
+        id: &str,
+        at_us: i64,
+        delay_min: f64,
+    ) -> Bytes {
+        let mut fields = HashMap::with_capacity(self.departed.len() + 3);
         put(&mut fields, "flight_id", FieldType::Text, Some(id));
+        put_cells(&mut fields, cells, &self.departed);
+        fields.insert(
+            "sched_dep_time".into(),
+            Value::timestamp_us(flight.sched_us),
+        );
         fields.insert("dep_delay".into(), Value::double(delay_min));
         encode(format!("dep:{id}"), "flight_departed", at_us, fields)
     }
@@ -483,6 +555,7 @@ struct Plan {
     skipped: u64,
     /// Weather is replayed up to the last kept flight's `flight_scheduled`.
     horizon_us: i64,
+    timetable: Timetable,
 }
 
 impl Plan {
@@ -496,6 +569,7 @@ impl Plan {
         let mut scored: Vec<(i64, bool)> = Vec::new();
         let (mut flights, mut departures, mut skipped) = (0u64, 0u64, 0u64);
         let mut latest: Option<i64> = None;
+        let mut timetable = Timetable::default();
         while let Some(row) = csv.next_row()? {
             let date_us = columns.date_us(&row.cells);
             match segments.last_mut() {
@@ -517,6 +591,8 @@ impl Plan {
                 skipped += 1;
                 continue;
             };
+            // The whole timetable, cancelled flights and flights not replayed included.
+            timetable.count(&flight);
             if selection.until_us.is_some_and(|u| flight.sched_us >= u) {
                 continue;
             }
@@ -544,6 +620,7 @@ impl Plan {
             skipped,
             // With no flight at all, the in-memory replay sent all the weather.
             horizon_us: latest.unwrap_or(i64::MAX),
+            timetable,
         };
         match selection.limit {
             Some(0) if !scored.is_empty() => {
@@ -653,6 +730,7 @@ pub struct Timeline {
     segments: std::vec::IntoIter<Segment>,
     segment_end: u64,
     choice: Choice,
+    timetable: Timetable,
     heap: BinaryHeap<Reverse<Pending>>,
     /// No row still to come makes an event earlier than this.
     release_before_us: i64,
@@ -700,6 +778,7 @@ impl Timeline {
             segments: plan.segments.into_iter(),
             segment_end: 0,
             choice: plan.choice,
+            timetable: plan.timetable,
             heap,
             release_before_us: i64::MIN,
             rows_done: false,
@@ -774,7 +853,8 @@ impl Timeline {
                 flight_id: id.as_str().into(),
                 line: row.line_no,
             },
-            self.columns.scheduled_event(&row.cells, &flight, &id),
+            self.columns
+                .scheduled_event(&row.cells, &flight, &id, &self.timetable),
         );
         if let Some((at, delay)) = flight.departure() {
             admit(
@@ -784,7 +864,8 @@ impl Timeline {
                     flight_id: "".into(),
                     line: row.line_no,
                 },
-                FlightColumns::departed_event(&id, at, delay),
+                self.columns
+                    .departed_event(&row.cells, &flight, &id, at, delay),
             );
         }
         Ok(())
@@ -1124,6 +1205,112 @@ mod tests {
         assert!(times.windows(2).all(|w| w[0] <= w[1]));
     }
 
+    fn field<'a>(events: &'a [Event], id: &str, name: &str) -> Option<&'a Value> {
+        let event = events.iter().find(|e| e.event_id == id);
+        event
+            .unwrap_or_else(|| panic!("no event {id}"))
+            .fields
+            .get(name)
+    }
+
+    #[test]
+    fn departures_carry_the_flight_its_plane_route_and_schedule() {
+        let flights = vec![
+            flight_from(1, 600, Some(25), "UA", 1545, "EWR", "N14228"),
+            flight_from(1, 700, Some(-4), "B6", 30, "JFK", "NA"),
+        ];
+        let data = DataDir::new("departures", &flights, &[], &[]);
+        let (events, _) = streamed(&data.0, Selection::default());
+        let sched = parse_utc("2013-01-01T11:00:00Z").unwrap();
+        let dep = events
+            .iter()
+            .find(|e| e.event_id == "dep:2013-01-01-UA1545-EWR-0600")
+            .expect("the departure");
+        assert_eq!(dep.r#type, "flight_departed");
+        assert_eq!(dep.event_time_us, sched + 25 * MINUTE_US, "when it left");
+        let expected: HashMap<String, Value> = [
+            ("flight_id", Value::string("2013-01-01-UA1545-EWR-0600")),
+            ("carrier", Value::string("UA")),
+            ("flight", Value::int(1545)),
+            ("tailnum", Value::string("N14228")),
+            ("origin", Value::string("EWR")),
+            ("dest", Value::string("IAH")),
+            ("sched_dep_time", Value::timestamp_us(sched)),
+            ("dep_delay", Value::double(25.0)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(dep.fields, expected);
+        // No tail number: the field is absent, the rest is there.
+        let id = "dep:2013-01-01-B630-JFK-0700";
+        assert_eq!(field(&events, id, "tailnum"), None);
+        assert_eq!(field(&events, id, "dep_delay"), Some(&Value::double(-4.0)));
+        assert_eq!(field(&events, id, "origin"), Some(&Value::string("JFK")));
+        assert_eq!(
+            field(&events, id, "sched_dep_time"),
+            Some(&Value::timestamp_us(sched + HOUR_US))
+        );
+    }
+
+    #[test]
+    fn scheduled_flights_carry_their_airports_departures_that_hour() {
+        let flights = vec![
+            flight_from(1, 600, Some(0), "UA", 1, "EWR", "N1"),
+            flight_from(1, 630, None, "UA", 2, "EWR", "N1"),
+            flight_from(1, 659, Some(3), "UA", 3, "EWR", "N1"),
+            flight_from(1, 700, Some(0), "UA", 4, "EWR", "N1"),
+            flight_from(1, 615, Some(0), "B6", 5, "JFK", "N2"),
+            // The same hour a day later, and the file's other date groups.
+            flight_from(2, 610, Some(0), "UA", 6, "EWR", "N1"),
+            flight_from(1, 645, Some(0), "AA", 7, "EWR", "NA"),
+        ];
+        let data = DataDir::new("timetable", &flights, &[], &[]);
+        let count = |events: &[Event], id: &str| {
+            field(events, &format!("sched:{id}"), "origin_hour_departures").cloned()
+        };
+        let (events, _) = streamed(&data.0, Selection::default());
+        // EWR 06:xx on the 1st: four flights, the cancelled one and the one
+        // without a tail number included.
+        for id in [
+            "2013-01-01-UA1-EWR-0600",
+            "2013-01-01-UA2-EWR-0630",
+            "2013-01-01-UA3-EWR-0659",
+            "2013-01-01-AA7-EWR-0645",
+        ] {
+            assert_eq!(count(&events, id), Some(Value::int(4)), "{id}");
+        }
+        assert_eq!(
+            count(&events, "2013-01-01-UA4-EWR-0700"),
+            Some(Value::int(1))
+        );
+        assert_eq!(
+            count(&events, "2013-01-01-B65-JFK-0615"),
+            Some(Value::int(1))
+        );
+        assert_eq!(
+            count(&events, "2013-01-02-UA6-EWR-0610"),
+            Some(Value::int(1))
+        );
+        assert!(
+            events
+                .iter()
+                .filter(|e| e.r#type == "flight_departed")
+                .all(|e| !e.fields.contains_key("origin_hour_departures")),
+            "a timetable fact of the scheduled event only"
+        );
+        // The timetable is known in advance: replaying part of it changes no count.
+        let first = Selection {
+            until_us: None,
+            limit: Some(1),
+        };
+        let (events, _) = streamed(&data.0, first);
+        assert_eq!(
+            count(&events, "2013-01-01-UA1-EWR-0600"),
+            Some(Value::int(4))
+        );
+    }
+
     #[test]
     fn a_row_earlier_than_the_release_allows_is_counted_and_still_sent() {
         let flights = vec![
@@ -1279,6 +1466,28 @@ mod tests {
             let weather = Csv::read(&dir.join("weather.csv"))?;
             let planes = Csv::read(&dir.join("planes.csv"))?;
 
+            // The timetable: flights per (origin, local date, scheduled hour), all rows.
+            let mut per_hour: HashMap<(String, String, String, String, i64), i64> = HashMap::new();
+            for row in &flights.rows {
+                let c = |name: &str| flights.cell(row, name);
+                let ok = ["year", "month", "day", "carrier", "flight", "origin"]
+                    .iter()
+                    .all(|name| c(name).is_some())
+                    && c("time_hour").and_then(parse_utc).is_some();
+                let hour = c("sched_dep_time").and_then(|s| s.parse::<i64>().ok());
+                if let (true, Some(hour)) = (ok, hour) {
+                    let key = |name: &str| c(name).unwrap_or_default().to_string();
+                    let slot = (
+                        key("origin"),
+                        key("year"),
+                        key("month"),
+                        key("day"),
+                        hour / 100,
+                    );
+                    *per_hour.entry(slot).or_default() += 1;
+                }
+            }
+
             let mut scheduled = Vec::with_capacity(flights.rows.len());
             let mut departed = Vec::with_capacity(flights.rows.len());
             for row in &flights.rows {
@@ -1327,6 +1536,18 @@ mod tests {
                     put(&mut fields, name, kind, c(name));
                 }
                 fields.insert("sched_dep_time".into(), Value::timestamp_us(sched_us));
+                if let Ok(hhmm) = sched.parse::<i64>() {
+                    let slot = (
+                        origin.to_string(),
+                        year.to_string(),
+                        month.to_string(),
+                        day.to_string(),
+                        hhmm / 100,
+                    );
+                    if let Some(&n) = per_hour.get(&slot) {
+                        fields.insert("origin_hour_departures".into(), Value::int(n));
+                    }
+                }
                 scheduled.push(event(
                     format!("sched:{id}"),
                     "flight_scheduled",
@@ -1337,6 +1558,16 @@ mod tests {
                     if c("dep_time").is_some() {
                         let mut fields = HashMap::new();
                         put(&mut fields, "flight_id", 's', Some(&id));
+                        for (name, kind) in [
+                            ("carrier", 's'),
+                            ("flight", 'i'),
+                            ("tailnum", 's'),
+                            ("origin", 's'),
+                            ("dest", 's'),
+                        ] {
+                            put(&mut fields, name, kind, c(name));
+                        }
+                        fields.insert("sched_dep_time".into(), Value::timestamp_us(sched_us));
                         fields.insert("dep_delay".into(), Value::double(delay));
                         let at = sched_us + (delay * MINUTE_US as f64) as i64;
                         departed.push(event(format!("dep:{id}"), "flight_departed", at, fields));

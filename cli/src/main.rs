@@ -9,11 +9,13 @@
 //! - `train`: trains a smartcore model from a CSV or replayed FEATURES + LABELS ([`train`]).
 //! - `models`: the model registry: list, get, register, promote, rollback, shadow ([`models`]).
 //! - `dlq`: the dead-letter queue: list, show, stats, re-drive through ingest ([`dlq`]).
+//! - `report`: a page with charts of what the suite did with a replay ([`report`]).
 
 mod dlq;
 mod flights;
 mod models;
 mod replay;
+mod report;
 mod train;
 
 use anyhow::Context as _;
@@ -63,6 +65,10 @@ enum Command {
         /// stream, the size of each PublishBatch.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Send at most RATE events per second (a throttled replay; the
+        /// pipeline's figures must be those of a fast one).
+        #[arg(long)]
+        rate: Option<u32>,
         /// Read and encode the events, print how many and how fast; send nothing.
         #[arg(long)]
         dry_run: bool,
@@ -142,6 +148,8 @@ enum Command {
         #[command(subcommand)]
         action: dlq::DlqAction,
     },
+    /// Write a report with charts of a replay (data/report/index.html and PNGs).
+    Report(Box<report::ReportArgs>),
 }
 
 /// Where the inference service answers gRPC; shared by every subcommand that calls it.
@@ -173,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
             limit,
             window,
             batch,
+            rate,
             dry_run,
             write_events,
         } => {
@@ -190,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                     window,
                     batch,
                     dry_run,
+                    rate,
                 },
                 write_events,
             )
@@ -216,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
                 println!(
                     "{} v{}: {} predictions, {} positive, mean score {:.4}; {} labelled: \
                      accuracy {}, ROC AUC {}, log loss {}, Brier {}, label positive rate {}; \
-                     score PSI {}; event to prediction p99 {} s",
+                     score PSI {}; ingest to prediction p99 {} s (event-time lag p99 {} s)",
                     m.model,
                     m.model_version,
                     m.predictions,
@@ -229,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
                     figure(m.brier),
                     figure(m.label_positive_rate),
                     figure(m.score_psi),
+                    figure(m.ingest_to_prediction_p99_seconds),
                     figure(m.event_to_prediction_p99_seconds),
                 );
             }
@@ -270,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
             action,
         } => models::run(&inference.url, model, action).await,
         Command::Dlq { connection, action } => dlq::run(connection, action).await,
+        Command::Report(args) => report::run(*args).await,
         Command::Score {
             inference,
             version,

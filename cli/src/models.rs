@@ -64,6 +64,9 @@ pub async fn run(url: &str, model: String, action: ModelsAction) -> anyhow::Resu
             );
             for v in &list.versions {
                 print_version(v);
+                for note in &v.notes {
+                    println!("    {note}");
+                }
             }
         }
         ModelsAction::Get { version } => {
@@ -86,6 +89,9 @@ pub async fn run(url: &str, model: String, action: ModelsAction) -> anyhow::Resu
             metrics.sort_by(|a, b| a.0.cmp(b.0));
             for (name, value) in metrics {
                 println!("  {name} = {value:.4}");
+            }
+            for note in &v.notes {
+                println!("  {note}");
             }
         }
         ModelsAction::Register { file, promote } => {

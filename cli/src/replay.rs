@@ -65,6 +65,9 @@ pub struct Options {
     pub batch: usize,
     /// Read and encode only; send nothing.
     pub dry_run: bool,
+    /// Events per second at most: a throttled replay, whose figures must
+    /// equal a fast one's (event time, not arrival, drives the pipeline).
+    pub rate: Option<u32>,
 }
 
 /// Where a dry run writes the events it read: each encoded `Event` after its
@@ -101,6 +104,10 @@ pub async fn run(
 
     let (chunks, source) = mpsc::channel(CHUNKS_AHEAD);
     let reader = tokio::task::spawn_blocking(move || read(timeline, &chunks));
+    let source = match options.rate {
+        Some(rate) => throttle(source, rate, options.batch),
+        None => source,
+    };
     let mut progress = Progress::new(total, options.dry_run);
     let started = Instant::now();
     let outcome = if options.dry_run {
@@ -155,6 +162,40 @@ pub async fn run(
         eprintln!("replay: peak RSS {:.1} MiB", kib as f64 / 1024.0);
     }
     Ok(())
+}
+
+/// Passes the chunks on at `rate` events per second at most, in pieces of
+/// at most `batch` events, about twenty a second.
+fn throttle(
+    mut source: mpsc::Receiver<anyhow::Result<Vec<Bytes>>>,
+    rate: u32,
+    batch: usize,
+) -> mpsc::Receiver<anyhow::Result<Vec<Bytes>>> {
+    let (tx, rx) = mpsc::channel(2);
+    let rate = f64::from(rate.max(1));
+    let piece = batch.min((rate / 20.0).ceil() as usize).max(1);
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut sent = 0u64;
+        while let Some(chunk) = source.recv().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            for events in chunk.chunks(piece) {
+                let due = started + Duration::from_secs_f64(sent as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                sent += events.len() as u64;
+                if tx.send(Ok(events.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// What the reader thread saw.
@@ -972,6 +1013,7 @@ mod tests {
             window,
             batch,
             dry_run: false,
+            rate: None,
         };
         Publisher::new(channel, url, source, options)
             .publish(&mut progress)

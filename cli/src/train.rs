@@ -1,7 +1,9 @@
 //! `millrace train`: a training set from a CSV export or from the FEATURES
 //! and LABELS streams replayed (each vector joined to its label by label
-//! key), a smartcore model fit on the earlier rows and checked on the later
-//! ones, and the artifact written to a file and/or registered with inference.
+//! key), a model (smartcore's logistic regression or random forest, or
+//! inference's gradient-boosted trees) fit on the earlier rows and checked on
+//! the later ones, and the artifact written to a file and/or registered with
+//! inference.
 
 use std::path::PathBuf;
 
@@ -11,6 +13,7 @@ use futures::StreamExt as _;
 use millrace_chassis::config::Pipeline;
 use millrace_inference::batch::{self, Algorithm, Dataset};
 use millrace_inference::forest::ForestShape;
+use millrace_inference::gbdt::GbdtParams;
 use millrace_proto::model_registry_client::ModelRegistryClient;
 use millrace_proto::{FeatureVector, Label, RegisterModelRequest};
 
@@ -35,18 +38,35 @@ pub struct TrainArgs {
     /// Inputs, comma-separated (default: the pipeline model's, else every column).
     #[arg(long, value_delimiter = ',')]
     inputs: Vec<String>,
-    /// `logistic` or `forest`.
-    #[arg(long, default_value = "logistic")]
+    /// `logistic`, `forest` or `gbdt` (gradient-boosted trees; with --csv an
+    /// empty or `NA` input cell is a missing value, not a skipped row).
+    #[arg(long, alias = "kind", default_value = "logistic")]
     algorithm: String,
     /// L2 penalty of the logistic regression.
     #[arg(long, default_value_t = 0.0)]
     alpha: f64,
-    #[arg(long, default_value_t = 50)]
-    trees: usize,
-    #[arg(long, default_value_t = 8)]
-    max_depth: u16,
-    #[arg(long, default_value_t = 20)]
-    min_leaf: usize,
+    /// Trees: the forest's (default 50), or gbdt's boosting rounds (default 200).
+    #[arg(long)]
+    trees: Option<usize>,
+    /// Depth bound: the forest's (default 8), gbdt's (default none: 0).
+    #[arg(long)]
+    max_depth: Option<u16>,
+    /// Rows a leaf must keep: the forest's (default 20), gbdt's (default 50).
+    #[arg(long)]
+    min_leaf: Option<usize>,
+    /// gbdt: shrinkage of each tree (default 0.05).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// gbdt: leaves per tree (default 31).
+    #[arg(long)]
+    max_leaves: Option<usize>,
+    /// gbdt: L2 penalty on leaf values (default 10).
+    #[arg(long)]
+    l2: Option<f64>,
+    /// gbdt: any of its parameters as JSON, e.g. '{"row_subsample":1.0}'
+    /// (the flags above override it).
+    #[arg(long)]
+    gbdt_params: Option<String>,
     /// Model name (default: the pipeline's).
     #[arg(long)]
     name: Option<String>,
@@ -94,12 +114,16 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         .or_else(|| pipeline.as_ref().map(|p| p.model.threshold))
         .unwrap_or(0.5);
 
+    let algorithm = algorithm(&args)?;
     let (data, skipped, source) = match &args.csv {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let (data, skipped) =
-                Dataset::from_csv(&text, &args.label, &inputs).map_err(anyhow::Error::msg)?;
+            let (data, skipped) = match algorithm {
+                Algorithm::Gbdt(_) => Dataset::from_csv_with_missing(&text, &args.label, &inputs),
+                _ => Dataset::from_csv(&text, &args.label, &inputs),
+            }
+            .map_err(anyhow::Error::msg)?;
             (data, skipped, path.display().to_string())
         }
         None => {
@@ -132,16 +156,6 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         data.len(),
         data.inputs.join(", ")
     );
-    let algorithm = match args.algorithm.as_str() {
-        "logistic" => Algorithm::Logistic { alpha: args.alpha },
-        "forest" => Algorithm::Forest(ForestShape {
-            trees: args.trees,
-            max_depth: args.max_depth,
-            min_samples_leaf: args.min_leaf,
-            ..ForestShape::default()
-        }),
-        other => bail!("--algorithm {other}: use `logistic` or `forest`"),
-    };
     let trained = batch::train(
         &data,
         algorithm,
@@ -209,6 +223,36 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The model kind and its parameters, from the flags.
+fn algorithm(args: &TrainArgs) -> anyhow::Result<Algorithm> {
+    Ok(match args.algorithm.as_str() {
+        "logistic" => Algorithm::Logistic { alpha: args.alpha },
+        "forest" => {
+            let d = ForestShape::default();
+            Algorithm::Forest(ForestShape {
+                trees: args.trees.unwrap_or(d.trees),
+                max_depth: args.max_depth.unwrap_or(d.max_depth),
+                min_samples_leaf: args.min_leaf.unwrap_or(d.min_samples_leaf),
+                ..d
+            })
+        }
+        "gbdt" => {
+            let mut p: GbdtParams = match &args.gbdt_params {
+                Some(json) => serde_json::from_str(json).context("--gbdt-params")?,
+                None => GbdtParams::default(),
+            };
+            p.rounds = args.trees.unwrap_or(p.rounds);
+            p.max_depth = args.max_depth.map_or(p.max_depth, usize::from);
+            p.min_rows_in_leaf = args.min_leaf.unwrap_or(p.min_rows_in_leaf);
+            p.learning_rate = args.learning_rate.unwrap_or(p.learning_rate);
+            p.max_leaves = args.max_leaves.unwrap_or(p.max_leaves);
+            p.l2 = args.l2.unwrap_or(p.l2);
+            Algorithm::Gbdt(p)
+        }
+        other => bail!("--algorithm {other}: use `logistic`, `forest` or `gbdt`"),
+    })
 }
 
 /// Every message of `stream`, decoded, read with an ordered consumer.

@@ -239,7 +239,8 @@ pub struct EventSchema {
     /// Feature-state assembles a feature vector for every event of this type.
     #[serde(default)]
     pub score: bool,
-    /// Events of this type are labels: ingest routes them to LABELS.
+    /// Events of this type are labels: ingest stores them in LABELS, and in
+    /// EVENTS as well when a feature reads them.
     #[serde(default)]
     pub label: bool,
     #[serde(default)]
@@ -338,6 +339,10 @@ pub enum Aggregation {
     Last,
     /// Distinct values of the field, exact up to `max_distinct`.
     DistinctCount,
+    /// Seconds from the entity's latest event (its event time) to the time
+    /// the feature is read at; it reads no field. Lifetime only: a window
+    /// would only hide the latest event from it.
+    SinceLast,
 }
 
 impl Aggregation {
@@ -351,13 +356,14 @@ impl Aggregation {
             Self::Stddev => "stddev",
             Self::Last => "last",
             Self::DistinctCount => "distinct_count",
+            Self::SinceLast => "since_last",
         }
     }
 
     /// Whether it reads a `field`, and whether that field must be numeric.
     fn reads(self) -> (bool, bool) {
         match self {
-            Self::Count => (false, false),
+            Self::Count | Self::SinceLast => (false, false),
             Self::DistinctCount => (true, false),
             _ => (true, true),
         }
@@ -673,12 +679,11 @@ impl Pipeline {
             if !names.insert(f.name.as_str()) {
                 return Err(format!("{what}: declared twice"));
             }
-            let schema = self.events.get(&f.source).ok_or_else(|| {
-                format!("{what}: source event type `{}` is not declared", f.source)
-            })?;
-            if schema.label {
+            // A label type may be a source too: ingest then stores its events
+            // in EVENTS as well as their labels in LABELS.
+            if !self.events.contains_key(&f.source) {
                 return Err(format!(
-                    "{what}: `{}` is a label type: ingest routes it to LABELS, which feature-state does not read",
+                    "{what}: source event type `{}` is not declared",
                     f.source
                 ));
             }
@@ -699,7 +704,10 @@ impl Pipeline {
                     ))
                 }
                 (Some(_), false) => {
-                    return Err(format!("{what}: count reads no `field`; leave it out"))
+                    return Err(format!(
+                        "{what}: {} reads no `field`; leave it out",
+                        f.aggregation.name()
+                    ))
                 }
                 (Some(field), true) => match self.enriched_field_type(&f.source, field) {
                     None => {
@@ -733,6 +741,13 @@ impl Pipeline {
                 }
             }
             f.window.check().map_err(|e| format!("{what}: {e}"))?;
+            if f.aggregation == Aggregation::SinceLast && f.window != WindowDef::Lifetime {
+                return Err(format!(
+                    "{what}: since_last measures from the entity's latest event, which a window \
+                     can only hide (a complete window ends before the read, a trailing one empties \
+                     while the entity is idle); leave `window` out"
+                ));
+            }
             if f.max_distinct.is_some() && f.aggregation != Aggregation::DistinctCount {
                 return Err(format!("{what}: max_distinct is for distinct_count only"));
             }
@@ -894,13 +909,15 @@ mod feature_tests {
             ("aggregation = \"count\"\nwindow = { kind = \"session\", gap = \"8d\" }", "longer than feature_state.entity_ttl"),
             ("aggregation = \"count\"\nmax_distinct = 5", "max_distinct is for distinct_count"),
             ("aggregation = \"median\"", "unknown variant `median`"),
+            ("aggregation = \"since_last\"\nfield = \"distance\"", "since_last reads no `field`"),
+            ("aggregation = \"since_last\"\nwindow = { kind = \"sliding\", size = \"1h\", granularity = \"5m\" }", "since_last measures from the entity's latest event"),
+            ("aggregation = \"since_last\"\nwindow = { kind = \"session\", gap = \"1h\" }", "leave `window` out"),
         ];
         for (rest, expected) in cases {
             let err = with(&format!("{base}{rest}")).expect_err(expected);
             assert!(err.contains(expected), "{rest}: {err}");
         }
         let others = [
-            ("name = \"n\"\nsource = \"departed\"\nentity = \"id\"\naggregation = \"count\"", "is a label type"),
             ("name = \"n\"\nsource = \"flight\"\nentity = [\"origin\", \"nope\"]\naggregation = \"count\"", "entity field `nope`"),
             ("name = \"n\"\nsource = \"flight\"\nentity = [\"origin\", \"origin\"]\naggregation = \"count\"", "named twice"),
             ("name = \"n\"\nsource = \"flight\"\nentity = []\naggregation = \"count\"", "name one field"),
@@ -911,6 +928,53 @@ mod feature_tests {
             let err = with(text).expect_err(expected);
             assert!(err.contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_label_type_can_be_a_feature_source() {
+        let p = with(
+            r#"name = "mean_delay"
+            source = "departed"
+            entity = "id"
+            aggregation = "mean"
+            field = "delay"
+            window = { kind = "sliding", size = "1h", granularity = "5m" }
+            [[features]]
+            name = "since_departure"
+            source = "departed"
+            entity = "id"
+            aggregation = "since_last""#,
+        )
+        .unwrap_or_else(|e| panic!("a label source is refused: {e}"));
+        let sources: Vec<(&str, Aggregation, WindowDef)> = p
+            .features
+            .iter()
+            .map(|f| (f.source.as_str(), f.aggregation, f.window))
+            .collect();
+        assert_eq!(
+            sources,
+            vec![
+                (
+                    "departed",
+                    Aggregation::Mean,
+                    WindowDef::Sliding {
+                        size: EventDuration::from_secs(3600),
+                        granularity: EventDuration::from_secs(300),
+                    }
+                ),
+                ("departed", Aggregation::SinceLast, WindowDef::Lifetime),
+            ]
+        );
+        assert!(p.events["departed"].label, "still a label type");
+        // The label type's own fields are checked as any source's are.
+        let err = with(
+            "name = \"n\"\nsource = \"departed\"\nentity = \"origin\"\naggregation = \"count\"",
+        )
+        .expect_err("no such field");
+        assert!(
+            err.contains("entity field `origin` is not a field of `departed`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1050,6 +1114,46 @@ pub struct ModelDef {
     /// How inference learns online from labels (`[model.online]`).
     #[serde(default)]
     pub online: OnlineSettings,
+    /// How inference retrains a model on the labelled flights (`[model.retrain]`).
+    #[serde(default)]
+    pub retrain: RetrainSettings,
+}
+
+/// Continuous training. At every `period_secs` boundary of event time
+/// (counted from the Unix epoch, so every replay puts them at the same
+/// moments) inference trains a gradient-boosted model on the examples whose
+/// labels it had by then (the last `window_secs` of them, all when 0), off
+/// the serving path. The new version serves from `ready_after_secs` of event
+/// time after the boundary, in shadow first: after `shadow_labels` labelled
+/// flights scored by both, it is promoted if its log loss on them beats the
+/// active version's. `params` are the trainer's (see inference's `gbdt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainSettings {
+    pub enabled: bool,
+    pub period_secs: u64,
+    pub window_secs: u64,
+    pub min_examples: usize,
+    pub ready_after_secs: u64,
+    pub shadow_labels: u64,
+    /// Inputs the trained models read; empty means the model's inputs.
+    pub inputs: Vec<String>,
+    pub params: toml::Table,
+}
+
+impl Default for RetrainSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            period_secs: 7 * 86_400,
+            window_secs: 0,
+            min_examples: 5_000,
+            ready_after_secs: 3_600,
+            shadow_labels: 1_000,
+            inputs: Vec::new(),
+            params: toml::Table::new(),
+        }
+    }
 }
 
 fn half() -> f64 {

@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`aggregate`]: the [`aggregate::Aggregator`] trait, one file per aggregation
-//!   (count, sum, mean, min, max, stddev, last, distinct_count).
+//!   (count, sum, mean, min, max, stddev, last, distinct_count, since_last).
 //! - [`window`]: the [`window::Window`] trait, one file per window (lifetime,
 //!   tumbling, hopping, sliding, session), and what each reads as of a time.
 //! - [`watermark`]: per-partition watermarks, lateness, the floor and the clock.

@@ -7,8 +7,10 @@
 //! fingerprints), then per partition and entity kind one block: row count
 //! (u64 LE), key block (length u64 LE, then each entity's key and newest event
 //! time), and per feature a column block (length u64 LE, then each row's newest
-//! update time and window state, postcard). Blocks carry their lengths so a
-//! restore can skip what it no longer declares.
+//! update time and window state, postcard, and for windows that keep recent
+//! events each row's list of them: a block written before they were kept
+//! ends with the states, and its rows restore with none). Blocks carry their
+//! lengths so a restore can skip what it no longer declares.
 //!
 //! A record of changes (`b"MRFC"`) has the same layout over only the rows
 //! updated since the previous snapshot, and before each block's keys the
@@ -452,18 +454,27 @@ impl FeatureStore {
                     })?;
                     input = rest;
                     let Some(column) = column else { continue };
+                    let decode_error = |source| SnapshotError::Decode {
+                        what: format!("{}: feature {}", what(), header.kinds[k].columns[c].0),
+                        source,
+                    };
                     for &(partition, row) in &targets {
                         let table = &mut self.partitions[partition].tables[*kind];
                         block = table.columns_mut()[*column]
                             .decode_row(row, block)
-                            .map_err(|source| SnapshotError::Decode {
-                                what: format!(
-                                    "{}: feature {}",
-                                    what(),
-                                    header.kinds[k].columns[c].0
-                                ),
-                                source,
-                            })?;
+                            .map_err(decode_error)?;
+                    }
+                    // Recent events follow the states; a block from before they
+                    // were kept ends with the states.
+                    let recent = (!block.is_empty()).then_some(block);
+                    for &(partition, row) in &targets {
+                        let table = &mut self.partitions[partition].tables[*kind];
+                        let rest = table.columns_mut()[*column]
+                            .decode_recent(row, recent.map(|_| block))
+                            .map_err(decode_error)?;
+                        if recent.is_some() {
+                            block = rest;
+                        }
                     }
                 }
             }

@@ -483,10 +483,13 @@ impl FeatureStore {
                 let partition = partition_of(&self.key, self.spec.partitions) as usize;
                 let table = &mut self.partitions[partition].tables[route.kind];
                 let row = table.row_for_update(&self.key, t, self.ttl_us);
+                // Trimmed first: what the floor has passed leaves the row's recent
+                // events before this one joins them (an event on time is not below
+                // the floor, so trimming before or after it changes no value).
+                table.evict(row, floor);
                 for (column, obs) in &self.pending {
                     table.add(row, *column, obs);
                 }
-                table.evict(row, floor);
                 self.kind_rows[route.kind] = KindRow::Row { partition, row };
                 updates += self.pending.len() as u64;
             }
@@ -961,14 +964,14 @@ mod tests {
                 2454.0,
             ),
             // Out of order within lateness (minute 55 < 60): read as of minute 55, the
-            // buckets of minutes 59 and 60 are later and not counted; `last` keeps the
-            // minute-60 value, the latest in event time.
+            // flights of minutes 59 and 60 are later and not counted, `last` included
+            // (as of minute 55 the latest is this one).
             (
                 flight("f", "JFK", "BOS", 187.0, 55, 1),
                 3.0,
                 187.0,
                 3.0,
-                2477.0,
+                187.0,
             ),
         ];
         for (event, count, mean, distinct, last) in cases {
@@ -1069,13 +1072,129 @@ mod tests {
                 watermark_us: 90 * MIN
             }
         );
-        let v = vector(&mut s, &flight("d", "JFK", "LAX", 1.0, 5, 3));
+        // Partition 3 has no watermark yet: minute 5 is on time there.
+        assert!(matches!(
+            s.apply(&flight("d", "JFK", "LAX", 1.0, 5, 3), 0),
+            Applied::OnTime(Some(_))
+        ));
+        let v = vector(&mut s, &flight("e", "JFK", "LAX", 1.0, 100, 1));
         assert_eq!(
             get(&v, "origin_flights"),
-            Some(3.0),
+            Some(4.0),
             "the late one was not counted"
         );
         assert_eq!(s.metrics.late.get(), 1);
+    }
+
+    /// A `flight_departed` (a label type that features read) leaving `origin`
+    /// at `minute` with `delay` minutes, on `partition` (departures are keyed by flight).
+    fn departure(
+        id: &str,
+        origin: &str,
+        tailnum: &str,
+        delay: f64,
+        minute: i64,
+        partition: u32,
+    ) -> EnrichedEvent {
+        EnrichedEvent {
+            event_id: id.into(),
+            event: Some(Event {
+                event_id: id.into(),
+                r#type: "flight_departed".into(),
+                key: id.into(),
+                partition,
+                event_time_us: minute * MIN,
+                fields: [
+                    ("flight_id".to_string(), Value::string(id)),
+                    ("origin".to_string(), Value::string(origin)),
+                    ("tailnum".to_string(), Value::string(tailnum)),
+                    ("dep_delay".to_string(), Value::double(delay)),
+                ]
+                .into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_departure_after_the_scoring_time_is_not_counted_even_when_applied_first() {
+        let from_departures = |mut def: FeatureDef| {
+            def.source = "flight_departed".into();
+            def
+        };
+        let sliding = WindowDef::Sliding {
+            size: minutes(60),
+            granularity: minutes(5),
+        };
+        let mut s = store(vec![
+            from_departures(feature(
+                "origin_delay_mean_1h",
+                &["origin"],
+                Aggregation::Mean,
+                Some("dep_delay"),
+                sliding,
+            )),
+            from_departures(feature(
+                "origin_departures_1h",
+                &["origin"],
+                Aggregation::Count,
+                None,
+                sliding,
+            )),
+            from_departures(feature(
+                "tailnum_last_delay",
+                &["tailnum"],
+                Aggregation::Last,
+                Some("dep_delay"),
+                WindowDef::Lifetime,
+            )),
+            from_departures(feature(
+                "tailnum_secs_since_departure",
+                &["tailnum"],
+                Aggregation::SinceLast,
+                None,
+                WindowDef::Lifetime,
+            )),
+        ]);
+        let mut scored = flight("s", "JFK", "LAX", 2475.0, 101, 1);
+        if let Some(e) = scored.event.as_mut() {
+            e.fields.insert("tailnum".into(), Value::string("N1"));
+        }
+        // Departures not scored: no vector.
+        assert_eq!(
+            s.apply(&departure("d1", "JFK", "N1", 10.0, 90, 2), 0),
+            Applied::OnTime(None)
+        );
+        // Departs at minute 103, in the 5-minute bucket [100, 105) of the scoring
+        // time 101, and reaches feature-state first (another partition ran ahead).
+        s.apply(&departure("d2", "JFK", "N1", 40.0, 103, 3), 0);
+        let v = vector(&mut s, &scored);
+        assert_eq!(get(&v, "origin_delay_mean_1h"), Some(10.0), "d2 left out");
+        assert_eq!(get(&v, "origin_departures_1h"), Some(1.0));
+        assert_eq!(
+            get(&v, "tailnum_last_delay"),
+            Some(10.0),
+            "the plane's departure by 101"
+        );
+        assert_eq!(
+            get(&v, "tailnum_secs_since_departure"),
+            Some(660.0),
+            "11 minutes"
+        );
+        // Once scored later, both count.
+        let mut later = flight("s2", "JFK", "SFO", 2586.0, 104, 1);
+        if let Some(e) = later.event.as_mut() {
+            e.fields.insert("tailnum".into(), Value::string("N1"));
+        }
+        let v = vector(&mut s, &later);
+        assert_eq!(get(&v, "origin_delay_mean_1h"), Some(25.0));
+        assert_eq!(get(&v, "origin_departures_1h"), Some(2.0));
+        assert_eq!(get(&v, "tailnum_last_delay"), Some(40.0));
+        assert_eq!(get(&v, "tailnum_secs_since_departure"), Some(60.0));
+        // What a lookup answers is as of the clock (minute 104).
+        let got = s.lookup(&["N1".into()], &["tailnum_secs_since_departure".into()]);
+        assert_eq!(got[0].values[0].value, Some(Value::double(60.0)));
     }
 
     #[test]
@@ -1413,15 +1532,15 @@ mod tests {
     fn a_chain_of_small_changes_is_bounded_in_records() {
         // A whole state large enough that the record count, not the size, ends the chain.
         let mut s = store(every_kind());
-        for i in 0..5000 {
-            let e = flight(&format!("e{i}"), &format!("A{i:04}"), "LAX", 1.0, i / 10, 0);
+        for i in 0..10_000 {
+            let e = flight(&format!("e{i}"), &format!("A{i:05}"), "LAX", 1.0, i / 20, 0);
             s.apply(&e, 0);
         }
         let parts: Vec<Part> = (0..=crate::snapshot::MAX_CHANGE_RECORDS + 1)
             .map(|i| {
                 let i = i as i64;
                 s.apply(
-                    &flight(&format!("q{i}"), "A0000", "LAX", 1.0, 500 + i, 0),
+                    &flight(&format!("q{i}"), "A00000", "LAX", 1.0, 500 + i, 0),
                     0,
                 );
                 s.snapshot().expect("encode").part

@@ -67,6 +67,7 @@ fn model_def() -> ModelDef {
             })
             .collect(),
         online: OnlineSettings::default(),
+        retrain: Default::default(),
     }
 }
 

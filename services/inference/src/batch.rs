@@ -1,8 +1,8 @@
-//! Batch training with smartcore, for `millrace train`: a [`Dataset`] from a
-//! CSV export or from replayed feature vectors joined to their labels, a
-//! time-ordered holdout split, a fitted model, and its holdout ROC AUC, log
-//! loss, Brier score and reliability — packed as a [`ModelArtifact`] ready to
-//! register.
+//! Batch training for `millrace train`: a [`Dataset`] from a CSV export or
+//! from replayed feature vectors joined to their labels, a time-ordered
+//! holdout split, a fitted model (smartcore's logistic regression or random
+//! forest, or our [`crate::gbdt`]), and its holdout ROC AUC, log loss, Brier
+//! score and reliability — packed as a [`ModelArtifact`] ready to register.
 //!
 //! The logistic regression is fit on standardised inputs (L-BFGS converges
 //! far better) and the scaling is folded back into the weights, so the
@@ -16,6 +16,7 @@ use smartcore::linear::logistic_regression::{LogisticRegression, LogisticRegress
 
 use crate::evaluation::Holdout;
 use crate::forest::{ForestModel, ForestShape};
+use crate::gbdt::{self, GbdtParams};
 use crate::scorer::{
     LoadedModel, ModelArtifact, ModelMeta, ModelSpec, TrainingDistribution, ValueDistribution,
 };
@@ -54,6 +55,26 @@ impl Dataset {
     /// columns (all other columns but `event_time_us` when empty). Rows with a
     /// missing or non-numeric value are skipped and counted.
     pub fn from_csv(text: &str, label: &str, inputs: &[String]) -> Result<(Self, usize), String> {
+        Self::read_csv(text, label, inputs, false)
+    }
+
+    /// As [`Self::from_csv`], but an empty, `NA` or `NaN` input cell is kept as
+    /// NaN (missing), for the kinds that learn what missing means
+    /// ([`Algorithm::Gbdt`]). Other non-numeric cells still skip the row.
+    pub fn from_csv_with_missing(
+        text: &str,
+        label: &str,
+        inputs: &[String],
+    ) -> Result<(Self, usize), String> {
+        Self::read_csv(text, label, inputs, true)
+    }
+
+    fn read_csv(
+        text: &str,
+        label: &str,
+        inputs: &[String],
+        keep_missing: bool,
+    ) -> Result<(Self, usize), String> {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let header: Vec<&str> = lines
             .next()
@@ -99,8 +120,17 @@ impl Dataset {
                     .and_then(|c| c.parse::<f64>().ok())
                     .filter(|x| x.is_finite())
             };
+            let input = |i: usize| match number(i) {
+                Some(x) => Some(x),
+                None if keep_missing
+                    && matches!(cells.get(i), Some(&("" | "NA" | "NaN" | "nan")) | None) =>
+                {
+                    Some(f64::NAN)
+                }
+                None => None,
+            };
             row.clear();
-            row.extend(cols.iter().filter_map(|&c| number(c)));
+            row.extend(cols.iter().filter_map(|&c| input(c)));
             match number(label_col) {
                 Some(y) if row.len() == cols.len() && (y == 0.0 || y == 1.0) => {
                     let time = time_col.and_then(number).map_or(0, |t| t as i64);
@@ -184,6 +214,8 @@ pub enum Algorithm {
     Logistic { alpha: f64 },
     /// smartcore random-forest regressor fit to 0/1 labels.
     Forest(ForestShape),
+    /// Gradient-boosted trees ([`crate::gbdt`]); NaN inputs are missing values.
+    Gbdt(GbdtParams),
 }
 
 /// A trained model with its training and holdout results.
@@ -223,6 +255,16 @@ pub fn train(
             &train_set.labels,
             shape,
         )?),
+        Algorithm::Gbdt(params) => ModelSpec::Gbdt(
+            gbdt::fit(
+                &train_set.inputs,
+                &train_set.rows,
+                &train_set.labels,
+                &params,
+            )
+            .map_err(|e| e.to_string())?
+            .with_threshold(threshold),
+        ),
     };
     let mut artifact = ModelArtifact {
         meta: ModelMeta {
@@ -237,6 +279,10 @@ pub fn train(
                 Algorithm::Forest(s) => format!(
                     "smartcore random forest regressor on 0/1 labels: {} trees, depth {}, leaf {}",
                     s.trees, s.max_depth, s.min_samples_leaf
+                ),
+                Algorithm::Gbdt(p) => format!(
+                    "gradient-boosted trees: {} rounds, learning rate {}, {} leaves, leaf {} rows, l2 {}",
+                    p.rounds, p.learning_rate, p.max_leaves, p.min_rows_in_leaf, p.l2
                 ),
             },
             created_us: 0,
@@ -450,7 +496,15 @@ mod tests {
             min_samples_leaf: 10,
             seed: 1,
         };
-        for algorithm in [Algorithm::Logistic { alpha: 0.1 }, Algorithm::Forest(shape)] {
+        let boosted = Algorithm::Gbdt(GbdtParams {
+            rounds: 20,
+            ..GbdtParams::default()
+        });
+        for algorithm in [
+            Algorithm::Logistic { alpha: 0.1 },
+            Algorithm::Forest(shape),
+            boosted,
+        ] {
             let t = train(&data, algorithm, "m", "v", 0.5, 0.2).unwrap();
             let json = t.artifact.to_json().unwrap();
             let back = ModelArtifact::from_json(&json).unwrap();
@@ -497,6 +551,50 @@ mod tests {
         let scores = training.scores.expect("score distribution");
         assert_eq!(scores.count, 4);
         assert!(scores.values.iter().all(|s| (0.0..=1.0).contains(s)));
+    }
+
+    #[test]
+    fn boosted_trees_train_on_rows_with_missing_values() {
+        let mut data = synthetic(3000);
+        // Every fifth row lacks `a`.
+        for i in (0..data.len()).step_by(5) {
+            data.rows[i * 3] = f64::NAN;
+        }
+        let t = train(
+            &data,
+            Algorithm::Gbdt(GbdtParams::default()),
+            "m",
+            "gbdt-1",
+            0.4,
+            0.25,
+        )
+        .unwrap();
+        assert_eq!(t.artifact.kind(), "gbdt");
+        assert!(
+            t.artifact.meta.description.contains("200 rounds"),
+            "{}",
+            t.artifact.meta.description
+        );
+        assert!(t.holdout.roc_auc > 0.7, "holdout AUC {}", t.holdout.roc_auc);
+        assert!(t.holdout.log_loss.is_finite());
+        assert!((t.artifact.load().unwrap().meta.threshold - 0.4).abs() < 1e-12);
+        let a = &t.artifact.meta.training.as_ref().unwrap().inputs["a"];
+        assert_eq!(
+            a.count, 1800,
+            "missing values are left out of the distribution"
+        );
+    }
+
+    #[test]
+    fn a_csv_read_with_missing_keeps_empty_and_na_cells() {
+        let csv = "a,b,late\n1,,1\nNA,2,0\nx,3,1\n4,5,0\n";
+        let (d, skipped) = Dataset::from_csv_with_missing(csv, "late", &[]).unwrap();
+        assert_eq!(d.labels, [1.0, 0.0, 0.0]);
+        assert_eq!(skipped, 1, "a non-number that is not missing still skips");
+        assert!(d.rows[1].is_nan() && d.rows[2].is_nan());
+        assert_eq!((d.rows[0], d.rows[3], d.rows[4]), (1.0, 2.0, 4.0));
+        let (strict, skipped) = Dataset::from_csv(csv, "late", &[]).unwrap();
+        assert_eq!((strict.len(), skipped), (1, 3));
     }
 
     #[test]

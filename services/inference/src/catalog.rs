@@ -106,6 +106,8 @@ pub struct Catalog {
     changing: std::sync::Mutex<()>,
     /// Progressive validation by version, as the serving actor last reported it.
     progress: std::sync::RwLock<BTreeMap<String, ProgressSummary>>,
+    /// The same by version and calendar month (`YYYY-MM`) of the label's event time.
+    monthly: std::sync::RwLock<BTreeMap<String, BTreeMap<String, ProgressSummary>>>,
 }
 
 impl Catalog {
@@ -141,6 +143,7 @@ impl Catalog {
             served: ArcSwap::from_pointee(served),
             changing: std::sync::Mutex::new(()),
             progress: Default::default(),
+            monthly: Default::default(),
         })
     }
 
@@ -162,6 +165,25 @@ impl Catalog {
             .progress
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = progress;
+    }
+
+    pub fn set_monthly(&self, version: &str, month: &str, summary: ProgressSummary) {
+        self.monthly
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(version.to_string())
+            .or_default()
+            .insert(month.to_string(), summary);
+    }
+
+    /// A version's progressive metrics by month, in order.
+    pub fn monthly(&self, version: &str) -> Vec<(String, ProgressSummary)> {
+        self.monthly
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(version)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
     }
 
     pub fn progress(&self, version: &str) -> Option<ProgressSummary> {
@@ -259,6 +281,11 @@ impl Catalog {
             });
         }
         Ok(())
+    }
+
+    /// Records why something happened to a version (see [`Registry::note`]).
+    pub fn note(&self, version: &str, line: &str) -> Result<(), CatalogError> {
+        Ok(self.registry.note(&self.model, version, line)?)
     }
 
     pub fn promote(&self, version: &str) -> Result<Arc<Served>, CatalogError> {

@@ -68,7 +68,17 @@ async fn run() -> anyhow::Result<()> {
         } else {
             online.inputs.clone()
         };
-        state = state.with_online(online, inputs, pipeline.model.threshold);
+        let retrain = &pipeline.model.retrain;
+        millrace_inference::retrain::check(retrain)
+            .with_context(|| format!("pipeline file {}", svc.env.pipeline_path.display()))?;
+        let retrain_inputs = if retrain.inputs.is_empty() {
+            pipeline_model.meta.inputs.clone()
+        } else {
+            retrain.inputs.clone()
+        };
+        state = state
+            .with_online(online, inputs, pipeline.model.threshold)
+            .with_retraining(retrain, retrain_inputs);
     } else {
         state = state.without_online();
     }
@@ -89,7 +99,9 @@ async fn run() -> anyhow::Result<()> {
         online = state.online.is_some(),
         "serving model"
     );
-    let server = serving::ModelServer::new(catalog.clone(), state, &svc.metrics).start();
+    let server = serving::ModelServer::new(catalog.clone(), state, &svc.metrics)
+        .retraining(svc.pipeline.model.retrain.clone())
+        .start();
 
     let oip = oip::OpenInference::new(catalog.clone(), svc.readiness.clone(), &svc.metrics);
     let api = oip.api_metrics();

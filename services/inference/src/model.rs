@@ -210,6 +210,7 @@ mod tests {
                 })
                 .collect(),
             online: Default::default(),
+            retrain: Default::default(),
         }
     }
 

@@ -614,6 +614,7 @@ mod tests {
                 },
             ],
             online: Default::default(),
+            retrain: Default::default(),
         };
         // The directory lives as long as the test process.
         let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
@@ -997,6 +998,7 @@ mod tests {
                 },
             ],
             online: Default::default(),
+            retrain: Default::default(),
         });
         v2.meta.description = "a coin".into();
         catalog.register(v2, false).unwrap();

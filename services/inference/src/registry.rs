@@ -51,6 +51,8 @@ pub struct Registry {
     db: sled::Db,
     versions: sled::Tree,
     pointers: sled::Tree,
+    /// Per version, what happened to it and why (a retrained version's trial).
+    notes: sled::Tree,
     path: PathBuf,
 }
 
@@ -78,10 +80,12 @@ impl Registry {
         let db = millrace_chassis::snapshot::open_sled(&path).map_err(store)?;
         let versions = db.open_tree("versions").map_err(store)?;
         let pointers = db.open_tree("pointers").map_err(store)?;
+        let notes = db.open_tree("notes").map_err(store)?;
         Ok(Self {
             db,
             versions,
             pointers,
+            notes,
             path,
         })
     }
@@ -157,6 +161,34 @@ impl Registry {
             .map_err(|e| self.store_err(e))?;
         self.flush()?;
         Ok(registered)
+    }
+
+    /// Adds a line to what the registry says of a version; the same line twice
+    /// (a replay deciding again) is kept once.
+    pub fn note(&self, model: &str, version: &str, line: &str) -> Result<(), RegistryError> {
+        let mut lines = self.notes(model, version)?;
+        if lines.iter().any(|l| l == line) {
+            return Ok(());
+        }
+        lines.push(line.to_string());
+        let bytes = serde_json::to_vec(&lines).map_err(|e| self.store_err(e))?;
+        self.notes
+            .insert(version_key(model, version), bytes)
+            .map_err(|e| self.store_err(e))?;
+        self.flush()
+    }
+
+    /// What the registry says of a version, oldest first.
+    pub fn notes(&self, model: &str, version: &str) -> Result<Vec<String>, RegistryError> {
+        match self
+            .notes
+            .get(version_key(model, version))
+            .map_err(|e| self.store_err(e))?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| self.store_err(format!("notes of {model}/{version}: {e}"))),
+            None => Ok(Vec::new()),
+        }
     }
 
     pub fn get(&self, model: &str, version: &str) -> Result<Option<Registered>, RegistryError> {

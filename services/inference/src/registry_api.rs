@@ -7,7 +7,8 @@ use std::time::Instant;
 use millrace_proto::model_registry_server::ModelRegistry;
 use millrace_proto::{
     GetModelRequest, ListModelsRequest, ListModelsResponse, ModelRoles, ModelVersion,
-    PromoteModelRequest, RegisterModelRequest, RollbackModelRequest, SetShadowRequest,
+    PeriodFigures, PromoteModelRequest, RegisterModelRequest, RollbackModelRequest,
+    SetShadowRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -15,6 +16,7 @@ use crate::api_metrics::ApiMetrics;
 use crate::catalog::{Catalog, CatalogError, Served};
 use crate::registry::{Registered, RegistryError, ONLINE_VERSION};
 use crate::scorer::{LoadedModel, ModelArtifact, ModelMeta};
+use crate::serving::SERVED;
 
 /// Largest artifact `RegisterModel` takes (forests of many deep trees get big).
 pub const MAX_ARTIFACT_BYTES: usize = 64 * 1024 * 1024;
@@ -81,7 +83,27 @@ impl RegistryService {
                 .as_ref()
                 .and_then(|t| t.scores.as_ref())
                 .map(|d| d.to_proto()),
+            notes: self
+                .catalog
+                .registry()
+                .notes(&meta.name, &meta.version)
+                .unwrap_or_default(),
+            monthly: self.monthly_figures(&meta.version),
         }
+    }
+
+    fn monthly_figures(&self, version: &str) -> Vec<PeriodFigures> {
+        self.catalog
+            .monthly(version)
+            .into_iter()
+            .map(|(period, p)| PeriodFigures {
+                period,
+                examples: p.examples,
+                positives: p.positives,
+                roc_auc: p.roc_auc,
+                log_loss: p.log_loss,
+            })
+            .collect()
     }
 
     fn loaded(&self, served: &Served, model: &LoadedModel) -> ModelVersion {
@@ -200,6 +222,7 @@ impl ModelRegistry for RegistryService {
                 active: roles.active,
                 shadow: roles.shadow,
                 history: roles.history,
+                served_monthly: self.monthly_figures(SERVED),
             })
         })();
         self.timed("ListModels", started, result)
@@ -289,6 +312,7 @@ mod tests {
                 weight: 1.0,
             }],
             online: Default::default(),
+            retrain: Default::default(),
         };
         let catalog = Catalog::open(
             crate::registry::Registry::open(dir).unwrap(),
@@ -315,6 +339,7 @@ mod tests {
                 weight: 2.0,
             }],
             online: Default::default(),
+            retrain: Default::default(),
         });
         artifact.meta.metrics.insert("holdout_roc_auc".into(), 0.81);
         let register = |artifact: &ModelArtifact, promote: bool| RegisterModelRequest {

@@ -3,7 +3,8 @@
 //! A model kind implements [`Scorer`] in its own file: [`crate::model`] (a
 //! logistic regression with fixed weights: the pipeline's `[model]`, or one
 //! trained by smartcore), [`crate::online`] (the SGD learner) and
-//! [`crate::forest`] (a smartcore random forest). A [`ModelArtifact`] is a
+//! [`crate::forest`] (a smartcore random forest) and [`crate::gbdt`]
+//! (gradient-boosted trees). A [`ModelArtifact`] is a
 //! kind's parameters plus the metadata the registry keeps; [`LoadedModel`] is
 //! an artifact ready to score.
 
@@ -14,6 +15,7 @@ use millrace_proto::FeatureVector;
 use serde::{Deserialize, Serialize};
 
 use crate::forest::ForestModel;
+use crate::gbdt::GbdtModel;
 use crate::model::{LogisticModel, ModelError};
 use crate::online::OnlineLogistic;
 
@@ -24,6 +26,11 @@ pub trait Scorer: Send + Sync {
     /// Input names in column order.
     fn inputs(&self) -> &[String];
     fn threshold(&self) -> f64;
+    /// Whether the kind reads a missing input as such (NaN) rather than as
+    /// 0.0: trees learn a direction for missing values in training.
+    fn reads_missing(&self) -> bool {
+        false
+    }
     /// The probability for one row in column order; the row has exactly one
     /// value per input (a non-finite value means "missing" where the kind
     /// supports it).
@@ -46,6 +53,7 @@ pub enum ModelSpec {
     },
     Online(OnlineLogistic),
     Forest(ForestModel),
+    Gbdt(GbdtModel),
 }
 
 /// What the registry keeps about a version besides its parameters.
@@ -207,6 +215,7 @@ impl ModelArtifact {
             ModelSpec::Logistic { .. } => "logistic",
             ModelSpec::Online(_) => "online_logistic",
             ModelSpec::Forest(_) => "random_forest",
+            ModelSpec::Gbdt(_) => "gbdt",
         }
     }
 
@@ -253,11 +262,13 @@ impl ModelArtifact {
                         })
                         .collect(),
                     online: Default::default(),
+                    retrain: Default::default(),
                 };
                 Box::new(LogisticModel::from_def(&def)?)
             }
             ModelSpec::Online(m) => Box::new(m.clone()),
             ModelSpec::Forest(f) => Box::new(f.clone()),
+            ModelSpec::Gbdt(g) => Box::new(g.clone()),
         };
         if scorer.inputs() != meta.inputs.as_slice() {
             return Err(invalid(format!(
@@ -345,10 +356,16 @@ impl LoadedModel {
     }
 
     /// The model's row picked out of a vector's parallel names/values: an
-    /// input the vector lacks (or carries as NaN/inf) is 0.0 and reported.
-    /// When a name repeats, its first value counts.
+    /// input the vector lacks (or carries as NaN/inf) is reported, and is 0.0
+    /// (NaN for a kind that [`Scorer::reads_missing`]). When a name repeats,
+    /// its first value counts.
     pub fn row_of<'m>(&'m self, names: &[String], values: &[f64]) -> (Vec<f64>, Vec<&'m str>) {
-        let mut row = vec![0.0; self.meta.inputs.len()];
+        let fill = if self.scorer.reads_missing() {
+            f64::NAN
+        } else {
+            0.0
+        };
+        let mut row = vec![fill; self.meta.inputs.len()];
         let mut present = vec![false; row.len()];
         for (name, &value) in names.iter().zip(values) {
             if let Some(&i) = self.column.get(name) {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, MessageResult};
 use millrace_chassis::bus::{subject, Outgoing};
-use millrace_chassis::config::OnlineSettings;
+use millrace_chassis::config::{OnlineSettings, RetrainSettings};
 use millrace_chassis::event_order::{Arrival, EventOrder};
 use millrace_chassis::metrics::Metrics;
 use millrace_chassis::stage::{Apply, StageInput, TakeSnapshot, Taken};
@@ -42,6 +42,7 @@ use crate::evaluation::Progressive;
 use crate::join::{JoinCounts, LabelJoin};
 use crate::online::{OnlineLogistic, Schedule};
 use crate::registry::ONLINE_VERSION;
+use crate::retrain::{self, Job, Retraining, Step};
 use crate::scorer::{LoadedModel, Scorer as _};
 
 /// What the stage reads: source 0 is FEATURES, source 1 LABELS.
@@ -153,6 +154,9 @@ pub struct Scored {
     pub online: f64,
     pub served: (String, f64),
     pub shadow: Option<(String, f64)>,
+    /// The retrain inputs of the vector, when the pipeline retrains.
+    #[serde(default)]
+    pub features: Vec<f32>,
 }
 
 /// The online learner and everything around it that must survive a restart.
@@ -163,6 +167,13 @@ pub struct OnlineState {
     /// Progressive validation by version; `online` is the learner scored
     /// before each update, the others are the scores they served.
     pub progressive: BTreeMap<String, Progressive>,
+    /// Continuous training on the joined examples (`[model.retrain]`).
+    #[serde(default)]
+    pub retrain: Option<Retraining>,
+    /// Progressive validation by version and month (`YYYY-MM`) of the label's
+    /// event time: how each version did as the data moved.
+    #[serde(default)]
+    pub monthly: BTreeMap<String, BTreeMap<String, Progressive>>,
 }
 
 /// What inference snapshots.
@@ -200,10 +211,25 @@ impl ServingState {
                     ),
                     join: LabelJoin::new(settings.join_capacity, ttl_us),
                     progressive: BTreeMap::new(),
+                    retrain: None,
+                    monthly: BTreeMap::new(),
                 })
             }
         }
         self.order = std::mem::take(&mut self.order).with_arrivals(ARRIVALS.to_vec());
+        self
+    }
+
+    /// Keeps the joined examples and retrains on them (needs the learner's
+    /// label join); a restored state keeps its examples if the inputs are the same.
+    pub fn with_retraining(mut self, settings: &RetrainSettings, inputs: Vec<String>) -> Self {
+        if let Some(o) = &mut self.online {
+            match &o.retrain {
+                Some(r) if settings.enabled && r.inputs == inputs => {}
+                _ if settings.enabled => o.retrain = Some(Retraining::new(inputs)),
+                _ => o.retrain = None,
+            }
+        }
         self
     }
 
@@ -344,10 +370,24 @@ impl ServingMetrics {
     }
 }
 
+fn summary_of(p: &Progressive) -> ProgressSummary {
+    ProgressSummary {
+        examples: p.examples,
+        positives: p.positives,
+        roc_auc: p.roc_auc(),
+        log_loss: p.log_loss(),
+        brier: p.brier(),
+    }
+}
+
+/// The key of [`OnlineState::monthly`] that follows whatever version served.
+pub const SERVED: &str = "(served)";
+
 /// Progressive metrics of one version as the registry API shows them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProgressSummary {
     pub examples: u64,
+    pub positives: u64,
     pub roc_auc: f64,
     pub log_loss: f64,
     pub brier: f64,
@@ -361,6 +401,13 @@ pub struct ModelServer {
     online_columns: HashMap<String, usize>,
     /// Join counts already reported to Prometheus.
     reported: JoinCounts,
+    retrain: RetrainSettings,
+    /// Retrain input name → column.
+    retrain_columns: HashMap<String, usize>,
+    /// The fit running now, if any.
+    job: Option<Job>,
+    /// Per version, the examples its monthly figures had when last published.
+    monthly_published: HashMap<String, u64>,
 }
 
 impl ModelServer {
@@ -382,6 +429,10 @@ impl ModelServer {
         let mut server = Self {
             online_columns: HashMap::new(),
             reported: JoinCounts::default(),
+            retrain: RetrainSettings::default(),
+            retrain_columns: HashMap::new(),
+            job: None,
+            monthly_published: HashMap::new(),
             catalog,
             state,
             metrics,
@@ -400,9 +451,89 @@ impl ModelServer {
             server.metrics.report_join(&JoinCounts::default(), &counts);
             server.reported = counts;
             server.catalog.publish_online(&o.learner);
+            for (version, months) in &o.monthly {
+                for (month, p) in months {
+                    server.catalog.set_monthly(version, month, summary_of(p));
+                }
+            }
+        }
+        if let Some(r) = server
+            .state
+            .online
+            .as_ref()
+            .and_then(|o| o.retrain.as_ref())
+        {
+            server.retrain_columns = r
+                .inputs
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, n)| (n, i))
+                .collect();
         }
         server.report_progress();
         server
+    }
+
+    /// How it retrains, when the state keeps examples ([`ServingState::with_retraining`]).
+    pub fn retraining(mut self, settings: RetrainSettings) -> Self {
+        self.retrain = settings;
+        self
+    }
+
+    /// Before a record of event time `t`: starts a fit at a boundary, and
+    /// puts a finished one in shadow once its serving time has come (waiting
+    /// for it if the replay outran the fit).
+    fn retrain_before(&mut self, t: i64) {
+        let Some(r) = self.state.online.as_mut().and_then(|o| o.retrain.as_mut()) else {
+            return;
+        };
+        if !r.due(t, &self.retrain, &mut self.job) {
+            return;
+        }
+        let served = self.catalog.load();
+        let active = served.active.version().to_string();
+        match r.install(
+            &mut self.job,
+            &self.retrain,
+            self.catalog.model(),
+            served.active.meta.threshold,
+            &active,
+        ) {
+            Ok(Some(step)) => self.take(step),
+            Ok(None) => {}
+            Err(e) => tracing::error!("{e}; the active version serves on"),
+        }
+    }
+
+    /// Applies a retraining step to the catalog.
+    fn take(&mut self, step: Step) {
+        let result = match step {
+            Step::Shadow(artifact) => {
+                let version = artifact.meta.version.clone();
+                self.catalog
+                    .register(*artifact, false)
+                    .and_then(|_| self.catalog.set_shadow(Some(&version)))
+                    .map(|_| ())
+            }
+            Step::Decide {
+                version,
+                promote,
+                reason,
+            } => {
+                tracing::info!(%version, promote, %reason, "retrained version's trial ended");
+                let noted = self.catalog.note(&version, &reason);
+                let changed = if promote {
+                    self.catalog.promote(&version).map(|_| ())
+                } else {
+                    self.catalog.set_shadow(None).map(|_| ())
+                };
+                noted.and(changed)
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("retraining: {e}");
+        }
     }
 
     pub fn state(&self) -> &ServingState {
@@ -501,19 +632,37 @@ impl ModelServer {
                 }
             }
         }
+        let features = match &online.retrain {
+            Some(r) => {
+                let mut f = vec![f32::NAN; r.inputs.len()];
+                for (name, &value) in vector.names.iter().zip(&vector.values) {
+                    if let Some(&i) = self.retrain_columns.get(name) {
+                        if f[i].is_nan() {
+                            f[i] = value as f32;
+                        }
+                    }
+                }
+                f
+            }
+            None => Vec::new(),
+        };
         let scored = Scored {
             online: online.learner.predict(&row),
             row,
             served,
             shadow,
+            features,
         };
         if let Some((scored, label)) =
             online
                 .join
                 .offer_vector(&vector.label_key, scored, vector.event_time_us)
         {
-            Self::learn(online, &scored, label);
             self.metrics.online_updates.inc();
+            let step = Self::learn(online, &scored, label, vector.event_time_us, &self.retrain);
+            if let Some(step) = step {
+                self.take(step);
+            }
         }
     }
 
@@ -526,15 +675,55 @@ impl ModelServer {
                 .join
                 .offer_label(&label.label_key, label.value, label.event_time_us)
         {
-            Self::learn(online, &scored, label.value);
             self.metrics.online_updates.inc();
+            let step = Self::learn(
+                online,
+                &scored,
+                label.value,
+                label.event_time_us,
+                &self.retrain,
+            );
+            if let Some(step) = step {
+                self.take(step);
+            }
         }
     }
 
     /// Progressive validation first (what the learner and the served versions
-    /// said at the vector's event time), then the SGD step.
-    fn learn(online: &mut OnlineState, scored: &Scored, label: f64) {
+    /// said at the vector's event time), then the SGD step; the example is
+    /// kept for retraining and judges a retrained version on trial.
+    fn learn(
+        online: &mut OnlineState,
+        scored: &Scored,
+        label: f64,
+        time_us: i64,
+        retrain: &RetrainSettings,
+    ) -> Option<Step> {
         online.learner.learn(&scored.row, label);
+        let month = &retrain::utc_date(time_us)[..7];
+        let mut record = |version: &str, score: f64| {
+            let by_month = match online.monthly.get_mut(version) {
+                Some(m) => m,
+                None => online.monthly.entry(version.to_string()).or_default(),
+            };
+            match by_month.get_mut(month) {
+                Some(p) => p.record(score, label),
+                None => by_month
+                    .entry(month.to_string())
+                    .or_default()
+                    .record(score, label),
+            }
+        };
+        record(ONLINE_VERSION, scored.online);
+        record(SERVED, scored.served.1);
+        if scored.served.0 != ONLINE_VERSION {
+            record(&scored.served.0, scored.served.1);
+        }
+        if let Some((version, score)) = &scored.shadow {
+            if version != ONLINE_VERSION {
+                record(version, *score);
+            }
+        }
         online
             .progressive
             .entry(ONLINE_VERSION.into())
@@ -557,6 +746,9 @@ impl ModelServer {
                     .record(*score, label);
             }
         }
+        let r = online.retrain.as_mut()?;
+        r.keep(&scored.features, label, time_us);
+        r.judge(&scored.served, scored.shadow.as_ref(), label, retrain)
     }
 
     /// Brings the join and progressive metrics up to date and shares them with the registry API.
@@ -579,6 +771,7 @@ impl ModelServer {
             let labels = [model.as_str(), version.as_str()];
             let summary = ProgressSummary {
                 examples: p.examples,
+                positives: p.positives,
                 roc_auc: p.roc_auc(),
                 log_loss: p.log_loss(),
                 brier: p.brier(),
@@ -602,6 +795,18 @@ impl ModelServer {
             summaries.insert(version.clone(), summary);
         }
         self.catalog.set_progress(summaries);
+        // Months before the last two no longer change (labels come in
+        // event-time order); a version whose examples did not move is as published.
+        for (version, months) in &online.monthly {
+            let examples: u64 = months.values().map(|p| p.examples).sum();
+            if self.monthly_published.get(version) == Some(&examples) {
+                continue;
+            }
+            self.monthly_published.insert(version.clone(), examples);
+            for (month, p) in months.iter().rev().take(2) {
+                self.catalog.set_monthly(version, month, summary_of(p));
+            }
+        }
     }
 
     /// Where a prediction goes and the id JetStream deduplicates it by: the
@@ -655,6 +860,12 @@ impl Handler<Apply<InferenceInput>> for ModelServer {
             ready.extend(std::iter::from_fn(|| order.pop(clock)));
         }
         for Waiting { input, trace } in ready {
+            self.retrain_before(input.event_time_us());
+            // A retrained version may have gone into shadow or been promoted.
+            let now_served = self.catalog.load();
+            if !Arc::ptr_eq(&now_served, &served) {
+                served = now_served;
+            }
             match input {
                 InferenceInput::Vector(v) => {
                     // A served learner scores as it stands at this vector's time.
@@ -718,6 +929,7 @@ mod tests {
                 },
             ],
             online: OnlineSettings::default(),
+            retrain: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! millrace-ingest: takes events from producers over gRPC, validates them
 //! against the registered schemas, and answers each one only after JetStream
-//! stored it in EVENTS (or LABELS); refused records go to the DLQ.
+//! stored it in EVENTS (or LABELS; a label event that features read in
+//! both); refused records go to the DLQ.
 //!
 //! # Layout
 //! - [`schema`]: validation rules and their error codes.
@@ -59,6 +60,19 @@ fn check_limits(limits: &millrace_chassis::config::IngestLimits) -> anyhow::Resu
     Ok(())
 }
 
+/// The label types some feature reads: ingest stores their events in EVENTS
+/// (for enrich and feature-state) as well as their labels in LABELS.
+fn label_sources(
+    pipeline: &millrace_chassis::config::Pipeline,
+) -> std::collections::BTreeSet<String> {
+    pipeline
+        .features
+        .iter()
+        .filter(|f| pipeline.events.get(&f.source).is_some_and(|s| s.label))
+        .map(|f| f.source.clone())
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
     runtime::block_on(runtime::Threads::PerCore, run())
 }
@@ -87,6 +101,7 @@ async fn run() -> anyhow::Result<()> {
         schemas.clone(),
         publish::Settings {
             label_rule: pipeline.label.clone(),
+            label_sources: label_sources(&pipeline),
             partitions: pipeline.pipeline.partitions,
             limits: pipeline.ingest.clone(),
             metrics: publish::IngestMetrics::new(&svc.metrics),

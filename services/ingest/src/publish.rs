@@ -8,6 +8,12 @@
 //! into an `Event`, no encoding again. JSON records, label events (stored as
 //! `Label`s) and encodings the view leaves to prost take the decoded path.
 //!
+//! A label event whose type a feature reads is stored twice, under the same
+//! `Nats-Msg-Id` (deduplication is per stream): its `Label` in LABELS and the
+//! event itself in EVENTS, where enrich and feature-state read it as any
+//! event. Its one answer weighs both copies ([`Ingestor::settle`]). A label
+//! type no feature reads costs one message, as any event.
+//!
 //! The accepted records of a call go to JetStream as atomic batches
 //! ([`millrace_chassis::atomic`]), one message per event, each still under its
 //! own `Nats-Msg-Id`: with the shipped `sync_interval: always` the server
@@ -20,7 +26,7 @@
 //! and waiting for its batch are both bounded by that deadline, so a broker
 //! that dies with batches in flight costs a call at most that long.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -101,17 +107,27 @@ impl IngestMetrics {
     }
 }
 
-/// A record on its way: its answer so far, and the batch that stores it (or,
-/// for a refused record, its dead letter) as message `position`.
+/// A record on its way: its answer so far, and where its message (or, for a
+/// refused record, its dead letter) went; a label event that features read
+/// has a second message, its `Label`.
 pub struct Pending {
     ack: EventAck,
     event_type: Arc<str>,
-    outcome: BatchOutcome,
-    position: usize,
-    sent: Instant,
+    share: Share,
+    /// The `Label` of a label event stored in EVENTS too.
+    label: Option<Share>,
     /// When the record is answered `unavailable` if JetStream has not confirmed it.
     deadline: Instant,
     _span: Context,
+}
+
+/// One message of an atomic batch: what became of it is entry `position` of
+/// `outcome`; the batch went to JetStream at `sent`.
+#[derive(Clone)]
+struct Share {
+    outcome: BatchOutcome,
+    position: usize,
+    sent: Instant,
 }
 
 /// What became of each message of one atomic batch, shared by its records.
@@ -124,6 +140,19 @@ struct ToStore {
     ack: EventAck,
     event_type: Arc<str>,
     out: Outgoing,
+    /// The `Label` of a label event whose type a feature reads, `out` being
+    /// the event itself (for EVENTS); it goes out in a LABELS batch.
+    label: Option<Outgoing>,
+}
+
+/// A record's part in [`Ingestor::submit`] while its messages are batched.
+struct Waiting {
+    slot: Slot,
+    ack: EventAck,
+    event_type: Arc<str>,
+    span: Context,
+    share: Option<Share>,
+    label: Option<Share>,
 }
 
 /// Where a record stands in its call: its index and when it must be answered.
@@ -218,6 +247,8 @@ pub struct Ingestor {
     bus: Bus,
     schemas: SchemaHandle,
     label_rule: Option<Arc<LabelRule>>,
+    /// Label types a feature reads: their events are stored in EVENTS too.
+    label_sources: Arc<BTreeSet<String>>,
     limits: IngestLimits,
     partitions: u32,
     metrics: IngestMetrics,
@@ -231,6 +262,8 @@ pub struct Ingestor {
 /// What [`Ingestor::new`] needs besides the bus and the schemas.
 pub struct Settings {
     pub label_rule: Option<LabelRule>,
+    /// Label types some feature reads (see [`Ingestor::settle`] for their answers).
+    pub label_sources: BTreeSet<String>,
     pub partitions: u32,
     pub limits: IngestLimits,
     pub metrics: IngestMetrics,
@@ -241,6 +274,7 @@ impl Ingestor {
     pub fn new(bus: Bus, schemas: SchemaHandle, settings: Settings) -> Self {
         let Settings {
             label_rule,
+            label_sources,
             partitions,
             limits,
             metrics,
@@ -250,6 +284,7 @@ impl Ingestor {
             bus,
             schemas,
             label_rule: label_rule.map(Arc::new),
+            label_sources: Arc::new(label_sources),
             partitions,
             metrics,
             capacity: Arc::new(Semaphore::new(limits.max_pending_records)),
@@ -278,63 +313,79 @@ impl Ingestor {
     }
 
     /// Validates and sends the records of one call (or of what a stream had
-    /// ready, at most [`GATHER`]): the accepted ones and the refused ones'
-    /// dead letters go to JetStream grouped by stream, in the order given
+    /// ready, at most [`GATHER`]): the accepted ones (with the `Label`s of
+    /// label events stored in EVENTS too) and the refused ones' dead letters
+    /// go to JetStream grouped by stream, in the order given
     /// ([`bus::batches_by_stream`], [`Bus::send_batch`]). One answer per
     /// record, in order, comes from [`Ingestor::settle`], at the latest
     /// [`ACK_TIMEOUT`] after the record was taken in.
     pub async fn submit(&self, records: Vec<Submission>) -> Vec<Pending> {
-        let mut answers: Vec<Option<Pending>> = Vec::with_capacity(records.len());
-        answers.resize_with(records.len(), || None);
-        let staged = records.into_iter().map(|r| self.stage(r)).enumerate();
-        for batch in bus::batches_by_stream(staged, |(_, store)| store.out.subject.as_str()) {
-            for (at, pending) in self.store_atomically(batch).await {
-                answers[at] = Some(pending);
+        let mut waiting: Vec<Waiting> = Vec::with_capacity(records.len());
+        // (record, whether it is the record's `Label`, the message).
+        let mut messages: Vec<(usize, bool, Outgoing)> = Vec::with_capacity(records.len());
+        for (at, record) in records.into_iter().enumerate() {
+            let store = self.stage(record);
+            waiting.push(Waiting {
+                slot: store.slot,
+                ack: store.ack,
+                event_type: store.event_type,
+                span: store.out.trace.clone(),
+                share: None,
+                label: None,
+            });
+            messages.push((at, false, store.out));
+            if let Some(label) = store.label {
+                messages.push((at, true, label));
             }
         }
-        answers.into_iter().flatten().collect()
-    }
-
-    /// Sends `batch` (one stream's) through [`Bus::send_batch`]; its records
-    /// share the future of its outcome.
-    async fn store_atomically(&self, batch: Vec<(usize, ToStore)>) -> Vec<(usize, Pending)> {
-        let Some(deadline) = batch.iter().map(|(_, s)| s.slot.deadline).min() else {
-            return Vec::new();
-        };
-        let mut outs = Vec::with_capacity(batch.len());
-        let mut waiting = Vec::with_capacity(batch.len());
-        for (at, store) in batch {
-            waiting.push((
-                at,
-                store.slot,
-                store.ack,
-                store.event_type,
-                store.out.trace.clone(),
-            ));
-            outs.push(store.out);
-        }
-        let outcome: BatchOutcome = self
-            .bus
-            .send_batch(outs, deadline)
-            .await
-            .map(Arc::new)
-            .boxed()
-            .shared();
-        let sent = Instant::now();
-        waiting
-            .into_iter()
-            .enumerate()
-            .map(|(position, (at, slot, ack, event_type, span))| {
-                let pending = Pending {
-                    ack,
-                    event_type,
+        for batch in bus::batches_by_stream(messages, |(_, _, out)| out.subject.as_str()) {
+            let Some(deadline) = batch
+                .iter()
+                .map(|(at, _, _)| waiting[*at].slot.deadline)
+                .min()
+            else {
+                continue;
+            };
+            let mut places = Vec::with_capacity(batch.len());
+            let mut outs = Vec::with_capacity(batch.len());
+            for (at, is_label, out) in batch {
+                places.push((at, is_label));
+                outs.push(out);
+            }
+            let outcome: BatchOutcome = self
+                .bus
+                .send_batch(outs, deadline)
+                .await
+                .map(Arc::new)
+                .boxed()
+                .shared();
+            let sent = Instant::now();
+            for (position, (at, is_label)) in places.into_iter().enumerate() {
+                let share = Some(Share {
                     outcome: outcome.clone(),
                     position,
                     sent,
-                    deadline: slot.deadline,
-                    _span: span,
-                };
-                (at, pending)
+                });
+                let record = &mut waiting[at];
+                match is_label {
+                    false => record.share = share,
+                    true => record.label = share,
+                }
+            }
+        }
+        waiting
+            .into_iter()
+            .filter_map(|w| {
+                // Every record's message went into a batch above.
+                let share = w.share?;
+                Some(Pending {
+                    ack: w.ack,
+                    event_type: w.event_type,
+                    share,
+                    label: w.label,
+                    deadline: w.slot.deadline,
+                    _span: w.span,
+                })
             })
             .collect()
     }
@@ -536,12 +587,22 @@ impl Ingestor {
         let label = accepted
             .is_label
             .then(|| self.label_rule.as_ref().and_then(|r| r.label_of(&event)));
-        let (subject, payload) = match label {
+        let (subject, payload, label) = match label {
             None => (
                 subjects.events(event.partition),
                 Bytes::from(event.encode_to_vec()),
+                None,
             ),
-            Some(Some(label)) => (subjects.labels.clone(), Bytes::from(label.encode_to_vec())),
+            Some(Some(label)) if self.label_sources.contains(&event.r#type) => (
+                subjects.events(event.partition),
+                Bytes::from(event.encode_to_vec()),
+                Some((subjects.labels.clone(), Bytes::from(label.encode_to_vec()))),
+            ),
+            Some(Some(label)) => (
+                subjects.labels.clone(),
+                Bytes::from(label.encode_to_vec()),
+                None,
+            ),
             Some(None) => {
                 // Validation requires the rule's fields, so only a pipeline
                 // whose rule disagrees with its schema gets here.
@@ -562,7 +623,16 @@ impl Ingestor {
             event_id: event.event_id,
             ..Default::default()
         };
-        Self::to_store(slot, ack, subjects.name.clone(), subject, payload, span)
+        let label = label.map(|(subject, payload)| Outgoing {
+            subject,
+            msg_id: ack.event_id.clone(),
+            payload,
+            trace: span.clone(),
+            headers: Vec::new(),
+        });
+        let mut store = Self::to_store(slot, ack, subjects.name.clone(), subject, payload, span);
+        store.label = label;
+        store
     }
 
     /// An accepted record, to be stored under `Nats-Msg-Id` = its event id.
@@ -586,6 +656,7 @@ impl Ingestor {
             ack,
             event_type,
             out,
+            label: None,
         }
     }
 
@@ -650,37 +721,50 @@ impl Ingestor {
             ack,
             event_type: event_type.into(),
             out,
+            label: None,
         }
     }
 
     /// Waits for JetStream (until the record's deadline) and gives the
     /// producer its answer, counted into `tally`.
+    ///
+    /// A label event stored twice (in EVENTS, and its `Label` in LABELS) is
+    /// ACCEPTED when either copy was newly stored (a retry after a partial
+    /// failure completes the record), with the stream sequence of its EVENTS
+    /// copy; DUPLICATE when both were stored before; `unavailable` when
+    /// either was not confirmed, so the producer retries until both are in.
     pub async fn settle(&self, pending: Pending, tally: &mut Tally) -> EventAck {
         let Pending {
             mut ack,
             event_type,
-            outcome,
-            position,
-            sent,
+            share,
+            label,
             deadline,
             _span,
         } = pending;
-        let outcome = tokio::time::timeout_at(deadline, outcome).await;
-        let outcome = outcome.as_deref().map(|all| all.get(position));
+        let sent = share.sent;
+        let stored = Self::stored(share, deadline).await;
         if ack.status == AckStatus::Rejected as i32 {
             // A dead letter: the record's answer stands, whatever became of the letter.
-            if !matches!(outcome, Ok(Some(Ok(_)))) {
-                tracing::error!(event_id = %ack.event_id, "the DLQ did not confirm a rejected record within {ACK_TIMEOUT:?}: {outcome:?}");
+            if let Err(why) = &stored {
+                tracing::error!(event_id = %ack.event_id, "the DLQ did not confirm a rejected record within {ACK_TIMEOUT:?}: {why}");
             }
         } else {
-            match outcome {
-                Err(_) => {
-                    let why = format!("no acknowledgement within {ACK_TIMEOUT:?}");
-                    ack = unavailable(ack, &why);
-                }
-                Ok(None) => ack = unavailable(ack, "its batch has no answer for it"),
-                Ok(Some(Err(why))) => ack = unavailable(ack, why),
-                Ok(Some(Ok(stored))) => {
+            let stored = match (stored, label) {
+                (Ok(stored), None) => Ok(stored),
+                (Ok(stored), Some(label)) => match Self::stored(label, deadline).await {
+                    Ok(label) => Ok(bus::Stored {
+                        duplicate: stored.duplicate && label.duplicate,
+                        ..stored
+                    }),
+                    Err(why) => Err(format!("its label in LABELS: {why}")),
+                },
+                (Err(why), Some(_)) => Err(format!("its copy in EVENTS: {why}")),
+                (Err(why), None) => Err(why),
+            };
+            match stored {
+                Err(why) => ack = unavailable(ack, &why),
+                Ok(stored) => {
                     self.metrics
                         .ack_seconds
                         .observe(sent.elapsed().as_secs_f64());
@@ -696,6 +780,20 @@ impl Ingestor {
         tally.add(&event_type, &ack);
         self.metrics.pending.dec();
         ack
+    }
+
+    /// What JetStream said of one message by `deadline`, or why it said nothing.
+    async fn stored(share: Share, deadline: Instant) -> Result<bus::Stored, String> {
+        let Share {
+            outcome, position, ..
+        } = share;
+        match tokio::time::timeout_at(deadline, outcome).await {
+            Err(_) => Err(format!("no acknowledgement within {ACK_TIMEOUT:?}")),
+            Ok(all) => match all.get(position) {
+                None => Err("its batch has no answer for it".into()),
+                Some(answer) => answer.clone(),
+            },
+        }
     }
 
     /// Adds what `tally` counted to the metrics.

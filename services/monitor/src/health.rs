@@ -1174,6 +1174,7 @@ impl Handler<Apply<MonitorInput>> for HealthBoard {
             ready.extend(order.push(d.source, time, d.pending, waiting, clock));
             ready.extend(std::iter::from_fn(|| order.pop(clock)));
         }
+        self.metrics.publish_held(order.held());
         self.apply_all(ready.iter().map(|w| (&w.input, &w.trace)))
     }
 }
@@ -1382,7 +1383,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn a_batch_from_three_streams_is_applied_in_order() {
+    async fn a_batch_from_three_streams_is_applied_in_event_time_order() {
         let (_, b) = board();
         let addr = b.start();
         let delivered = |source: usize, sequence: u64, message: MonitorInput| Delivered {
@@ -1397,7 +1398,10 @@ mod tests {
             values: vec![1.0],
             ..Default::default()
         };
-        // The label comes first and waits; the prediction after it joins it.
+        // The label comes first and waits for the predictions to pass its
+        // event time; the vector goes at once (drift reads it in its own order).
+        let mut later = prediction("b", "1", 0.2, false);
+        later.event_time_us = 4_000_000;
         let batch = vec![
             delivered(1, 1, MonitorInput::Label(label("a", 1.0).into())),
             delivered(2, 1, MonitorInput::Features(vector.into())),
@@ -1406,6 +1410,7 @@ mod tests {
                 1,
                 MonitorInput::Prediction(prediction("a", "1", 0.9, true).into()),
             ),
+            delivered(0, 2, MonitorInput::Prediction(later.into())),
         ];
         let out = addr.send(Apply(batch)).await.unwrap();
         assert!(out.is_empty(), "no rules, no alerts");
@@ -1415,6 +1420,7 @@ mod tests {
             .unwrap()
             .state;
         assert_eq!(state.0.join.counts.matched, 1);
+        assert_eq!(state.0.order.held(), 0);
         assert_eq!(state.0.feature_vectors, 1);
         assert_eq!(
             state.0.quality.versions[&ModelVersion::new("fraud", "1")].labelled,

@@ -149,6 +149,7 @@ pub struct MonitorMetrics {
     stage_rate: GaugeVec,
     alerts_firing: IntGaugeVec,
     alert_transitions: IntCounterVec,
+    held: prometheus::IntGauge,
 }
 
 /// Which quality figure a gauge shows.
@@ -264,6 +265,10 @@ impl MonitorMetrics {
         };
         Self {
             join_series,
+            held: metrics.gauge(
+                "monitor_event_order_held",
+                "Predictions and labels delivered but held until the other stream passes their event time.",
+            ),
             predictions: metrics.counter_vec(
                 "monitor_predictions_total",
                 "Predictions monitor has applied, by model version.",
@@ -579,6 +584,10 @@ impl MonitorMetrics {
             let labels = [version.model.as_str(), version.version.as_str(), hop, q];
             set_or_remove(&self.latency_window, &labels, *value);
         }
+    }
+
+    pub fn publish_held(&self, held: usize) {
+        self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     pub fn publish_stage_rate(&self, stage: &str, per_second: Option<f64>) {

@@ -259,6 +259,12 @@ impl HealthReport {
                             .get("99")
                             .copied()
                             .flatten(),
+                        ingest_to_prediction_p99_seconds: m
+                            .latency
+                            .ingest_to_prediction_seconds
+                            .get("99")
+                            .copied()
+                            .flatten(),
                     }
                 })
                 .collect(),

@@ -16,7 +16,7 @@ impl Aggregator for Count {
         *into += other;
     }
 
-    fn read(&self, state: &u64) -> Reading {
+    fn read(&self, state: &u64, _at_us: i64) -> Reading {
         Reading::Int(i64::try_from(*state).unwrap_or(i64::MAX))
     }
 }

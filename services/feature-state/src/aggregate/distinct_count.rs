@@ -92,7 +92,7 @@ impl Aggregator for DistinctCount {
         into.saturated |= other.saturated;
     }
 
-    fn read(&self, state: &DistinctState) -> Reading {
+    fn read(&self, state: &DistinctState, _at_us: i64) -> Reading {
         Reading::Int(i64::try_from(state.fingerprints.len()).unwrap_or(i64::MAX))
     }
 
@@ -104,6 +104,7 @@ impl Aggregator for DistinctCount {
         &self,
         first: &'s DistinctState,
         rest: &mut dyn Iterator<Item = &'s DistinctState>,
+        _at_us: i64,
     ) -> Reading {
         let mut held: [&[u64]; 32] = [&[]; 32];
         let mut spilled: Vec<&[u64]> = Vec::new();
@@ -209,8 +210,8 @@ mod tests {
             for s in &states[1..] {
                 agg.merge(&mut merged, s);
             }
-            let read = agg.read_merged(&states[0], &mut states[1..].iter());
-            assert_eq!(read, agg.read(&merged), "{name}");
+            let read = agg.read_merged(&states[0], &mut states[1..].iter(), 0);
+            assert_eq!(read, agg.read(&merged, 0), "{name}");
         }
     }
 

@@ -42,7 +42,7 @@ impl Aggregator for Last {
         }
     }
 
-    fn read(&self, state: &LastState) -> Reading {
+    fn read(&self, state: &LastState, _at_us: i64) -> Reading {
         state
             .latest
             .map_or(Reading::Empty, |(_, _, v)| Reading::Double(v))
@@ -95,7 +95,7 @@ mod tests {
         for (name, arrivals, expected) in cases {
             let mut s = LastState::default();
             arrivals.iter().for_each(|o| Last.add(&mut s, o));
-            assert_reading(Last.read(&s), Reading::Double(expected), name);
+            assert_reading(Last.read(&s, 0), Reading::Double(expected), name);
         }
     }
 }

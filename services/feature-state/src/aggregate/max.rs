@@ -18,7 +18,7 @@ impl Aggregator for Max {
         }
     }
 
-    fn read(&self, state: &Option<f64>) -> Reading {
+    fn read(&self, state: &Option<f64>, _at_us: i64) -> Reading {
         state.map_or(Reading::Empty, Reading::Double)
     }
 }

@@ -26,7 +26,7 @@ impl Aggregator for Mean {
         into.sum += other.sum;
     }
 
-    fn read(&self, state: &MeanState) -> Reading {
+    fn read(&self, state: &MeanState, _at_us: i64) -> Reading {
         if state.n == 0 {
             Reading::Empty
         } else {

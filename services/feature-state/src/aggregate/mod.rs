@@ -11,6 +11,7 @@ mod last;
 mod max;
 mod mean;
 mod min;
+mod since_last;
 mod stddev;
 mod sum;
 
@@ -20,14 +21,16 @@ pub use last::Last;
 pub use max::Max;
 pub use mean::Mean;
 pub use min::Min;
+pub use since_last::SinceLast;
 pub use stddev::Stddev;
 pub use sum::Sum;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// One event as a feature sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One event as a feature sees it; plain data, since windows keep their
+/// recent ones as they came ([`crate::window::Recent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     pub time_us: i64,
     /// The field's numeric value (0 for `count`, which reads no field).
@@ -87,19 +90,23 @@ pub trait Aggregator: Send + 'static {
     fn add(&self, state: &mut Self::State, obs: &Observation);
     /// Folds `other` (events disjoint from `into`'s) into `into`.
     fn merge(&self, into: &mut Self::State, other: &Self::State);
-    fn read(&self, state: &Self::State) -> Reading;
+    /// What the state reads as when the feature is read at `at_us` (the
+    /// scored event's time, or the clock for a lookup): only aggregations
+    /// that measure up to the read (`since_last`) look at it.
+    fn read(&self, state: &Self::State, at_us: i64) -> Reading;
     /// Reads the merge of `first` and `rest` (disjoint events) without
     /// keeping it: a window of several buckets is read this way per vector.
     fn read_merged<'s>(
         &self,
         first: &'s Self::State,
         rest: &mut dyn Iterator<Item = &'s Self::State>,
+        at_us: i64,
     ) -> Reading {
         let mut acc = first.clone();
         for s in rest {
             self.merge(&mut acc, s);
         }
-        self.read(&acc)
+        self.read(&acc, at_us)
     }
     /// Heap bytes the state holds beyond its own size.
     fn heap_bytes(&self, _state: &Self::State) -> usize {
@@ -123,17 +130,17 @@ pub(crate) mod testing {
         for o in &obs {
             agg.add(&mut one, o);
         }
-        assert_reading(agg.read(&one), expected, &format!("{name}: added"));
+        assert_reading(agg.read(&one, 0), expected, &format!("{name}: added"));
         let (left, right) = obs.split_at(obs.len() / 2);
         let (mut a, mut b) = (A::State::default(), A::State::default());
         left.iter().for_each(|o| agg.add(&mut a, o));
         right.iter().for_each(|o| agg.add(&mut b, o));
         agg.merge(&mut a, &b);
-        assert_reading(agg.read(&a), expected, &format!("{name}: merged"));
+        assert_reading(agg.read(&a, 0), expected, &format!("{name}: merged"));
         let mut c = A::State::default();
         agg.merge(&mut c, &one);
         assert_reading(
-            agg.read(&c),
+            agg.read(&c, 0),
             expected,
             &format!("{name}: merged into empty"),
         );

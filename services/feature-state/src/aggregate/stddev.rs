@@ -43,7 +43,7 @@ impl Aggregator for Stddev {
         into.n = n;
     }
 
-    fn read(&self, s: &Welford) -> Reading {
+    fn read(&self, s: &Welford, _at_us: i64) -> Reading {
         if s.n == 0 {
             Reading::Empty
         } else {

@@ -16,7 +16,7 @@ impl Aggregator for Sum {
         *into += other;
     }
 
-    fn read(&self, state: &f64) -> Reading {
+    fn read(&self, state: &f64, _at_us: i64) -> Reading {
         Reading::Double(*state)
     }
 }

@@ -46,20 +46,40 @@ impl<S: AggState> Buckets<S> {
         }
     }
 
-    /// The merged state of buckets `first..=last`, read.
-    pub fn read<A: Aggregator<State = S>>(&self, agg: &A, first: i64, last: i64) -> Reading {
+    /// The merged state of buckets `first..=last`, read at `at_us`.
+    pub fn read<A: Aggregator<State = S>>(
+        &self,
+        agg: &A,
+        first: i64,
+        last: i64,
+        at_us: i64,
+    ) -> Reading {
+        self.read_with(agg, first, last, None, at_us)
+    }
+
+    /// [`Buckets::read`] with `more` (a state of other events) merged in.
+    pub fn read_with<A: Aggregator<State = S>>(
+        &self,
+        agg: &A,
+        first: i64,
+        last: i64,
+        more: Option<&S>,
+        at_us: i64,
+    ) -> Reading {
         let mut inside = self
             .items
             .iter()
-            .filter(|(b, _)| (first..=last).contains(b));
-        let Some((_, one)) = inside.next() else {
-            return agg.read(&S::default());
+            .filter(|(b, _)| (first..=last).contains(b))
+            .map(|(_, s)| s)
+            .chain(more);
+        let Some(one) = inside.next() else {
+            return agg.read(&S::default(), at_us);
         };
         // The common case: one bucket, no merge, no copy.
-        let mut rest = inside.map(|(_, s)| s).peekable();
+        let mut rest = inside.peekable();
         match rest.peek() {
-            None => agg.read(one),
-            Some(_) => agg.read_merged(one, &mut rest),
+            None => agg.read(one, at_us),
+            Some(_) => agg.read_merged(one, &mut rest, at_us),
         }
     }
 
@@ -133,11 +153,13 @@ mod tests {
         b.add(&Count, 5, &Observation::at(0, 0.0));
         b.add(&Count, 0, &Observation::at(0, 0.0));
         assert!(b.heap_bytes(&Count) > 0);
-        assert_eq!(b.read(&Count, 0, 5), Reading::Int(4));
-        assert_eq!(b.read(&Count, 2, 4), Reading::Int(1));
+        assert_eq!(b.read(&Count, 0, 5, 0), Reading::Int(4));
+        assert_eq!(b.read(&Count, 2, 4, 0), Reading::Int(1));
+        assert_eq!(b.read_with(&Count, 2, 4, Some(&3), 0), Reading::Int(4));
+        assert_eq!(b.read_with(&Count, 7, 9, Some(&3), 0), Reading::Int(3));
         b.evict_before(5);
         assert_eq!((b.len(), b.heap_bytes(&Count)), (1, 0));
-        assert_eq!(b.read(&Count, 0, 9), Reading::Int(1));
+        assert_eq!(b.read(&Count, 0, 9, 0), Reading::Int(1));
         b.evict_before(6);
         assert!(b.is_empty());
     }

@@ -28,16 +28,38 @@ impl Hopping {
 impl Window for Hopping {
     type State<S: AggState> = Buckets<S>;
 
-    fn add<A: Aggregator>(&self, agg: &A, state: &mut Buckets<A::State>, obs: &Observation) {
+    /// It reads only windows closed by the read time: nothing stamped after
+    /// it is in them, whatever arrived first.
+    type Kept = ();
+
+    fn add<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &mut Buckets<A::State>,
+        _: &mut (),
+        obs: &Observation,
+    ) {
         state.add(agg, bucket_of(obs.time_us, self.hop_us), obs);
     }
 
-    fn read<A: Aggregator>(&self, agg: &A, state: &Buckets<A::State>, at_us: i64) -> Reading {
+    fn read<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &Buckets<A::State>,
+        _: &(),
+        at_us: i64,
+    ) -> Reading {
         let end = bucket_of(at_us, self.hop_us);
-        state.read(agg, end - self.hops, end - 1)
+        state.read(agg, end - self.hops, end - 1, at_us)
     }
 
-    fn evict<S: AggState>(&self, state: &mut Buckets<S>, floor_us: i64) {
+    fn evict<A: Aggregator>(
+        &self,
+        _: &A,
+        state: &mut Buckets<A::State>,
+        _: &mut (),
+        floor_us: i64,
+    ) {
         state.evict_before(bucket_of(floor_us, self.hop_us) - self.hops);
     }
 
@@ -89,5 +111,11 @@ mod tests {
                 ("all_slid_out", &[(1, 1.0), (12, 2.0)], 50, 0.0, 0),
             ],
         );
+    }
+
+    #[test]
+    fn hopping_reads_are_as_of_their_time_whatever_arrived_first() {
+        crate::window::testing::check_as_of(&Hopping::new(30, 10), 10);
+        crate::window::testing::check_as_of(&Hopping::new(30, 10), 35);
     }
 }

@@ -1,13 +1,16 @@
 //! Session: an entity's events grouped into runs in which consecutive events
-//! are less than `gap` apart. As of `t` the value is the session open at `t`:
-//! the one that started at or before `t` and whose last event is less than
-//! `gap` before `t`; empty when there is none (the entity has been idle for
-//! `gap`). An out-of-order event that bridges two sessions merges them.
+//! are less than `gap` apart. As of `t` the value is the session open at `t`
+//! among the events stamped up to `t`: the one that started at or before `t`
+//! and whose last event is less than `gap` before `t`; empty when there is none
+//! (the entity has been idle for `gap`). An out-of-order event that bridges
+//! two sessions merges them. The sessions hold the events the floor has
+//! passed; the later ones wait among the entity's recent events, and a read
+//! adds those up to `t` to a copy of the sessions.
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::{Aggregator, Observation, Reading, Window};
+use super::{Aggregator, Observation, Reading, Recent, Window};
 use crate::aggregate::AggState;
 
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +43,8 @@ impl<S> Default for Sessions<S> {
     }
 }
 
-impl Window for Session {
-    type State<S: AggState> = Sessions<S>;
-
-    fn add<A: Aggregator>(&self, agg: &A, state: &mut Sessions<A::State>, obs: &Observation) {
+impl Session {
+    fn add_to<A: Aggregator>(&self, agg: &A, state: &mut Sessions<A::State>, obs: &Observation) {
         let t = obs.time_us;
         let gap = self.gap_us;
         // Sessions this event touches: it lies less than `gap` from them.
@@ -74,16 +75,62 @@ impl Window for Session {
         }
     }
 
-    fn read<A: Aggregator>(&self, agg: &A, state: &Sessions<A::State>, at_us: i64) -> Reading {
+    fn read_open<A: Aggregator>(&self, agg: &A, state: &Sessions<A::State>, at_us: i64) -> Reading {
         state
             .items
             .iter()
             .find(|(start, end, _)| *start <= at_us && at_us < end.saturating_add(self.gap_us))
-            .map_or_else(|| agg.read(&A::State::default()), |(_, _, s)| agg.read(s))
+            .map_or_else(
+                || agg.read(&A::State::default(), at_us),
+                |(_, _, s)| agg.read(s, at_us),
+            )
+    }
+}
+
+impl Window for Session {
+    type State<S: AggState> = Sessions<S>;
+
+    type Kept = Recent;
+
+    fn add<A: Aggregator>(
+        &self,
+        _: &A,
+        _: &mut Sessions<A::State>,
+        recent: &mut Recent,
+        obs: &Observation,
+    ) {
+        recent.insert(obs);
     }
 
-    fn evict<S: AggState>(&self, state: &mut Sessions<S>, floor_us: i64) {
-        // A session that ended `gap` before the floor can neither be read nor grow again.
+    fn read<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &Sessions<A::State>,
+        recent: &Recent,
+        at_us: i64,
+    ) -> Reading {
+        let mut known = recent.through(at_us).peekable();
+        if known.peek().is_none() {
+            return self.read_open(agg, state, at_us);
+        }
+        let mut sessions = state.clone();
+        known.for_each(|obs| self.add_to(agg, &mut sessions, obs));
+        self.read_open(agg, &sessions, at_us)
+    }
+
+    fn evict<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &mut Sessions<A::State>,
+        recent: &mut Recent,
+        floor_us: i64,
+    ) {
+        for obs in recent.take_through(floor_us) {
+            self.add_to(agg, state, &obs);
+        }
+        recent.shrink();
+        // A session that ended `gap` before the floor can neither be read nor
+        // grow again (an event still waiting is stamped after the floor).
         state
             .items
             .retain(|(_, end, _)| end.saturating_add(self.gap_us) > floor_us);
@@ -169,8 +216,23 @@ mod tests {
                     3.0,
                     2,
                 ),
+                // 108 came first but is stamped after the read: the session open
+                // at 104 holds 100 alone.
+                (
+                    "later_stamped_event_left_out",
+                    &[(108, 4.0), (100, 1.0)],
+                    104,
+                    1.0,
+                    1,
+                ),
             ],
         );
+    }
+
+    #[test]
+    fn session_reads_are_as_of_their_time_whatever_arrived_first() {
+        crate::window::testing::check_as_of(&Session::new(10), 10);
+        crate::window::testing::check_as_of(&Session::new(3), 25);
     }
 
     #[test]
@@ -178,7 +240,7 @@ mod tests {
         let w = Session::new(10);
         let mut s = Sessions::<u64>::default();
         for t in [50, 10, 30, 31, 70, 12, 60] {
-            w.add(&crate::aggregate::Count, &mut s, &Observation::at(t, 0.0));
+            w.add_to(&crate::aggregate::Count, &mut s, &Observation::at(t, 0.0));
         }
         let spans: Vec<(i64, i64, u64)> = s.items.to_vec();
         // 10,12 | 30,31 | 50 | 60 | 70: exactly `gap` apart is apart.

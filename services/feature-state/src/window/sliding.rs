@@ -1,11 +1,18 @@
 //! Sliding: the trailing window `(t − size, t]`, exact at a declared
 //! granularity. Events are kept in buckets of width `granularity` (`size` a
 //! multiple of it); as of `t` the value is the `size/granularity` buckets up to
-//! and including the one holding `t`, so it always includes the event being
-//! scored and its older edge moves in steps of `granularity`: it spans between
-//! `size − granularity` and `size` of event time.
+//! and including the one holding `t`, that one only up to `t`: it always
+//! includes the event being scored, never one stamped after it, and its older
+//! edge moves in steps of `granularity` (it spans between `size − granularity`
+//! and `size` of event time).
+//!
+//! Every event goes into its bucket and, until the floor has left its bucket
+//! behind, among the entity's recent events too. A read whose bucket holds an
+//! event stamped after `t` (applied first: the stream was out of order) takes
+//! that bucket from the recent events up to `t`; every other read is the
+//! buckets' merge alone.
 
-use super::{bucket_of, Aggregator, Buckets, Observation, Reading, Window};
+use super::{bucket_of, Aggregator, Buckets, Observation, Reading, Recent, Window};
 use crate::aggregate::AggState;
 
 #[derive(Debug, Clone, Copy)]
@@ -29,17 +36,57 @@ impl Sliding {
 impl Window for Sliding {
     type State<S: AggState> = Buckets<S>;
 
-    fn add<A: Aggregator>(&self, agg: &A, state: &mut Buckets<A::State>, obs: &Observation) {
+    type Kept = Recent;
+
+    fn add<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &mut Buckets<A::State>,
+        recent: &mut Recent,
+        obs: &Observation,
+    ) {
         state.add(agg, bucket_of(obs.time_us, self.granularity_us), obs);
+        recent.insert(obs);
     }
 
-    fn read<A: Aggregator>(&self, agg: &A, state: &Buckets<A::State>, at_us: i64) -> Reading {
-        let newest = bucket_of(at_us, self.granularity_us);
-        state.read(agg, newest - self.buckets + 1, newest)
+    fn read<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &Buckets<A::State>,
+        recent: &Recent,
+        at_us: i64,
+    ) -> Reading {
+        let g = self.granularity_us;
+        let newest = bucket_of(at_us, g);
+        let first = newest - self.buckets + 1;
+        // The earliest event stamped after `t`: when it shares `t`'s bucket, that
+        // bucket holds something a read at `t` must leave out.
+        let mixed = recent
+            .first_after(at_us)
+            .is_some_and(|later| bucket_of(later.time_us, g) == newest);
+        if !mixed {
+            return state.read(agg, first, newest, at_us);
+        }
+        let mut known = A::State::default();
+        recent
+            .through(at_us)
+            .filter(|obs| bucket_of(obs.time_us, g) == newest)
+            .for_each(|obs| agg.add(&mut known, obs));
+        state.read_with(agg, first, newest - 1, Some(&known), at_us)
     }
 
-    fn evict<S: AggState>(&self, state: &mut Buckets<S>, floor_us: i64) {
-        state.evict_before(bucket_of(floor_us, self.granularity_us) - self.buckets + 1);
+    fn evict<A: Aggregator>(
+        &self,
+        _: &A,
+        state: &mut Buckets<A::State>,
+        recent: &mut Recent,
+        floor_us: i64,
+    ) {
+        let floor_bucket = bucket_of(floor_us, self.granularity_us);
+        state.evict_before(floor_bucket - self.buckets + 1);
+        // No read goes below the floor, so none reads an earlier bucket partly.
+        recent.forget_settled(floor_bucket.saturating_mul(self.granularity_us));
+        recent.shrink();
     }
 
     fn heap_bytes<A: Aggregator>(&self, agg: &A, state: &Buckets<A::State>) -> usize {
@@ -97,7 +144,52 @@ mod tests {
                     1,
                 ),
                 ("empty_reads_zero", &[(10, 1.0)], 200, 0.0, 0),
+                // 38 came first but is stamped after the read at 35, in the same
+                // bucket [30, 40): the bucket is read up to 35.
+                (
+                    "later_stamped_event_in_the_same_bucket_left_out",
+                    &[(38, 8.0), (12, 1.0), (31, 2.0)],
+                    35,
+                    3.0,
+                    2,
+                ),
+                (
+                    "read_at_an_events_own_time",
+                    &[(31, 2.0), (35, 4.0)],
+                    35,
+                    6.0,
+                    2,
+                ),
             ],
         );
+    }
+
+    #[test]
+    fn sliding_reads_are_as_of_their_time_whatever_arrived_first() {
+        crate::window::testing::check_as_of(&Sliding::new(60, 10), 10);
+        crate::window::testing::check_as_of(&Sliding::new(60, 10), 25);
+        crate::window::testing::check_as_of(&Sliding::new(5, 5), 12);
+    }
+
+    #[test]
+    fn recent_events_go_once_the_floor_leaves_their_bucket() {
+        use crate::aggregate::Mean;
+        use crate::window::testing::Fed;
+        let w = Sliding::new(60, 10);
+        let mut fed = Fed::new(&w, &Mean, &[(3, 1.0), (14, 2.0), (17, 3.0), (25, 4.0)]);
+        fed.evict(&w, &Mean, 16);
+        let left: Vec<i64> = fed.recent.through(i64::MAX).map(|o| o.time_us).collect();
+        assert_eq!(
+            left,
+            vec![14, 17, 25],
+            "the bucket [10, 20) holding the floor stays"
+        );
+        assert_eq!(
+            fed.read(&w, &Mean, 16),
+            Reading::Double(1.5),
+            "3 and 14, not 17"
+        );
+        fed.evict(&w, &Mean, 99);
+        assert_eq!((fed.recent.len(), fed.recent.heap_bytes()), (0, 0));
     }
 }

@@ -22,16 +22,38 @@ impl Tumbling {
 impl Window for Tumbling {
     type State<S: AggState> = Buckets<S>;
 
-    fn add<A: Aggregator>(&self, agg: &A, state: &mut Buckets<A::State>, obs: &Observation) {
+    /// It reads only windows closed by the read time: nothing stamped after
+    /// it is in them, whatever arrived first.
+    type Kept = ();
+
+    fn add<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &mut Buckets<A::State>,
+        _: &mut (),
+        obs: &Observation,
+    ) {
         state.add(agg, bucket_of(obs.time_us, self.size_us), obs);
     }
 
-    fn read<A: Aggregator>(&self, agg: &A, state: &Buckets<A::State>, at_us: i64) -> Reading {
+    fn read<A: Aggregator>(
+        &self,
+        agg: &A,
+        state: &Buckets<A::State>,
+        _: &(),
+        at_us: i64,
+    ) -> Reading {
         let previous = bucket_of(at_us, self.size_us) - 1;
-        state.read(agg, previous, previous)
+        state.read(agg, previous, previous, at_us)
     }
 
-    fn evict<S: AggState>(&self, state: &mut Buckets<S>, floor_us: i64) {
+    fn evict<A: Aggregator>(
+        &self,
+        _: &A,
+        state: &mut Buckets<A::State>,
+        _: &mut (),
+        floor_us: i64,
+    ) {
         state.evict_before(bucket_of(floor_us, self.size_us) - 1);
     }
 
@@ -86,5 +108,11 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn tumbling_reads_are_as_of_their_time_whatever_arrived_first() {
+        crate::window::testing::check_as_of(&Tumbling::new(10), 10);
+        crate::window::testing::check_as_of(&Tumbling::new(10), 35);
     }
 }
