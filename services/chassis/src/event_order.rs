@@ -16,11 +16,13 @@
 //!
 //! The queues are state: the stage's snapshot records a stream as applied up
 //! to the last message delivered, so whatever is still held must be in the
-//! snapshot for a restart to lose nothing. Wall-clock time enters only through
-//! [`Arrival`]'s silences, which on a replay happen only at its end.
+//! snapshot for a restart to lose nothing. Wall-clock time enters only as a
+//! silence of every stream ([`EventOrder::tick`]), which on a replay happens
+//! only at its end: a pause of the stage itself (a long fit, a snapshot)
+//! delivers nothing and counts as no silence.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +30,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
     /// Written straight by ingest in event-time order (LABELS): once its
-    /// consumer has caught up, nothing earlier than what is waiting elsewhere
-    /// can still come.
+    /// consumer has caught up (or before it delivered anything), nothing
+    /// earlier than what is waiting elsewhere can still come.
     Direct,
     /// Derived by upstream stages that lag behind ingest (FEATURES,
     /// PREDICTIONS): caught up only means the stages before are slow, so only
@@ -39,11 +41,16 @@ pub enum Arrival {
     Unordered,
 }
 
-/// A silence after which a stream is taken to have nothing earlier to bring:
-/// what lets the last records of a replay go, and a live pipeline's records go
-/// through a night without traffic on the other stream. Far longer than any
-/// pause of a running stage.
+/// A silence of every stream after which held records go: what lets the last
+/// records of a replay go. The stage's heartbeat ticks [`IDLE_TICKS`] times
+/// in it ([`EventOrder::tick`]).
 pub const IDLE: Duration = Duration::from_secs(5);
+
+/// Heartbeats without any record that make an [`IDLE`] silence.
+pub const IDLE_TICKS: u32 = 5;
+
+/// How often the stage hands an idle actor an empty batch to tick with.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Records held at most, over all queues; past it the earliest goes anyway
 /// (counted in [`EventOrder::forced`]), so a stream that stopped cannot make
@@ -57,15 +64,6 @@ struct Held<T> {
     item: T,
 }
 
-/// What is known of a stream between two deliveries; rebuilt after a restart.
-#[derive(Debug, Clone, Copy)]
-struct Heard {
-    /// When its last message was delivered (the order's creation before any).
-    at: Instant,
-    /// The server had nothing more for the consumer after its last message.
-    caught_up: bool,
-}
-
 /// The event-time order of a stage's sources (see the module doc).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(serialize = "T: Serialize", deserialize = "T: Deserialize<'de>"))]
@@ -77,10 +75,13 @@ pub struct EventOrder<T> {
     pub forced: u64,
     #[serde(skip)]
     arrivals: Vec<Arrival>,
+    /// Per source: the server had nothing more for the consumer after its
+    /// last message (true before any: see [`Arrival::Direct`]).
     #[serde(skip)]
-    heard: Vec<Option<Heard>>,
+    caught_up: Vec<bool>,
+    /// Heartbeats since the last record of any source.
     #[serde(skip)]
-    since: Option<Instant>,
+    silent_ticks: u32,
 }
 
 impl<T> Default for EventOrder<T> {
@@ -90,8 +91,8 @@ impl<T> Default for EventOrder<T> {
             newest_us: Vec::new(),
             forced: 0,
             arrivals: Vec::new(),
-            heard: Vec::new(),
-            since: None,
+            caught_up: Vec::new(),
+            silent_ticks: 0,
         }
     }
 }
@@ -116,7 +117,7 @@ impl<T> EventOrder<T> {
         let n = arrivals.len();
         self.queues.resize_with(n, VecDeque::new);
         self.newest_us.resize(n, i64::MIN);
-        self.heard = vec![None; n];
+        self.caught_up = vec![true; n];
         self.arrivals = arrivals;
         self
     }
@@ -134,22 +135,12 @@ impl<T> EventOrder<T> {
     /// Takes a delivered record; `pending` is what the server still had for
     /// the consumer after its message. An unordered source's record comes
     /// straight back.
-    pub fn push(
-        &mut self,
-        source: usize,
-        time_us: i64,
-        pending: u64,
-        item: T,
-        now: Instant,
-    ) -> Option<T> {
-        self.since.get_or_insert(now);
+    pub fn push(&mut self, source: usize, time_us: i64, pending: u64, item: T) -> Option<T> {
+        self.silent_ticks = 0;
         let Some(queue) = self.queues.get_mut(source) else {
             return Some(item);
         };
-        self.heard[source] = Some(Heard {
-            at: now,
-            caught_up: pending == 0,
-        });
+        self.caught_up[source] = pending == 0;
         self.newest_us[source] = self.newest_us[source].max(time_us);
         if self.arrivals[source] == Arrival::Unordered {
             return Some(item);
@@ -158,9 +149,15 @@ impl<T> EventOrder<T> {
         None
     }
 
+    /// A heartbeat of the stage, handed over when no record came for a
+    /// while: [`IDLE_TICKS`] in a row let everything held go.
+    pub fn tick(&mut self) {
+        self.silent_ticks = self.silent_ticks.saturating_add(1);
+    }
+
     /// The next record in event-time order, if no source can still bring an
     /// earlier one. Equal times go in source order.
-    pub fn pop(&mut self, now: Instant) -> Option<T> {
+    pub fn pop(&mut self) -> Option<T> {
         let (source, time_us) = self
             .queues
             .iter()
@@ -168,7 +165,11 @@ impl<T> EventOrder<T> {
             .filter_map(|(i, q)| q.front().map(|h| (i, h.time_us)))
             .min_by_key(|&(i, t)| (t, i))?;
         let force = self.held() > MAX_HELD;
-        if !force && !(0..self.queues.len()).all(|b| b == source || self.passed(b, time_us, now)) {
+        let silence = self.silent_ticks >= IDLE_TICKS;
+        if !force
+            && !silence
+            && !(0..self.queues.len()).all(|b| b == source || self.passed(b, time_us))
+        {
             return None;
         }
         self.forced += u64::from(force);
@@ -176,16 +177,14 @@ impl<T> EventOrder<T> {
     }
 
     /// Whether source `b` can no longer bring a record earlier than `time_us`.
-    fn passed(&self, b: usize, time_us: i64, now: Instant) -> bool {
+    fn passed(&self, b: usize, time_us: i64) -> bool {
         if !self.queues[b].is_empty() || self.newest_us[b] >= time_us {
             return true;
         }
-        let quiet = |since: Instant| now.saturating_duration_since(since) >= IDLE;
-        match (self.arrivals[b], self.heard[b]) {
-            (Arrival::Unordered, _) => true,
-            (Arrival::Direct, Some(h)) => h.caught_up || quiet(h.at),
-            (Arrival::Derived, Some(h)) => quiet(h.at),
-            (_, None) => self.since.is_some_and(quiet),
+        match self.arrivals[b] {
+            Arrival::Unordered => true,
+            Arrival::Direct => self.caught_up[b],
+            Arrival::Derived => false,
         }
     }
 }
@@ -201,28 +200,27 @@ mod tests {
         EventOrder::new(vec![Arrival::Derived, Arrival::Direct])
     }
 
-    fn drain(o: &mut EventOrder<&'static str>, now: Instant) -> Vec<&'static str> {
-        std::iter::from_fn(|| o.pop(now)).collect()
+    fn drain(o: &mut EventOrder<&'static str>) -> Vec<&'static str> {
+        std::iter::from_fn(|| o.pop()).collect()
     }
 
     #[test]
     fn labels_ahead_of_their_vectors_wait_for_the_vectors_event_time() {
-        let now = Instant::now();
         let mut o = order();
         // The labels of a fast replay, hours ahead.
-        assert_eq!(o.push(LABELS, 100, 5, "label@100", now), None);
-        assert_eq!(o.push(LABELS, 300, 0, "label@300", now), None);
-        assert!(drain(&mut o, now).is_empty(), "no vector seen yet");
-        o.push(FEATURES, 50, 9, "vector@50", now);
-        o.push(FEATURES, 200, 9, "vector@200", now);
+        assert_eq!(o.push(LABELS, 100, 5, "label@100"), None);
+        assert_eq!(o.push(LABELS, 300, 0, "label@300"), None);
+        assert!(drain(&mut o).is_empty(), "no vector seen yet");
+        o.push(FEATURES, 50, 9, "vector@50");
+        o.push(FEATURES, 200, 9, "vector@200");
         assert_eq!(
-            drain(&mut o, now),
+            drain(&mut o),
             ["vector@50", "label@100", "vector@200"],
             "label@300 waits: FEATURES may still bring something before it"
         );
-        o.push(FEATURES, 300, 9, "vector@300", now);
+        o.push(FEATURES, 300, 9, "vector@300");
         assert_eq!(
-            drain(&mut o, now),
+            drain(&mut o),
             ["vector@300", "label@300"],
             "equal times go in source order: scored before learned"
         );
@@ -230,58 +228,61 @@ mod tests {
 
     #[test]
     fn a_vector_goes_at_once_when_labels_are_caught_up_but_not_while_they_lag() {
-        let now = Instant::now();
         let mut o = order();
-        o.push(LABELS, 10, 0, "label@10", now);
-        o.push(FEATURES, 5, 0, "vector@5", now);
-        assert_eq!(drain(&mut o, now), ["vector@5"]);
-        o.push(FEATURES, 20, 0, "vector@20", now);
+        o.push(LABELS, 10, 0, "label@10");
+        o.push(FEATURES, 5, 0, "vector@5");
+        assert_eq!(drain(&mut o), ["vector@5"]);
+        o.push(FEATURES, 20, 0, "vector@20");
         assert_eq!(
-            drain(&mut o, now),
+            drain(&mut o),
             ["label@10", "vector@20"],
             "LABELS has nothing more"
         );
-        o.push(LABELS, 21, 3, "label@21", now);
-        o.push(FEATURES, 30, 0, "vector@30", now);
+        o.push(LABELS, 21, 3, "label@21");
+        o.push(FEATURES, 30, 0, "vector@30");
         assert_eq!(
-            drain(&mut o, now),
+            drain(&mut o),
             ["label@21"],
             "three more labels are stored: one may come before 30"
         );
-        o.push(LABELS, 25, 0, "label@25", now);
-        assert_eq!(drain(&mut o, now), ["label@25", "vector@30"]);
+        o.push(LABELS, 25, 0, "label@25");
+        assert_eq!(drain(&mut o), ["label@25", "vector@30"]);
     }
 
     #[test]
-    fn a_derived_stream_gone_quiet_lets_the_others_go_after_the_idle_time() {
-        let start = Instant::now();
+    fn only_a_silence_of_every_stream_lets_what_waits_on_a_derived_stream_go() {
         let mut o = order();
-        o.push(FEATURES, 10, 0, "vector@10", start);
-        o.push(LABELS, 50, 0, "label@50", start);
-        assert_eq!(drain(&mut o, start), ["vector@10"]);
-        let soon = start + IDLE / 2;
-        assert!(drain(&mut o, soon).is_empty(), "FEATURES merely caught up");
-        assert_eq!(drain(&mut o, start + IDLE), ["label@50"]);
+        o.push(FEATURES, 10, 0, "vector@10");
+        o.push(LABELS, 50, 0, "label@50");
+        assert_eq!(drain(&mut o), ["vector@10"]);
+        for _ in 1..IDLE_TICKS {
+            o.tick();
+        }
+        assert!(drain(&mut o).is_empty(), "FEATURES merely caught up");
+        o.push(LABELS, 60, 0, "label@60");
+        o.tick();
+        assert!(drain(&mut o).is_empty(), "a record ends the silence");
+        for _ in 0..IDLE_TICKS {
+            o.tick();
+        }
+        assert_eq!(drain(&mut o), ["label@50", "label@60"]);
     }
 
     #[test]
-    fn a_source_never_heard_from_holds_the_others_for_the_idle_time() {
-        let start = Instant::now();
+    fn a_direct_source_not_heard_from_yet_holds_nothing() {
         let mut o = order();
-        o.push(FEATURES, 10, 0, "vector@10", start);
-        assert!(drain(&mut o, start).is_empty());
-        assert_eq!(drain(&mut o, start + IDLE), ["vector@10"]);
+        o.push(FEATURES, 10, 0, "vector@10");
+        assert_eq!(drain(&mut o), ["vector@10"]);
     }
 
     #[test]
     fn an_unordered_source_passes_straight_through() {
-        let now = Instant::now();
         let mut o = EventOrder::new(vec![Arrival::Derived, Arrival::Direct, Arrival::Unordered]);
-        assert_eq!(o.push(2, 999, 7, "drift", now), Some("drift"));
-        o.push(0, 1, 0, "prediction@1", now);
-        o.push(1, 2, 0, "label@2", now);
+        assert_eq!(o.push(2, 999, 7, "drift"), Some("drift"));
+        o.push(0, 1, 0, "prediction@1");
+        o.push(1, 2, 0, "label@2");
         assert_eq!(
-            drain(&mut o, now),
+            drain(&mut o),
             ["prediction@1"],
             "the unordered source is not waited for; the derived one is"
         );
@@ -289,28 +290,26 @@ mod tests {
 
     #[test]
     fn the_queues_survive_a_snapshot_and_restart() {
-        let now = Instant::now();
         let mut o = order();
-        o.push(LABELS, 100, 0, "label@100", now);
-        o.push(FEATURES, 10, 4, "vector@10", now);
-        assert_eq!(drain(&mut o, now), ["vector@10"]);
+        o.push(LABELS, 100, 0, "label@100");
+        o.push(FEATURES, 10, 4, "vector@10");
+        assert_eq!(drain(&mut o), ["vector@10"]);
         let bytes = postcard::to_allocvec(&o).expect("encode");
         let restored: EventOrder<String> = postcard::from_bytes(&bytes).expect("decode");
         let mut restored = restored.with_arrivals(vec![Arrival::Derived, Arrival::Direct]);
         assert_eq!(restored.held_from(LABELS), 1);
-        restored.push(FEATURES, 150, 4, "vector@150".into(), now);
-        assert_eq!(restored.pop(now).as_deref(), Some("label@100"));
+        restored.push(FEATURES, 150, 4, "vector@150".into());
+        assert_eq!(restored.pop().as_deref(), Some("label@100"));
     }
 
     #[test]
     fn past_the_bound_the_earliest_goes_anyway() {
-        let now = Instant::now();
         let mut o: EventOrder<u32> = EventOrder::new(vec![Arrival::Derived, Arrival::Direct]);
         for i in 0..=MAX_HELD as u32 {
-            o.push(LABELS, i64::from(i), 1, i, now);
+            o.push(LABELS, i64::from(i), 1, i);
         }
-        assert_eq!(o.pop(now), Some(0));
+        assert_eq!(o.pop(), Some(0));
         assert_eq!(o.forced, 1);
-        assert_eq!(o.pop(now), None, "back within the bound");
+        assert_eq!(o.pop(), None, "back within the bound");
     }
 }

@@ -58,7 +58,7 @@ async fn run() -> anyhow::Result<()> {
             Some(StreamKind::Predictions),
             512,
         )
-        .with_heartbeat(event_order::IDLE / 5);
+        .with_heartbeat(event_order::HEARTBEAT);
     let (mut state, resume) = stage::load_state::<serving::ServingState>(&svc.store, &spec)?;
     let pipeline = &svc.pipeline;
     let online = &pipeline.model.online;

@@ -836,7 +836,6 @@ impl Handler<Apply<InferenceInput>> for ModelServer {
         _: &mut Self::Context,
     ) -> Self::Result {
         let now = millrace_chassis::time::now_us();
-        let clock = std::time::Instant::now();
         let mut served = self.catalog.load();
         let serves_online = |s: &Served| {
             s.active.version() == ONLINE_VERSION
@@ -849,6 +848,12 @@ impl Handler<Apply<InferenceInput>> for ModelServer {
         let mut published = updates(&self.state);
         let mut out = Vec::with_capacity(batch.len());
         let mut ready = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            // The stage's heartbeat: nothing came for a while.
+            let order = &mut self.state.order;
+            order.tick();
+            ready.extend(std::iter::from_fn(|| order.pop()));
+        }
         for d in batch {
             let time = d.message.event_time_us();
             let waiting = Waiting {
@@ -856,8 +861,8 @@ impl Handler<Apply<InferenceInput>> for ModelServer {
                 trace: d.trace,
             };
             let order = &mut self.state.order;
-            ready.extend(order.push(d.source, time, d.pending, waiting, clock));
-            ready.extend(std::iter::from_fn(|| order.pop(clock)));
+            ready.extend(order.push(d.source, time, d.pending, waiting));
+            ready.extend(std::iter::from_fn(|| order.pop()));
         }
         for Waiting { input, trace } in ready {
             self.retrain_before(input.event_time_us());

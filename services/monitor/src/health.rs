@@ -1162,17 +1162,25 @@ impl Handler<Apply<MonitorInput>> for HealthBoard {
     type Result = Vec<Outgoing>;
 
     fn handle(&mut self, Apply(batch): Apply<MonitorInput>, _: &mut Self::Context) -> Self::Result {
-        let clock = std::time::Instant::now();
+        if batch.is_empty() && self.state.order.held() == 0 {
+            // A heartbeat with nothing held: the state need not be touched (or copied).
+            return Vec::new();
+        }
         let order = &mut Arc::make_mut(&mut self.state).order;
         let mut ready = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            // The stage's heartbeat: nothing came for a while.
+            order.tick();
+            ready.extend(std::iter::from_fn(|| order.pop()));
+        }
         for d in batch {
             let time = d.message.event_time_us();
             let waiting = Waiting {
                 input: d.message,
                 trace: d.trace,
             };
-            ready.extend(order.push(d.source, time, d.pending, waiting, clock));
-            ready.extend(std::iter::from_fn(|| order.pop(clock)));
+            ready.extend(order.push(d.source, time, d.pending, waiting));
+            ready.extend(std::iter::from_fn(|| order.pop()));
         }
         self.metrics.publish_held(order.held());
         self.apply_all(ready.iter().map(|w| (&w.input, &w.trace)))

@@ -47,7 +47,7 @@ async fn run() -> anyhow::Result<()> {
     // batches of 128 records).
     let spec = svc
         .stage_spec(input::SNAPSHOT_KEY, input::sources(), None, 64)
-        .with_heartbeat(event_order::IDLE / 5);
+        .with_heartbeat(event_order::HEARTBEAT);
     let (state, resume) = stage::load_state::<MonitorState>(&svc.store, &spec)?;
     tracing::info!(resume = ?resume.0, rules = rules.len(), "monitor state loaded");
     let board = HealthBoard::new(
