@@ -12,8 +12,8 @@
 //!   (fsync per write: DESIGN.md measured 1,000-1,400 events/s); (2) ADR-50 atomic batches
 //!   of 1,000 messages through `millrace_chassis::atomic`, for the whole selection. All
 //!   events go to one stream, where ingest sends label events (`flight_departed`, almost
-//!   half) to LABELS as smaller `Label` messages, so its batches to two streams commit side
-//!   by side: ingest can beat this baseline;
+//!   half) to LABELS as smaller `Label` messages and, since the delay features read them,
+//!   to EVENTS as well: ingest stores about 1.5 messages per event here;
 //! - `ingest`: nats-server and ingest alone (`examples/flights/pipeline.toml`), and the
 //!   release `millrace replay` of the year as a subprocess, timed from spawn to exit;
 //! - `pipeline`: nats-server and the five services, and the same replay, timed from the
