@@ -856,12 +856,17 @@ impl Handler<Apply<InferenceInput>> for ModelServer {
         }
         for d in batch {
             let time = d.message.event_time_us();
+            // Vectors are in event-time order within their partition only.
+            let lane = match &d.message {
+                InferenceInput::Vector(v) => v.partition,
+                InferenceInput::Label(_) => 0,
+            };
             let waiting = Waiting {
                 input: d.message,
                 trace: d.trace,
             };
             let order = &mut self.state.order;
-            ready.extend(order.push(d.source, time, d.pending, waiting));
+            ready.extend(order.push(d.source, lane, time, d.pending, waiting));
             ready.extend(std::iter::from_fn(|| order.pop()));
         }
         for Waiting { input, trace } in ready {

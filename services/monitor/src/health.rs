@@ -1179,7 +1179,8 @@ impl Handler<Apply<MonitorInput>> for HealthBoard {
                 input: d.message,
                 trace: d.trace,
             };
-            ready.extend(order.push(d.source, time, d.pending, waiting));
+            // PREDICTIONS is in inference's event-time order: one lane.
+            ready.extend(order.push(d.source, 0, time, d.pending, waiting));
             ready.extend(std::iter::from_fn(|| order.pop()));
         }
         self.metrics.publish_held(order.held());
