@@ -234,13 +234,13 @@ pub struct StageSpec {
     /// Name of this stage's per-event span.
     pub span_name: &'static str,
     /// When set, an actor that holds records back ([`crate::event_order`])
-    /// is handed an empty batch after this long without input, so that what
-    /// waited on a silence can go.
+    /// is handed an empty batch this often (it counts silences by the records
+    /// that come between), so that what waited on a silence can go.
     pub heartbeat: Option<Duration>,
 }
 
 impl StageSpec {
-    /// Hands the actor an empty batch after `every` without input.
+    /// Hands the actor an empty batch every `every`.
     pub fn with_heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = Some(every);
         self
@@ -380,7 +380,6 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(spec.heartbeat.unwrap_or(Duration::from_secs(3600)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = false;
 
     loop {
         tokio::select! {
@@ -393,14 +392,12 @@ where
                 }
             }
             _ = heartbeat.tick(), if spec.heartbeat.is_some() => {
-                if !std::mem::take(&mut heard) {
-                    let outputs = checkpoint.apply(&actor, Vec::new()).await?;
-                    let position = checkpoint.applied.clone();
-                    checkpoint.send(outputs, &position, &position).await?;
-                }
+                // The actor tells silence from traffic by the records it gets.
+                let outputs = checkpoint.apply(&actor, Vec::new()).await?;
+                let position = checkpoint.applied.clone();
+                checkpoint.send(outputs, &position, &position).await?;
             }
             chunk = chunks.next() => {
-                heard = true;
                 let Some(chunk) = chunk else {
                     let first = &spec.sources[0];
                     return Err(consume_error(&bus, first, "the consumers' message streams ended".into()));
